@@ -1,0 +1,37 @@
+// swift-tools-version:6.0
+import PackageDescription
+
+// Dependencies flow one way: numerics -> model -> training -> cluster/transport -> bard.
+let package = Package(
+    name: "Bard",
+    platforms: [.macOS(.v14)],
+    products: [
+        .executable(name: "bard", targets: ["bard"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
+        .package(url: "https://github.com/apple/swift-crypto", from: "3.12.0"),
+    ],
+    targets: [
+        .systemLibrary(name: "CBLAS", path: "Sources/CBLAS", pkgConfig: "openblas",
+                       providers: [.apt(["libopenblas-dev"])]),
+        .systemLibrary(name: "CZMQ", path: "Sources/CZMQ", pkgConfig: "libzmq",
+                       providers: [.apt(["libzmq3-dev"])]),
+        .target(name: "BardNumerics", dependencies: ["CBLAS"],
+                swiftSettings: [.unsafeFlags(["-Ounchecked"])]),
+        .target(name: "BardModel", dependencies: ["BardNumerics", .product(name: "Crypto", package: "swift-crypto")],
+                swiftSettings: [.unsafeFlags(["-Ounchecked"])]),
+        .target(name: "BardTraining", dependencies: ["BardModel"]),
+        .target(name: "BardTransport", dependencies: ["CZMQ"]),
+        .executableTarget(name: "bard", dependencies: [
+            "BardTraining", "BardModel", "BardNumerics",
+            .product(name: "ArgumentParser", package: "swift-argument-parser"),
+        ]),
+        .testTarget(name: "BardNumericsTests", dependencies: ["BardNumerics"]),
+        .testTarget(name: "BardModelTests", dependencies: ["BardModel"]),
+        .testTarget(name: "BardTrainingTests", dependencies: ["BardTraining"]),
+        .testTarget(name: "BardCLITests", dependencies: ["BardModel"]),
+        .testTarget(name: "BardTransportTests", dependencies: ["BardTransport"]),
+    ],
+    swiftLanguageModes: [.v5]
+)

@@ -1,0 +1,124 @@
+import Foundation
+
+public enum CellKind: String, Codable, CaseIterable, Sendable {
+    case lstm, rnn, gru
+    /// Gate blocks stacked in weight_ih / weight_hh: LSTM i,f,g,o; GRU r,z,n; RNN one.
+    public var gates: Int {
+        switch self {
+        case .lstm: return 4
+        case .gru: return 3
+        case .rnn: return 1
+        }
+    }
+}
+
+public enum Activation: String, Codable, CaseIterable, Sendable { case tanh, sigmoid }
+public enum OptimizerKind: String, Codable, CaseIterable, Sendable { case sgd, adam }
+/// `book`: the chapter's init_hidden, zeros with unit 0 of h (and c) set to 1.
+public enum InitialState: String, Codable, CaseIterable, Sendable { case zeros, book }
+/// `pytorch`: PyTorch's default initialisers; `book`: the chapter's (He-normal weights, zero biases, zero output weight).
+public enum InitScheme: String, Codable, CaseIterable, Sendable { case pytorch, book }
+
+/// The one configuration of a run: model shape and training recipe. Defaults live here, `validate()` checks them,
+/// it is printed at start and saved in every checkpoint.
+public struct Config: Codable, Equatable, Sendable {
+    // Model
+    public var cell: CellKind = .lstm
+    public var activation: Activation = .tanh
+    public var layers = 2
+    public var embed = 512
+    public var hidden = 512
+    public var dropout: Float = 0.25
+    public var outputBias = true
+    public var initialState: InitialState = .zeros
+    public var initScheme: InitScheme = .pytorch
+    // Training
+    public var recipe = "default"
+    public var optimizer: OptimizerKind = .adam
+    public var lr = 2e-3
+    public var lrDecay = 0.95
+    public var clip = 5.0
+    public var batch = 32
+    public var bptt = 50
+    public var epochs = 13
+    /// Total optimiser steps of the run (counting those before a resume); nil: run `epochs` epochs.
+    public var steps: Int?
+    public var seed: UInt64 = 0
+    public var valFraction = 0.1
+    public var carryState = false
+    public var threads = 1
+
+    public init() {}
+
+    /// The recipes of ../shared/reference: `default` is adam_2x512_do25_b32_t50.
+    public static let recipeNames = ["default", "adam_2x512_do25_b32_t50", "adam_1x512_b32_t50", "book"]
+
+    public static func recipe(_ name: String) throws -> Config {
+        var c = Config()
+        c.recipe = name
+        switch name {
+        case "default", "adam_2x512_do25_b32_t50":
+            break
+        case "adam_1x512_b32_t50":
+            c.layers = 1; c.dropout = 0; c.epochs = 7
+        case "book", "book_sgd_b16_t25":
+            // The chapter's alpha 0.05 applies to the window loss summed over bptt steps; on the mean loss that is 0.05 * bptt.
+            c.recipe = "book"
+            c.layers = 1; c.dropout = 0; c.outputBias = false; c.initialState = .book; c.initScheme = .book
+            c.optimizer = .sgd; c.lr = 0.05 * 25; c.lrDecay = 0.99; c.clip = 0; c.batch = 16; c.bptt = 25; c.epochs = 6
+        default:
+            throw BardError.invalidArgument("unknown recipe '\(name)' (known: \(recipeNames.joined(separator: ", ")))")
+        }
+        return c
+    }
+
+    public func validate() throws {
+        func check(_ ok: Bool, _ message: String) throws { if !ok { throw BardError.invalidArgument(message) } }
+        try check(layers >= 1 && layers <= 16, "--layers must be 1...16 (got \(layers))")
+        try check(embed >= 1 && embed <= 16384, "--embed must be 1...16384 (got \(embed))")
+        try check(hidden >= 1 && hidden <= 16384, "--hidden must be 1...16384 (got \(hidden))")
+        try check(dropout >= 0 && dropout < 1, "--dropout must be in [0, 1) (got \(dropout))")
+        try check(lr > 0 && lr.isFinite, "--lr must be positive (got \(lr))")
+        try check(lrDecay > 0 && lrDecay <= 1, "--lr-decay must be in (0, 1] (got \(lrDecay))")
+        try check(clip >= 0 && clip.isFinite, "--clip must be >= 0 (got \(clip))")
+        try check(batch >= 1 && batch <= 65536, "--batch must be 1...65536 (got \(batch))")
+        try check(bptt >= 1 && bptt <= 10000, "--bptt must be 1...10000 (got \(bptt))")
+        try check(epochs >= 1, "--epochs must be >= 1 (got \(epochs))")
+        try check(steps.map { $0 >= 1 } ?? true, "--steps must be >= 1")
+        try check(valFraction >= 0 && valFraction < 1, "--val-fraction must be in [0, 1) (got \(valFraction))")
+        try check(threads >= 1 && threads <= 256, "--threads must be 1...256 (got \(threads))")
+        try check(!(cell != .rnn && activation == .sigmoid), "--activation applies to --cell rnn only")
+    }
+
+    /// One line per group, for the start of a run.
+    public var summary: String {
+        var s = "model: \(cell)\(cell == .rnn ? "(\(activation))" : "") layers \(layers) embed \(embed) hidden \(hidden) "
+        s += "dropout \(dropout) output-bias \(outputBias) init \(initScheme) initial-state \(initialState)\n"
+        s += "train: recipe \(recipe) \(optimizer) lr \(lr) decay \(lrDecay) clip \(clip) batch \(batch) bptt \(bptt) "
+        s += steps.map { "steps \($0)" } ?? "epochs \(epochs)"
+        s += " seed \(seed) val-fraction \(valFraction) threads \(threads)\(carryState ? " carry-state" : "")"
+        return s
+    }
+
+    public func jsonString() -> String {
+        let enc = JSONEncoder()
+        enc.outputFormatting = [.sortedKeys]
+        guard let data = try? enc.encode(self), let s = String(data: data, encoding: .utf8) else { return "{}" }
+        return s
+    }
+}
+
+/// Errors a user can cause. Each prints as one line that says what to do.
+public enum BardError: Error, CustomStringConvertible, Equatable {
+    case invalidArgument(String)
+    case badInput(String)
+    case badCheckpoint(String)
+    case diverged(String)
+    case io(String)
+
+    public var description: String {
+        switch self {
+        case .invalidArgument(let m), .badInput(let m), .badCheckpoint(let m), .diverged(let m), .io(let m): return m
+        }
+    }
+}

@@ -1,0 +1,232 @@
+import BardModel
+import BardNumerics
+import Foundation
+
+/// What computes the gradient of one window: threads in this process (`ColumnParallel`) or, later, workers.
+public protocol GradientComputer: AnyObject {
+    /// Forward and backward over all `totalColumns` columns, gradients of the loss sum added into `grads`,
+    /// state carried in place; returns the loss sum.
+    func computeGradients(params: FloatBuffer, grads: FloatBuffer, window: UnsafePointer<Int32>, steps: Int,
+                          totalColumns: Int, state: RecurrentState, dropout: DropoutKey?) throws -> Double
+}
+
+extension ColumnParallel: GradientComputer {
+    public func computeGradients(params: FloatBuffer, grads: FloatBuffer, window: UnsafePointer<Int32>, steps: Int,
+                                 totalColumns: Int, state: RecurrentState, dropout: DropoutKey?) throws -> Double {
+        run(params: params, grads: grads, window: window, steps: steps, totalColumns: totalColumns, state: state,
+            dropout: dropout)
+    }
+}
+
+/// Set from SIGINT/SIGTERM: the trainer finishes its step, writes a checkpoint and stops.
+nonisolated(unsafe) public var stopRequested: sig_atomic_t = 0
+
+public func installStopHandlers() {
+    signal(SIGINT) { _ in stopRequested = 1 }
+    signal(SIGTERM) { _ in stopRequested = 1 }
+}
+
+public struct TrainOptions {
+    public var config: Config
+    public var dataPath: String
+    public var outDir: String = "out"
+    public var initPath: String?
+    public var resume: Bool = false
+    public var checkpointEvery: Int = 0
+    public var sampleLength: Int = 200
+    /// Seconds between progress lines when stdout is not a terminal.
+    public var logInterval: Double = 10
+    public init(config: Config, dataPath: String) { self.config = config; self.dataPath = dataPath }
+}
+
+public struct TrainResult {
+    public let step: Int
+    public let trainLoss: Double
+    public let valLoss: Double?
+}
+
+/// Truncated BPTT over the column layout: carried, detached hidden state (reset every epoch unless --carry-state),
+/// mean cross-entropy over the window, clipping, the optimiser, validation, samples, metrics and checkpoints.
+public final class Trainer {
+    public let options: TrainOptions
+    public let config: Config
+    public let corpus: Corpus
+    public let model: Model
+    public let params: FloatBuffer
+    public let grads: FloatBuffer
+    public let optimizer: Optimizer
+    public let state: RecurrentState
+    public private(set) var step = 0
+    public private(set) var epoch = 0
+    var window = 0
+    var chars = 0
+    var minLoss = Double.infinity
+    var rng: RNG
+    var elapsedBefore = 0.0
+    var lastValLoss: Double?
+    let trainStreams: ColumnStreams
+    let valTokens: ArraySlice<Int32>
+    public let windowsPerEpoch: Int
+    public let totalSteps: Int
+    let log: (String) -> Void
+
+    public var modelPath: String { options.outDir + "/model.safetensors" }
+    public var statePath: String { options.outDir + "/training-state.safetensors" }
+
+    public init(options: TrainOptions, corpus: Corpus, log: @escaping (String) -> Void) throws {
+        var config = options.config
+        self.options = options
+        self.corpus = corpus
+        self.log = log
+        var resumed: (ModelCheckpoint, TrainingState)?
+        if options.resume {
+            let ckpt = try ModelCheckpoint.load(path: options.outDir + "/model.safetensors")
+            let ts = try TrainingState.load(path: options.outDir + "/training-state.safetensors")
+            guard ts.step == ckpt.step else {
+                throw BardError.badCheckpoint("\(options.outDir): model is at step \(ckpt.step) but training state at \(ts.step)")
+            }
+            guard ckpt.vocabulary == corpus.vocabulary else {
+                throw BardError.badInput("--data has a different vocabulary (\(corpus.vocabulary.count) characters) than the checkpoint in \(options.outDir) (\(ckpt.vocabulary.count))")
+            }
+            // The checkpoint's recipe wins; only the run length and threads may change on resume.
+            let saved = config
+            config = ckpt.config
+            config.steps = saved.steps ?? ckpt.config.steps
+            config.epochs = saved.epochs
+            config.threads = saved.threads
+            resumed = (ckpt, ts)
+        }
+        try config.validate()
+        self.config = config
+        model = Model(config: config, vocabularySize: corpus.vocabulary.count)
+        let (train, val) = corpus.split(valFraction: config.valFraction)
+        let need = config.batch * (config.bptt + 1)
+        guard train.count >= need else {
+            throw BardError.badInput("corpus too short: the training part has \(train.count) characters, batch \(config.batch) x (bptt \(config.bptt) + 1) needs \(need)")
+        }
+        trainStreams = ColumnStreams(train, columns: config.batch)
+        valTokens = val
+        windowsPerEpoch = trainStreams.trainingWindows(bptt: config.bptt)
+        totalSteps = config.steps ?? config.epochs * windowsPerEpoch
+        grads = FloatBuffer(count: model.parameterCount)
+        optimizer = Optimizer(kind: config.optimizer, lr: config.lr, parameterCount: model.parameterCount)
+        state = model.makeState(columns: config.batch)
+        rng = RNG(seed: config.seed &+ 1)
+
+        if let (ckpt, ts) = resumed {
+            params = ckpt.params
+            try optimizer.restore(step: ts.optimizerStep, lr: ts.lr, m: ts.m, v: ts.v)
+            guard ts.h.count == state.h.count, ts.c.count == state.c.count else {
+                throw BardError.badCheckpoint("\(statePath): hidden state has the wrong size")
+            }
+            state.h.copy(from: FloatBuffer(ts.h)); state.c.copy(from: FloatBuffer(ts.c))
+            step = ts.step; epoch = ts.epoch; window = ts.window; chars = ts.chars; minLoss = ts.minLoss
+            rng = ts.rng; elapsedBefore = ts.elapsed; lastValLoss = ckpt.valLoss
+        } else if let initPath = options.initPath {
+            params = try ModelCheckpoint.loadWeights(path: initPath, layout: model.layout)
+        } else {
+            params = model.makeParameters(seed: config.seed)
+        }
+    }
+
+    /// Trains until `totalSteps`; throws `BardError.diverged` on a non-finite loss (the last checkpoint stays).
+    @discardableResult
+    public func run(computer: GradientComputer? = nil) throws -> TrainResult {
+        let cfg = config, B = cfg.batch, T = cfg.bptt
+        let computer = computer ?? ColumnParallel(model: model, steps: T, columns: 0..<B, threads: cfg.threads)
+        try FileManager.default.createDirectory(atPath: options.outDir, withIntermediateDirectories: true)
+        let metrics = try MetricsLog(path: options.outDir + "/metrics.jsonl")
+        let progress = Progress(total: totalSteps, windowsPerEpoch: windowsPerEpoch, interval: options.logInterval)
+        log(cfg.summary)
+        log("data: \(options.dataPath) \(corpus.tokens.count) chars, vocabulary \(corpus.vocabulary.count); \(windowsPerEpoch) windows per epoch, \(totalSteps) steps; \(model.parameterCount) parameters; BLAS \(BLAS.coreName)")
+        if step > 0 { log("resumed at step \(step) (epoch \(epoch + 1), window \(window))") }
+        var tokens = [Int32](repeating: 0, count: (T + 1) * B)
+        let start = Date()
+        var lastLoss = Double.nan
+        var lastCheckpointStep = step
+
+        while step < totalSteps {
+            let t0 = Date()
+            grads.zero()
+            let lossSum = try tokens.withUnsafeMutableBufferPointer { w -> Double in
+                guard let base = w.baseAddress else { return .nan }
+                trainStreams.window(startRow: window * T, steps: T, into: base)
+                return try computer.computeGradients(params: params, grads: grads, window: base, steps: T, totalColumns: B,
+                                                     state: state, dropout: DropoutKey(seed: cfg.seed, step: step))
+            }
+            let n = Double(B * T)
+            let loss = lossSum / n
+            grads.scale(by: Float(1 / n))
+            let norm = clipGradientNorm(grads, maxNorm: cfg.clip)
+            guard loss.isFinite, norm.isFinite else {
+                throw BardError.diverged("training diverged at step \(step + 1) (loss \(loss), gradient norm \(norm)); the last good checkpoint is \(modelPath) (step \(lastCheckpointStep)); lower --lr or set --clip")
+            }
+            optimizer.apply(params: params, grads: grads)
+            step += 1; window += 1; chars += B * T
+            lastLoss = loss
+            minLoss = min(minLoss, loss)
+            let elapsed = elapsedBefore + Date().timeIntervalSince(start)
+            progress.record(stepSeconds: Date().timeIntervalSince(t0), chars: B * T)
+            var record: [String: Any] = ["step": step, "epoch": epoch + 1, "chars": chars, "train_loss": loss,
+                                         "chars_per_s": progress.charsPerSecond, "lr": optimizer.lr, "time": elapsed,
+                                         "grad_norm": norm]
+            let epochEnds = window == windowsPerEpoch
+            if epochEnds {
+                epoch += 1; window = 0
+                optimizer.lr *= cfg.lrDecay
+                if !cfg.carryState { state.reset(cfg.initialState) }
+                if let v = validate() {
+                    lastValLoss = v
+                    record["val_loss"] = v
+                    record["val_perplexity"] = exp(v)
+                }
+                progress.finishLine()
+                log(String(format: "epoch %d done: step %d, train loss %.4f, val loss %@, %.0f chars/s, %.0f s",
+                           epoch, step, loss, lastValLoss.map { String(format: "%.4f (ppl %.2f)", $0, exp($0)) } ?? "n/a",
+                           progress.charsPerSecond, elapsed))
+                log("sample: " + sample(length: options.sampleLength).replacingOccurrences(of: "\n", with: "\n        "))
+            } else {
+                progress.show(step: step, epoch: epoch, window: window, loss: loss, minLoss: minLoss)
+            }
+            metrics.write(record)
+            if epochEnds || (options.checkpointEvery > 0 && step % options.checkpointEvery == 0) || step == totalSteps {
+                if step == totalSteps && !epochEnds, let v = validate() { lastValLoss = v }
+                try saveCheckpoint(elapsed: elapsed)
+                lastCheckpointStep = step
+            }
+            if stopRequested != 0 {
+                if lastCheckpointStep != step { try saveCheckpoint(elapsed: elapsed) }
+                progress.finishLine()
+                log("stopped by signal at step \(step); resume with --resume \(options.outDir)")
+                break
+            }
+        }
+        progress.finishLine()
+        return TrainResult(step: step, trainLoss: lastLoss, valLoss: lastValLoss)
+    }
+
+    /// Validation loss over the held-out part, in `batch` columns with carried state from the initial state.
+    public func validate() -> Double? {
+        let v = evaluate(model: model, params: params, tokens: valTokens, columns: config.batch, bptt: config.bptt,
+                         threads: config.threads)
+        return v.chars > 0 ? v.loss : nil
+    }
+
+    func sample(length: Int) -> String {
+        var sampler = Sampler(temperature: 0.8, seed: rng.next())
+        var text = ""
+        try? generateText(model: model, params: params, vocabulary: corpus.vocabulary, prime: "", length: length,
+                          sampler: &sampler) { text += $0 }
+        return text
+    }
+
+    public func saveCheckpoint(elapsed: Double) throws {
+        let ts = TrainingState(step: step, epoch: epoch, window: window, lr: optimizer.lr, optimizerStep: optimizer.step,
+                               m: optimizer.m.array, v: optimizer.v.array, h: state.h.array, c: state.c.array, rng: rng,
+                               chars: chars, minLoss: minLoss, elapsed: elapsed)
+        // State first, then the model: a crash in between leaves a step mismatch that --resume reports.
+        try ts.save(to: statePath)
+        try ModelCheckpoint(config: config, vocabulary: corpus.vocabulary, params: params, step: step, epoch: epoch,
+                            valLoss: lastValLoss).save(to: modelPath)
+    }
+}

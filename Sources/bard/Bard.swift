@@ -1,0 +1,208 @@
+import ArgumentParser
+import BardModel
+import BardNumerics
+import BardTraining
+import Foundation
+
+@main
+struct Bard: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "bard",
+        abstract: "Train character-level RNN/LSTM/GRU language models and sample from them.",
+        subcommands: [Train.self, Sample.self, Eval.self, Inspect.self, Gradients.self, Bench.self])
+
+    static func main() {
+        OpenBLASCore.preferFastKernels()
+        do {
+            var command = try parseAsRoot()
+            try command.run()
+        } catch let error as BardError {
+            FileHandle.standardError.write(Data("bard: error: \(error.description)\n".utf8))
+            Foundation.exit(error.exitCode)
+        } catch {
+            exit(withError: error)
+        }
+    }
+}
+
+extension BardError {
+    var exitCode: Int32 {
+        switch self {
+        case .invalidArgument: return 64
+        case .badInput, .badCheckpoint: return 65
+        case .diverged: return 3
+        case .io: return 74
+        }
+    }
+}
+
+/// stdout, flushed per line so progress shows up in pipes and logs.
+func say(_ s: String) {
+    print(s)
+    fflush(stdout)
+}
+
+/// The training flags shared by `bard train` (and the cluster coordinator): each maps one to one onto `Config`.
+struct TrainingFlags: ParsableArguments {
+    @Option(help: "Recipe whose settings are the defaults: \(Config.recipeNames.joined(separator: ", ")).")
+    var recipe: String = "default"
+    @Option(help: "UTF-8 text to train on.") var data: String = "data/tinyshakespeare.txt"
+    @Option(help: "Recurrent cell: lstm, rnn or gru.") var cell: CellKind?
+    @Option(help: "RNN activation: tanh or sigmoid (--cell rnn only).") var activation: Activation?
+    @Option(help: "Recurrent layers.") var layers: Int?
+    @Option(help: "Embedding size.") var embed: Int?
+    @Option(help: "Hidden size.") var hidden: Int?
+    @Option(help: "Dropout between layers and before the output (0 = off).") var dropout: Float?
+    @Option(help: "Optimiser: sgd or adam (PyTorch's defaults).") var optimizer: OptimizerKind?
+    @Option(help: "Learning rate (on the mean loss of a window).") var lr: Double?
+    @Option(name: .customLong("lr-decay"), help: "Multiply the learning rate by this after every epoch.") var lrDecay: Double?
+    @Option(help: "Clip the global gradient norm to this (0 = off).") var clip: Double?
+    @Option(help: "Batch columns.") var batch: Int?
+    @Option(help: "Truncated BPTT window in characters.") var bptt: Int?
+    @Option(help: "Epochs to train (ignored with --steps).") var epochs: Int?
+    @Option(help: "Total optimiser steps of the run, counting those before a resume.") var steps: Int?
+    @Option(help: "Random seed (initialisation, dropout, samples).") var seed: UInt64?
+    @Option(help: "Worker threads (each runs a share of the columns).") var threads: Int?
+    @Option(name: .customLong("val-fraction"), help: "Last fraction of the text held out for validation.") var valFraction: Double?
+    @Flag(name: .customLong("carry-state"), help: "Keep the hidden state across epochs instead of resetting it.") var carryState = false
+
+    func makeConfig() throws -> Config {
+        var c = try Config.recipe(recipe)
+        if let cell { c.cell = cell }
+        if let activation { c.activation = activation }
+        if let layers { c.layers = layers }
+        if let embed { c.embed = embed }
+        if let hidden { c.hidden = hidden }
+        if let dropout { c.dropout = dropout }
+        if let optimizer { c.optimizer = optimizer }
+        if let lr { c.lr = lr }
+        if let lrDecay { c.lrDecay = lrDecay }
+        if let clip { c.clip = clip }
+        if let batch { c.batch = batch }
+        if let bptt { c.bptt = bptt }
+        if let epochs { c.epochs = epochs }
+        if let steps { c.steps = steps }
+        if let seed { c.seed = seed }
+        if let threads { c.threads = threads }
+        if let valFraction { c.valFraction = valFraction }
+        if carryState { c.carryState = true }
+        try c.validate()
+        return c
+    }
+}
+
+extension CellKind: ExpressibleByArgument {}
+extension Activation: ExpressibleByArgument {}
+extension OptimizerKind: ExpressibleByArgument {}
+
+struct Train: ParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Train a model with truncated BPTT.")
+    @OptionGroup var flags: TrainingFlags
+    @Option(help: "Output directory for checkpoints and metrics.") var out: String = "out"
+    @Option(name: .customLong("init"), help: "Start from the weights of a safetensors file with Bard's tensor names.") var initFile: String?
+    @Option(help: "Continue the run whose checkpoint is in this directory.") var resume: String?
+    @Option(name: .customLong("checkpoint-every"), help: "Also checkpoint every N steps (0 = at epoch ends and the end only).") var checkpointEvery: Int = 0
+    @Option(name: .customLong("sample-length"), help: "Characters of the sample printed after each epoch.") var sampleLength: Int = 200
+
+    func run() throws {
+        var options = TrainOptions(config: try flags.makeConfig(), dataPath: flags.data)
+        options.outDir = resume ?? out
+        options.resume = resume != nil
+        options.initPath = initFile
+        options.checkpointEvery = checkpointEvery
+        options.sampleLength = sampleLength
+        if resume != nil && initFile != nil { throw BardError.invalidArgument("--init and --resume exclude each other") }
+        let corpus = try Corpus.load(path: flags.data)
+        let trainer = try Trainer(options: options, corpus: corpus, log: say)
+        installStopHandlers()
+        let result = try trainer.run()
+        say(String(format: "done: step %d, train loss %.4f, val loss %@; checkpoint %@", result.step, result.trainLoss,
+                   result.valLoss.map { String(format: "%.4f", $0) } ?? "n/a", trainer.modelPath))
+        if stopRequested != 0 { throw ExitCode(130) }
+    }
+}
+
+struct Sample: ParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Generate text from a checkpoint, streamed to stdout.")
+    @Option(help: "Checkpoint file (model.safetensors).") var checkpoint: String = "out/model.safetensors"
+    @Option(help: "Characters to generate.") var length: Int = 500
+    @Option(help: "Softmax temperature (> 0).") var temperature: Double = 0.8
+    @Option(name: .customLong("top-k"), help: "Sample among the k most likely characters (0 = all).") var topK: Int = 0
+    @Option(help: "Text to start from (printed first).") var prime: String = ""
+    @Option(help: "Random seed: the same seed gives the same text.") var seed: UInt64 = 0
+    @Flag(help: "Always take the most likely character.") var greedy = false
+
+    func validate() throws {
+        guard length >= 0 else { throw ValidationError("--length must be >= 0") }
+        guard temperature > 0, temperature.isFinite else { throw ValidationError("--temperature must be > 0") }
+        guard topK >= 0 else { throw ValidationError("--top-k must be >= 0") }
+    }
+
+    func run() throws {
+        let ckpt = try ModelCheckpoint.load(path: checkpoint)
+        var sampler = Sampler(temperature: temperature, topK: topK, greedy: greedy, seed: seed)
+        let out = FileHandle.standardOutput
+        var pending = prime
+        try generateText(model: ckpt.model, params: ckpt.params, vocabulary: ckpt.vocabulary, prime: prime, length: length,
+                         sampler: &sampler) { ch in
+            pending += ch
+            if pending.utf8.count >= 64 || ch == "\n" { out.write(Data(pending.utf8)); pending = "" }
+        }
+        out.write(Data((pending + "\n").utf8))
+    }
+}
+
+struct Eval: ParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Loss and perplexity of a checkpoint on a text.")
+    @Option(help: "Checkpoint file.") var checkpoint: String = "out/model.safetensors"
+    @Option(help: "UTF-8 text (its vocabulary must be within the model's).") var data: String = "data/tinyshakespeare.txt"
+    @Option(help: "val: the held-out part (as in training); all: the whole file.") var split: String = "val"
+    @Option(help: "Columns read in parallel.") var batch: Int = 32
+    @Option(help: "Window length (does not change the result).") var bptt: Int = 50
+    @Option(help: "Threads.") var threads: Int = 1
+    @Flag(help: "Print one JSON object.") var json = false
+
+    func validate() throws {
+        guard ["val", "all"].contains(split) else { throw ValidationError("--split must be val or all") }
+        guard batch >= 1 else { throw ValidationError("--batch must be >= 1") }
+        guard bptt >= 1 else { throw ValidationError("--bptt must be >= 1") }
+    }
+
+    func run() throws {
+        let ckpt = try ModelCheckpoint.load(path: checkpoint)
+        let corpus = try Corpus.load(path: data)
+        // Map the text through the model's vocabulary; an unknown character is a clear error.
+        var ids: [Int32] = []
+        ids.reserveCapacity(corpus.tokens.count)
+        for t in corpus.tokens {
+            let s = corpus.vocabulary.scalars[Int(t)]
+            guard let id = ckpt.vocabulary.id(of: s) else {
+                throw BardError.badInput("\(data) has the character \(String(Character(s)).debugDescription) (U+\(String(s.value, radix: 16, uppercase: true))), which the model's vocabulary lacks")
+            }
+            ids.append(id)
+        }
+        let cut = split == "val" ? Int(Double(ids.count) * (1 - ckpt.config.valFraction)) : 0
+        let r = evaluate(model: ckpt.model, params: ckpt.params, tokens: ids[cut...], columns: batch, bptt: bptt, threads: threads)
+        guard r.chars > 0 else { throw BardError.badInput("\(data): too little text to evaluate with \(batch) columns") }
+        if json {
+            say("{\"loss\": \(r.loss), \"perplexity\": \(exp(r.loss)), \"chars\": \(r.chars), \"split\": \"\(split)\", \"batch\": \(batch)}")
+        } else {
+            say(String(format: "%@ split: loss %.4f nats/char, perplexity %.3f, %d characters", split, r.loss, exp(r.loss), r.chars))
+        }
+    }
+}
+
+struct Inspect: ParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Show a checkpoint's configuration and state.")
+    @Argument(help: "Checkpoint file.") var file: String
+
+    func run() throws {
+        let c = try ModelCheckpoint.load(path: file)
+        say("checkpoint: \(file)")
+        say(c.config.summary)
+        say("vocabulary: \(c.vocabulary.count) characters")
+        say("parameters: \(c.model.parameterCount)")
+        say("step: \(c.step), epochs completed: \(c.epoch)")
+        say("validation loss: " + (c.valLoss.map { String(format: "%.4f nats/char (perplexity %.3f)", $0, exp($0)) } ?? "not measured"))
+    }
+}

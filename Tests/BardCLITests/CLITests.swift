@@ -1,0 +1,108 @@
+import Foundation
+import XCTest
+
+/// End-to-end: the built `bard` binary, real files, real exit codes.
+final class CLITests: XCTestCase {
+    static let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+    var dir = ""
+
+    static var binary: String {
+        if let b = ProcessInfo.processInfo.environment["BARD_BIN"] { return b }
+        let release = root.appendingPathComponent(".build/release/bard").path
+        let debug = root.appendingPathComponent(".build/debug/bard").path
+        let fm = FileManager.default
+        let rd = (try? fm.attributesOfItem(atPath: release)[.modificationDate] as? Date) ?? .distantPast
+        let dd = (try? fm.attributesOfItem(atPath: debug)[.modificationDate] as? Date) ?? .distantPast
+        return rd >= dd ? release : debug
+    }
+
+    override func setUp() {
+        dir = NSTemporaryDirectory() + "bard-cli-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
+        try? FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+    }
+    override func tearDown() { try? FileManager.default.removeItem(atPath: dir) }
+
+    @discardableResult
+    func bard(_ args: [String]) throws -> (status: Int32, out: String, err: String) {
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: Self.binary)
+        p.arguments = args
+        let o = Pipe(), e = Pipe()
+        p.standardOutput = o; p.standardError = e
+        try p.run()
+        let out = o.fileHandleForReading.readDataToEndOfFile(), err = e.fileHandleForReading.readDataToEndOfFile()
+        p.waitUntilExit()
+        return (p.terminationStatus, String(decoding: out, as: UTF8.self), String(decoding: err, as: UTF8.self))
+    }
+
+    func write(_ name: String, _ bytes: [UInt8]) -> String {
+        let path = dir + "/" + name
+        FileManager.default.createFile(atPath: path, contents: Data(bytes))
+        return path
+    }
+
+    func corpusText() -> String {
+        var s = ""
+        var x: UInt64 = 1
+        let words = ["to", "be", "or", "not", "that", "is", "the", "question", "\n", "ROMEO:"]
+        while s.count < 6000 { x = x &* 6364136223846793005 &+ 1442695040888963407; s += words[Int(x >> 60) % words.count] + " " }
+        return s
+    }
+
+    func assertOneLineError(_ r: (status: Int32, out: String, err: String), contains: String, file: StaticString = #filePath, line: UInt = #line) {
+        XCTAssertNotEqual(r.status, 0, file: file, line: line)
+        let lines = r.err.split(separator: "\n").filter { !$0.isEmpty }
+        XCTAssertEqual(lines.count, 1, "stderr: \(r.err)", file: file, line: line)
+        XCTAssertTrue(r.err.contains(contains), "stderr: \(r.err)", file: file, line: line)
+    }
+
+    func testBadInputIsAOneLineErrorAndNonZeroExit() throws {
+        assertOneLineError(try bard(["train", "--data", dir + "/missing.txt"]), contains: "no such file")
+        assertOneLineError(try bard(["train", "--data", write("empty.txt", [])]), contains: "empty")
+        assertOneLineError(try bard(["train", "--data", write("bad.txt", [0x61, 0x62, 0x63, 0xFF, 0x64])]), contains: "byte offset 3")
+        assertOneLineError(try bard(["train", "--data", write("short.txt", Array("hello world".utf8))]), contains: "corpus too short")
+        assertOneLineError(try bard(["sample", "--checkpoint", write("junk.safetensors", [1, 2, 3])]), contains: "junk.safetensors")
+        let r = try bard(["train", "--layers", "0", "--data", write("ok.txt", Array(corpusText().utf8))])
+        XCTAssertNotEqual(r.status, 0)
+        XCTAssertTrue(r.err.contains("--layers"), r.err)
+        XCTAssertNotEqual(try bard(["train", "--no-such-flag"]).status, 0)
+    }
+
+    func testTrainSampleEvalInspect() throws {
+        let data = write("c.txt", Array(corpusText().utf8))
+        let out = dir + "/out"
+        let t = try bard(["train", "--data", data, "--out", out, "--layers", "1", "--embed", "8", "--hidden", "16",
+                          "--batch", "4", "--bptt", "10", "--steps", "40", "--dropout", "0"])
+        XCTAssertEqual(t.status, 0, t.err)
+        XCTAssertTrue(t.out.contains("done: step 40"), t.out)
+        let s1 = try bard(["sample", "--checkpoint", out + "/model.safetensors", "--length", "80", "--seed", "3", "--prime", "to be"])
+        let s2 = try bard(["sample", "--checkpoint", out + "/model.safetensors", "--length", "80", "--seed", "3", "--prime", "to be"])
+        XCTAssertEqual(s1.status, 0, s1.err)
+        XCTAssertEqual(s1.out, s2.out)
+        XCTAssertTrue(s1.out.hasPrefix("to be"))
+        XCTAssertEqual(s1.out.count, 5 + 80 + 1)
+        let s3 = try bard(["sample", "--checkpoint", out + "/model.safetensors", "--length", "80", "--seed", "4", "--prime", "to be"])
+        XCTAssertNotEqual(s1.out, s3.out)
+        assertOneLineError(try bard(["sample", "--checkpoint", out + "/model.safetensors", "--prime", "Zq"]), contains: "not in the model's vocabulary")
+        let e = try bard(["eval", "--checkpoint", out + "/model.safetensors", "--data", data, "--json"])
+        XCTAssertEqual(e.status, 0, e.err)
+        let obj = try JSONSerialization.jsonObject(with: Data(e.out.utf8)) as! [String: Any]
+        XCTAssertNotNil(obj["loss"] as? Double)
+        XCTAssertNotNil(obj["perplexity"] as? Double)
+        XCTAssertNotNil(obj["chars"] as? Int)
+        let i = try bard(["inspect", out + "/model.safetensors"])
+        XCTAssertTrue(i.out.contains("step: 40"), i.out)
+        XCTAssertTrue(i.out.contains("parameters:"), i.out)
+    }
+
+    /// The chapter's toy table, with the chapter's numbers.
+    func testGradientsPrintsTheChapterTable() throws {
+        let data = write("c.txt", Array(corpusText().utf8))
+        let r = try bard(["gradients", "--data", data, "--hidden", "16", "--bptt", "10", "--windows", "2"])
+        XCTAssertEqual(r.status, 0, r.err)
+        for expected in ["[0.93940638 0.96852968]", "0.99307291", "0.03439552", "0.00118305", "4.06916726e-05", "[5. 5.]", "[9765625. 9765625.]"] {
+            XCTAssertTrue(r.out.contains(expected), "missing \(expected) in\n\(r.out)")
+        }
+        XCTAssertTrue(r.out.contains("lstm"))
+    }
+}

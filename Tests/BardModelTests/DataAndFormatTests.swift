@@ -1,0 +1,192 @@
+import BardModel
+import BardNumerics
+import Foundation
+import XCTest
+
+final class BatchingTests: XCTestCase {
+    /// The chapter's layout: column j is tokens[j*rows ..< (j+1)*rows]; inputs row r, targets row r+1.
+    func testChapterColumnLayout() {
+        let tokens = (0..<26).map(Int32.init)  // 26 tokens, 3 columns -> 8 rows, 2 dropped
+        let s = ColumnStreams(tokens, columns: 3)
+        XCTAssertEqual(s.rows, 8)
+        XCTAssertEqual((0..<8).map { s.token(row: $0, column: 0) }, Array(0..<8))
+        XCTAssertEqual((0..<8).map { s.token(row: $0, column: 2) }, Array(16..<24))
+        // n_bptt = (rows - 1) // bptt
+        XCTAssertEqual(s.trainingWindows(bptt: 3), 2)
+        XCTAssertEqual(s.trainingWindows(bptt: 7), 1)
+        XCTAssertEqual(s.targetCount, 21)
+        // Window 1 with bptt 3: rows 3...6 of every column, time-major.
+        XCTAssertEqual(s.window(startRow: 3, steps: 3), [3, 11, 19, 4, 12, 20, 5, 13, 21, 6, 14, 22])
+    }
+
+    /// CHAPTER.md's example: with batch 8 the text starting "That," forms rows 0..4 of column 0.
+    func testChapterExampleFirstColumn() {
+        let text = "That, " + String(repeating: "abcdefgh ", count: 20)
+        let corpus = Corpus(text: text)
+        let s = ColumnStreams(corpus.tokens, columns: 8)
+        let first = (0..<5).map { corpus.vocabulary.character(Int(s.token(row: $0, column: 0))) }.joined()
+        XCTAssertEqual(first, "That,")
+    }
+}
+
+final class CorpusTests: XCTestCase {
+    func testVocabularySortedByScalarAndRoundTrips() throws {
+        let c = Corpus(text: "zebra é Apple\n")
+        XCTAssertEqual(c.vocabulary.scalars.map(\.value), c.vocabulary.scalars.map(\.value).sorted())
+        XCTAssertEqual(c.vocabulary.character(0), "\n")
+        XCTAssertEqual(try Vocabulary(json: c.vocabulary.json), c.vocabulary)
+    }
+
+    func testInvalidUTF8ReportsByteOffset() {
+        XCTAssertThrowsError(try Corpus.decodeUTF8([0x61, 0x62, 0xC3, 0x28], name: "x")) { e in
+            XCTAssertTrue("\(e)".contains("byte offset 2"), "\(e)")
+        }
+    }
+
+    func testMissingAndEmptyFiles() throws {
+        XCTAssertThrowsError(try Corpus.load(path: "/nonexistent/bard.txt")) { XCTAssertTrue("\($0)".contains("no such file")) }
+        let empty = NSTemporaryDirectory() + "bard-empty-\(getpid()).txt"
+        FileManager.default.createFile(atPath: empty, contents: Data())
+        defer { unlink(empty) }
+        XCTAssertThrowsError(try Corpus.load(path: empty)) { XCTAssertTrue("\($0)".contains("empty")) }
+    }
+
+    func testSplitMatchesReference() {
+        let c = Corpus(text: String(repeating: "a", count: 1_115_394))
+        let (train, val) = c.split(valFraction: 0.1)
+        XCTAssertEqual(train.count, 1_003_854)
+        XCTAssertEqual(val.count, 111_540)
+    }
+}
+
+final class SafetensorsTests: XCTestCase {
+    func tmp(_ name: String) -> String { NSTemporaryDirectory() + "bard-\(getpid())-\(name)" }
+
+    func testRoundTripAndLayout() throws {
+        let t = [Tensor(name: "a", shape: [2, 3], values: [1, 2, 3, 4, 5, 6]), Tensor(name: "b", shape: [1], values: [-1])]
+        let bytes = Safetensors.encode(t, metadata: ["k": "v"])
+        var n = 0
+        for i in 0..<8 { n |= Int(bytes[i]) << (8 * i) }
+        XCTAssertEqual((8 + n) % 8, 0)
+        XCTAssertEqual(bytes.count, 8 + n + 7 * 4)
+        let (back, meta) = try Safetensors.decode(bytes, name: "t")
+        XCTAssertEqual(back.map(\.name), ["a", "b"])
+        XCTAssertEqual(back[0].values, [1, 2, 3, 4, 5, 6])
+        XCTAssertEqual(back[0].shape, [2, 3])
+        XCTAssertEqual(meta["k"], "v")
+    }
+
+    func testTruncatedAndCorruptFilesAreClearErrors() throws {
+        let bytes = Safetensors.encode([Tensor(name: "a", shape: [4], values: [1, 2, 3, 4])], metadata: [:])
+        for cut in [0, 4, 9, bytes.count - 3] {
+            XCTAssertThrowsError(try Safetensors.decode(Array(bytes.prefix(cut)), name: "f")) { e in
+                XCTAssertTrue("\(e)".contains("f:"), "\(e)")
+            }
+        }
+        var flipped = bytes
+        flipped[bytes.count - 1] ^= 0x40
+        XCTAssertThrowsError(try Safetensors.decode(flipped, name: "f")) { XCTAssertTrue("\($0)".contains("checksum")) }
+        var badHeader = bytes
+        badHeader[10] = 0x7B
+        XCTAssertThrowsError(try Safetensors.decode(badHeader, name: "f"))
+        XCTAssertThrowsError(try Safetensors.decode([255, 255, 255, 255, 255, 255, 255, 255, 0], name: "f"))
+    }
+
+    func testModelCheckpointRoundTripAndInit() throws {
+        var cfg = Config()
+        cfg.layers = 2; cfg.embed = 3; cfg.hidden = 4; cfg.cell = .gru
+        let vocab = Vocabulary(text: Array("abc\n".unicodeScalars))
+        let model = Model(config: cfg, vocabularySize: vocab.count)
+        let params = model.makeParameters(seed: 1)
+        let path = tmp("ck.safetensors")
+        defer { unlink(path) }
+        try ModelCheckpoint(config: cfg, vocabulary: vocab, params: params, step: 12, epoch: 1, valLoss: 1.5).save(to: path)
+        let back = try ModelCheckpoint.load(path: path)
+        XCTAssertEqual(back.config, cfg)
+        XCTAssertEqual(back.vocabulary, vocab)
+        XCTAssertEqual(back.params.array, params.array)
+        XCTAssertEqual(back.step, 12)
+        XCTAssertEqual(back.valLoss, 1.5)
+        XCTAssertEqual(model.layout.specs.map(\.name), ["embedding.weight", "rnn.weight_ih_l0", "rnn.weight_hh_l0",
+            "rnn.bias_ih_l0", "rnn.bias_hh_l0", "rnn.weight_ih_l1", "rnn.weight_hh_l1", "rnn.bias_ih_l1", "rnn.bias_hh_l1",
+            "decoder.weight", "decoder.bias"])
+        XCTAssertEqual(model.layout["rnn.weight_ih_l0"]?.shape, [12, 3])
+        XCTAssertEqual(try ModelCheckpoint.loadWeights(path: path, layout: model.layout).array, params.array)
+        var other = cfg
+        other.hidden = 5
+        XCTAssertThrowsError(try ModelCheckpoint.loadWeights(path: path, layout: ParameterLayout(config: other, vocabularySize: 4))) {
+            XCTAssertTrue("\($0)".contains("shape"), "\($0)")
+        }
+    }
+}
+
+final class OptimizerTests: XCTestCase {
+    /// Adam against torch.optim.Adam's update written out for two steps on one parameter.
+    func testAdamMatchesPyTorchFormula() {
+        let opt = Optimizer(kind: .adam, lr: 0.1, parameterCount: 1)
+        let p = FloatBuffer([1.0]), g = FloatBuffer([0.5])
+        opt.apply(params: p, grads: g)
+        // step 1: m = 0.05, v = 0.00025; p -= 0.1/0.1 * 0.05 / (sqrt(0.00025)/sqrt(0.001) + 1e-8) = 0.1
+        XCTAssertEqual(Double(p[0]), 0.9, accuracy: 1e-6)
+        g[0] = -1
+        opt.apply(params: p, grads: g)
+        let m = 0.9 * 0.05 + 0.1 * -1.0, v = 0.999 * 0.00025 + 0.001 * 1.0
+        let expected = 0.9 - 0.1 / (1 - 0.81) * m / (sqrt(v) / sqrt(1 - 0.999 * 0.999) + 1e-8)
+        XCTAssertEqual(Double(p[0]), expected, accuracy: 1e-5)
+    }
+
+    func testClipLikeClipGradNorm() {
+        let g = FloatBuffer([3, 4])
+        XCTAssertEqual(clipGradientNorm(g, maxNorm: 1), 5, accuracy: 1e-6)
+        XCTAssertEqual(Double(g[0]), 3 / (5 + 1e-6), accuracy: 1e-6)
+        let small = FloatBuffer([0.3, 0.4])
+        clipGradientNorm(small, maxNorm: 1)
+        XCTAssertEqual(small.array, [0.3, 0.4])
+    }
+}
+
+final class SamplerTests: XCTestCase {
+    /// The chapter's threshold trick picks index 2 of [.1, .6, .3] never; real sampling about 30% of the time.
+    func testCategoricalFrequencies() {
+        let logits = FloatBuffer([Float(log(0.1)), Float(log(0.6)), Float(log(0.3))])
+        var s = Sampler(temperature: 1, seed: 42)
+        var counts = [0, 0, 0]
+        for _ in 0..<30000 { counts[Int(s.draw(logits))] += 1 }
+        XCTAssertEqual(Double(counts[0]) / 30000, 0.1, accuracy: 0.015)
+        XCTAssertEqual(Double(counts[1]) / 30000, 0.6, accuracy: 0.015)
+        XCTAssertEqual(Double(counts[2]) / 30000, 0.3, accuracy: 0.015)
+    }
+
+    func testTopKAndGreedy() {
+        let logits = FloatBuffer([0, 3, 2, 1])
+        var s = Sampler(temperature: 1, topK: 2, seed: 1)
+        for _ in 0..<500 { XCTAssertTrue([1, 2].contains(s.draw(logits))) }
+        var g = Sampler(greedy: true, seed: 1)
+        XCTAssertEqual(g.draw(logits), 1)
+    }
+
+    /// Generation at batch 1 equals the training forward pass, step by step.
+    func testGeneratorMatchesWindowForward() {
+        for cell in [CellKind.lstm, .gru, .rnn] {
+            var cfg = Config()
+            cfg.cell = cell; cfg.layers = 2; cfg.embed = 6; cfg.hidden = 7; cfg.dropout = 0; cfg.initialState = .book
+            let V = 5, T = 6
+            let model = Model(config: cfg, vocabularySize: V)
+            let params = model.makeParameters(seed: 4)
+            let tokens: [Int32] = [0, 3, 1, 4, 2, 2, 1]
+            let gen = Generator(model: model, params: params)
+            var genLoss = 0.0
+            for t in 0..<T {
+                let l = gen.step(tokens[t])
+                let m = l.array.max()!
+                let lse = Double(m) + log(l.array.reduce(0.0) { $0 + exp(Double($1 - m)) })
+                genLoss += lse - Double(l[Int(tokens[t + 1])])
+            }
+            let loss = tokens.withUnsafeBufferPointer { w in
+                model.run(params: params, grads: nil, window: w.baseAddress!, steps: T, totalColumns: 1, columns: 0..<1,
+                          state: model.makeState(columns: 1), dropout: nil, workspace: model.makeWorkspace(steps: T, batch: 1))
+            }
+            XCTAssertEqual(genLoss, loss, accuracy: 1e-4, "\(cell)")
+        }
+    }
+}

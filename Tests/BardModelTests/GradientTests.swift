@@ -1,0 +1,161 @@
+import BardModel
+import BardNumerics
+import XCTest
+
+/// Backward against central differences in Double, and the fused forward against the naive per-step reference.
+final class GradientTests: XCTestCase {
+    /// Tiny distinct sizes, as torch-rnn's gradcheck: batch 2, steps 3 or 4, input 4, hidden 5, vocabulary 6.
+    func config(_ cell: CellKind, _ act: Activation = .tanh, layers: Int = 1, dropout: Float = 0, bias: Bool = true) -> Config {
+        var c = Config()
+        c.cell = cell; c.activation = act; c.layers = layers; c.embed = 4; c.hidden = 5; c.dropout = dropout
+        c.outputBias = bias
+        return c
+    }
+
+    static let cells: [(CellKind, Activation)] = [(.lstm, .tanh), (.gru, .tanh), (.rnn, .tanh), (.rnn, .sigmoid)]
+
+    /// One layer alone: L = sum_t <dOut_t, h_t> with a random upstream gradient dOut, T = 4 steps, random initial
+    /// state. Checks weights, biases, the input and the initial state (h0 and, for LSTM, c0).
+    func testEachLayerBackwardMatchesFiniteDifferences() {
+        for (cell, act) in Self.cells {
+            let cfg = config(cell, act)
+            let T = 4, B = 2, In = cfg.embed, H = cfg.hidden, V = 6
+            let layout = ParameterLayout(config: cfg, vocabularySize: V)
+            var rng = RNG(seed: 7)
+            let params = randomBuffer(layout.total, &rng)
+            let x = randomBuffer(T * B * In, &rng), dOut = randomBuffer(T * B * H, &rng, scale: 1)
+            let h0 = randomBuffer(B * H, &rng), c0 = randomBuffer(B * H, &rng)
+            let layer = RecurrentLayer(cell: cell, activation: act, input: In, hidden: H, layer: 0, layout: layout)
+            let ws = LayerWorkspace(cell: cell, input: In, hidden: H, steps: T, batch: B)
+            layer.forward(params: params.pointer, x: x.pointer, steps: T, batch: B, h0: h0.pointer, c0: c0.pointer, ws: ws)
+            let grads = FloatBuffer(count: layout.total)
+            layer.backward(params: params.pointer, grads: grads.pointer, x: x.pointer, dOut: dOut.pointer, steps: T,
+                           batch: B, ws: ws, inputGradient: true)
+
+            let ref = ReferenceModel(config: cfg, vocab: V)
+            // Objective in Double over (params, x, h0, c0) as one vector.
+            func objective(_ p: [Double], _ xs: [Double], _ hs: [Double], _ cs: [Double]) -> Double {
+                var total = 0.0
+                for b in 0..<B {
+                    var h = Array(hs[(b * H)..<((b + 1) * H)]), c = Array(cs[(b * H)..<((b + 1) * H)])
+                    for t in 0..<T {
+                        let xv = Array(xs[((t * B + b) * In)..<((t * B + b + 1) * In)])
+                        (h, c) = ref.cellStep(p, layer: 0, x: xv, h: h, c: c)
+                        for j in 0..<H { total += Double(dOut[(t * B + b) * H + j]) * h[j] }
+                    }
+                }
+                return total
+            }
+            // vars: parameters, input, h0, c0.
+            var vars = [params.array.map(Double.init), x.array.map(Double.init), h0.array.map(Double.init),
+                        c0.array.map(Double.init)]
+            let eps = Tolerance.finiteDifferenceStep
+            func central(_ k: Int, _ i: Int) -> Double {
+                let old = vars[k][i]
+                vars[k][i] = old + eps; let up = objective(vars[0], vars[1], vars[2], vars[3])
+                vars[k][i] = old - eps; let down = objective(vars[0], vars[1], vars[2], vars[3])
+                vars[k][i] = old
+                return (up - down) / (2 * eps)
+            }
+            // Parameters of this layer only (embedding and decoder are not part of it).
+            for spec in layout.specs where spec.name.hasPrefix("rnn.") {
+                for i in spec.offset..<(spec.offset + spec.count) {
+                    let numeric = central(0, i)
+                    XCTAssert(Tolerance.close(Double(grads[i]), numeric), "\(cell) \(spec.name)[\(i - spec.offset)]: analytic \(grads[i]) numeric \(numeric)")
+                }
+            }
+            for i in 0..<vars[1].count {
+                let numeric = central(1, i)
+                XCTAssert(Tolerance.close(Double(ws.dInput[i]), numeric), "\(cell) dx[\(i)]: \(ws.dInput[i]) vs \(numeric)")
+            }
+            for i in 0..<vars[2].count {
+                let numeric = central(2, i)
+                XCTAssert(Tolerance.close(Double(ws.dhNext[i]), numeric), "\(cell) dh0[\(i)]: \(ws.dhNext[i]) vs \(numeric)")
+            }
+            if cell == .lstm {
+                for i in 0..<vars[3].count {
+                    let numeric = central(3, i)
+                    XCTAssert(Tolerance.close(Double(ws.dcNext[i]), numeric), "lstm dc0[\(i)]: \(ws.dcNext[i]) vs \(numeric)")
+                }
+            }
+        }
+    }
+
+    /// The whole model over a window (loss summed over steps and columns, 2 layers, dropout on, no output bias for
+    /// one case) against central differences of the Double reference; and the fused forward against it.
+    func testWholeModelGradientAndForwardMatchReference() {
+        for (cell, act) in Self.cells {
+            for (dropout, bias) in [(Float(0.3), true), (Float(0), false)] {
+                let cfg = config(cell, act, layers: 2, dropout: dropout, bias: bias)
+                let V = 6, T = 3, B = 3
+                let model = Model(config: cfg, vocabularySize: V)
+                var rng = RNG(seed: 11)
+                let params = randomBuffer(model.parameterCount, &rng)
+                let window = (0..<((T + 1) * B)).map { _ in Int32(rng.next() % UInt64(V)) }
+                let state = model.makeState(columns: B)
+                for i in 0..<state.h.count { state.h[i] = rng.uniform(-0.5, 0.5) }
+                for i in 0..<state.c.count { state.c[i] = rng.uniform(-0.5, 0.5) }
+                let h0 = state.h.array, c0 = state.c.array
+                let key = DropoutKey(seed: 5, step: 9)
+                let grads = FloatBuffer(count: model.parameterCount)
+                let ws = model.makeWorkspace(steps: T, batch: B)
+                let loss = window.withUnsafeBufferPointer { w in
+                    model.run(params: params, grads: grads, window: w.baseAddress!, steps: T, totalColumns: B, columns: 0..<B,
+                              state: state, dropout: key, workspace: ws)
+                }
+                let ref = ReferenceModel(config: cfg, vocab: V)
+                let H = cfg.hidden
+                func nest(_ flat: [Float]) -> [[[Double]]] {
+                    guard !flat.isEmpty else { return Array(repeating: Array(repeating: Array(repeating: 0, count: H), count: B), count: cfg.layers) }
+                    return (0..<cfg.layers).map { l in (0..<B).map { b in (0..<H).map { Double(flat[(l * B + b) * H + $0]) } } }
+                }
+                var p = params.array.map(Double.init)
+                let r = ref.loss(p, window: window, steps: T, totalColumns: B, columns: 0..<B, h0: nest(h0), c0: nest(c0), dropout: key)
+                XCTAssertEqual(loss, r.loss, accuracy: Tolerance.forwardRelative * abs(r.loss) + 1e-6, "\(cell) forward loss")
+                let finalH = nest(state.h.array)
+                for l in 0..<cfg.layers { for b in 0..<B { for j in 0..<H {
+                    XCTAssertEqual(finalH[l][b][j], r.h[l][b][j], accuracy: 1e-5, "\(cell) carried h")
+                } } }
+                let eps = Tolerance.finiteDifferenceStep
+                var worst = 0.0
+                for i in 0..<p.count {
+                    let old = p[i]
+                    p[i] = old + eps
+                    let up = ref.loss(p, window: window, steps: T, totalColumns: B, columns: 0..<B, h0: nest(h0), c0: nest(c0), dropout: key).loss
+                    p[i] = old - eps
+                    let down = ref.loss(p, window: window, steps: T, totalColumns: B, columns: 0..<B, h0: nest(h0), c0: nest(c0), dropout: key).loss
+                    p[i] = old
+                    let numeric = (up - down) / (2 * eps)
+                    worst = max(worst, abs(numeric - Double(grads[i])))
+                    XCTAssert(Tolerance.close(Double(grads[i]), numeric), "\(cell) dropout \(dropout) param \(i): analytic \(grads[i]) numeric \(numeric)")
+                }
+                XCTAssertLessThan(worst, 1e-3)
+            }
+        }
+    }
+
+    /// Columns are independent: two shards' gradients add up to the full batch's, and states match.
+    func testShardsAddUpToTheFullBatch() {
+        let cfg = config(.lstm, layers: 2, dropout: 0.2)
+        let V = 7, T = 5, B = 5
+        let model = Model(config: cfg, vocabularySize: V)
+        var rng = RNG(seed: 3)
+        let params = randomBuffer(model.parameterCount, &rng)
+        let window = (0..<((T + 1) * B)).map { _ in Int32(rng.next() % UInt64(V)) }
+        let key = DropoutKey(seed: 1, step: 2)
+        let full = FloatBuffer(count: model.parameterCount), sharded = FloatBuffer(count: model.parameterCount)
+        let s1 = model.makeState(columns: B), s2 = model.makeState(columns: B)
+        window.withUnsafeBufferPointer { w in
+            let l1 = model.run(params: params, grads: full, window: w.baseAddress!, steps: T, totalColumns: B, columns: 0..<B,
+                               state: s1, dropout: key, workspace: model.makeWorkspace(steps: T, batch: B))
+            var l2 = 0.0
+            for shard in [0..<2, 2..<5] {
+                l2 += model.run(params: params, grads: sharded, window: w.baseAddress!, steps: T, totalColumns: B, columns: shard,
+                                state: s2, dropout: key, workspace: model.makeWorkspace(steps: T, batch: shard.count))
+            }
+            XCTAssertEqual(l1, l2, accuracy: 1e-5 * abs(l1))
+        }
+        for i in 0..<full.count { XCTAssertEqual(full[i], sharded[i], accuracy: 1e-5, "grad \(i)") }
+        for i in 0..<s1.h.count { XCTAssertEqual(s1.h[i], s2.h[i], accuracy: 1e-6) }
+    }
+}

@@ -1,0 +1,110 @@
+import BardModel
+import BardNumerics
+import BardTraining
+import Foundation
+import XCTest
+
+/// Generated text, so the suite needs neither the network nor ../shared.
+func syntheticText(_ n: Int, seed: UInt64 = 1) -> String {
+    let words = ["the", "king", "shall", "not", "love", "thee", "my", "lord", "and", "her", "é", "—", "ROMEO:", "\n"]
+    var rng = RNG(seed: seed), s = ""
+    while s.unicodeScalars.count < n { s += words[Int(rng.next() % UInt64(words.count))] + " " }
+    return String(String.UnicodeScalarView(s.unicodeScalars.prefix(n)))
+}
+
+final class TrainerTests: XCTestCase {
+    var dir = ""
+    override func setUp() {
+        dir = NSTemporaryDirectory() + "bard-trainer-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
+        try? FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+    }
+    override func tearDown() { try? FileManager.default.removeItem(atPath: dir) }
+
+    func smallConfig() -> Config {
+        var c = Config()
+        c.layers = 2; c.embed = 8; c.hidden = 12; c.dropout = 0.2; c.batch = 4; c.bptt = 6; c.lr = 0.01; c.seed = 5
+        return c
+    }
+
+    func trainer(_ cfg: Config, corpus: Corpus, out: String, resume: Bool = false) throws -> Trainer {
+        var o = TrainOptions(config: cfg, dataPath: "synthetic")
+        o.outDir = out; o.resume = resume; o.sampleLength = 10; o.logInterval = 1e9
+        return try Trainer(options: o, corpus: corpus, log: { _ in })
+    }
+
+    /// N steps straight equal N/2, a checkpoint, a resume and N/2 more, bit for bit, across an epoch boundary
+    /// (state reset, lr decay) with dropout and Adam.
+    func testResumeContinuesExactly() throws {
+        let corpus = Corpus(text: syntheticText(3000))
+        var cfg = smallConfig()
+        let straight = try trainer({ cfg.steps = 200; return cfg }(), corpus: corpus, out: dir + "/a")
+        XCTAssertLessThan(straight.windowsPerEpoch, 200, "the run must cross an epoch boundary")
+        try straight.run()
+        cfg.steps = 100
+        try trainer(cfg, corpus: corpus, out: dir + "/b").run()
+        cfg.steps = 200
+        let resumed = try trainer(cfg, corpus: corpus, out: dir + "/b", resume: true)
+        XCTAssertEqual(resumed.step, 100)
+        try resumed.run()
+        XCTAssertEqual(resumed.params.array, straight.params.array)
+        let a = try ModelCheckpoint.load(path: dir + "/a/model.safetensors")
+        let b = try ModelCheckpoint.load(path: dir + "/b/model.safetensors")
+        XCTAssertEqual(a.params.array, b.params.array)
+        XCTAssertEqual(a.step, 200)
+        // metrics.jsonl: one line per step, with the required keys.
+        let lines = try String(contentsOfFile: dir + "/a/metrics.jsonl", encoding: .utf8).split(separator: "\n")
+        XCTAssertEqual(lines.count, 200)
+        let first = try JSONSerialization.jsonObject(with: Data(lines[0].utf8)) as! [String: Any]
+        for key in ["step", "epoch", "chars", "train_loss", "chars_per_s", "lr", "time"] { XCTAssertNotNil(first[key], key) }
+        XCTAssertTrue(lines.contains { $0.contains("val_loss") })
+    }
+
+    /// Training lowers the loss (a smoke test that learning happens at all).
+    func testLossFalls() throws {
+        let corpus = Corpus(text: syntheticText(6000))
+        var cfg = smallConfig()
+        cfg.steps = 150; cfg.dropout = 0; cfg.lr = 0.02
+        let t = try trainer(cfg, corpus: corpus, out: dir + "/l")
+        let before = t.validate()!
+        let r = try t.run()
+        XCTAssertLessThan(r.valLoss!, before - 0.5)
+    }
+
+    /// Validation counts every target once, whatever the window length; two threads give the one-thread result.
+    func testEvaluationIndependentOfWindowAndThreads() {
+        let corpus = Corpus(text: syntheticText(2000))
+        var cfg = smallConfig()
+        cfg.cell = .gru
+        let model = Model(config: cfg, vocabularySize: corpus.vocabulary.count)
+        let params = model.makeParameters(seed: 2)
+        let a = evaluate(model: model, params: params, tokens: corpus.tokens[...], columns: 5, bptt: 7, threads: 1)
+        let b = evaluate(model: model, params: params, tokens: corpus.tokens[...], columns: 5, bptt: 400, threads: 2)
+        XCTAssertEqual(a.chars, 5 * (2000 / 5 - 1))
+        XCTAssertEqual(a.chars, b.chars)
+        XCTAssertEqual(a.loss, b.loss, accuracy: 1e-5)
+    }
+
+    func testTooShortCorpusIsAClearError() {
+        var cfg = smallConfig()
+        cfg.batch = 32; cfg.bptt = 50
+        XCTAssertThrowsError(try trainer(cfg, corpus: Corpus(text: syntheticText(500)), out: dir + "/s")) {
+            XCTAssertTrue("\($0)".contains("corpus too short"), "\($0)")
+        }
+    }
+
+    /// A diverging run stops with a clear error and leaves the last good checkpoint readable.
+    func testDivergenceKeepsLastGoodCheckpoint() throws {
+        let corpus = Corpus(text: syntheticText(3000))
+        var cfg = smallConfig()
+        cfg.optimizer = .sgd; cfg.clip = 0; cfg.lr = 1e30; cfg.steps = 50; cfg.dropout = 0
+        var o = TrainOptions(config: cfg, dataPath: "synthetic")
+        o.outDir = dir + "/d"; o.checkpointEvery = 1; o.logInterval = 1e9
+        let t = try Trainer(options: o, corpus: corpus, log: { _ in })
+        XCTAssertThrowsError(try t.run()) { e in
+            guard case BardError.diverged(let m) = e else { return XCTFail("\(e)") }
+            XCTAssertTrue(m.contains("diverged"))
+        }
+        let ck = try ModelCheckpoint.load(path: dir + "/d/model.safetensors")
+        XCTAssertTrue(ck.params.allFinite)
+    }
+}

@@ -1,0 +1,72 @@
+#!/usr/bin/env bash
+# Installs what building and testing Bard needs, and nothing already present.
+# Idempotent; meant to run as root on Debian 12 (only Debian's apt and PyPI
+# are reachable). Prints one line per thing it installs.
+#
+#   Debian: libopenblas-dev (CBLAS), pkg-config, libzmq3-dev (CZMQ)
+#   Python: numpy, safetensors (checkpoint tests), pytest
+set -euo pipefail
+
+APT_PACKAGES=(libopenblas-dev pkg-config libzmq3-dev)
+PYTHON=${PYTHON:-python3}
+
+apt_updated=0
+apt_install() {
+    export DEBIAN_FRONTEND=noninteractive
+    if ((!apt_updated)); then
+        apt-get update -qq
+        apt_updated=1
+    fi
+    apt-get install -y -qq --no-install-recommends "$@" >/dev/null
+}
+
+missing=()
+for pkg in "${APT_PACKAGES[@]}"; do
+    # dpkg -s succeeds for removed-but-configured packages too; check the status.
+    if ! dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed'; then
+        missing+=("$pkg")
+    fi
+done
+if ((${#missing[@]})); then
+    if [[ $(id -u) -ne 0 ]]; then
+        echo "bootstrap: need root to install: ${missing[*]}" >&2
+        exit 1
+    fi
+    echo "bootstrap: apt-get install ${missing[*]}"
+    apt_install "${missing[@]}"
+fi
+
+if ! command -v "$PYTHON" >/dev/null 2>&1; then
+    echo "bootstrap: $PYTHON not found" >&2
+    exit 1
+fi
+
+pip_install() {
+    # Debian's python refuses plain pip installs (PEP 668); retry past that.
+    local log
+    if ! "$PYTHON" -m pip --version >/dev/null 2>&1; then
+        echo "bootstrap: apt-get install python3-pip"
+        apt_install python3-pip
+    fi
+    log=$(mktemp)
+    if ! "$PYTHON" -m pip install --quiet "$@" 2>"$log"; then
+        if grep -q externally-managed "$log"; then
+            "$PYTHON" -m pip install --quiet --break-system-packages "$@"
+        else
+            cat "$log" >&2
+            rm -f "$log"
+            return 1
+        fi
+    fi
+    rm -f "$log"
+}
+
+if ! "$PYTHON" -c 'import numpy, safetensors' >/dev/null 2>&1; then
+    echo "bootstrap: pip install numpy safetensors"
+    pip_install numpy safetensors
+fi
+
+if ! "$PYTHON" -m pytest --version >/dev/null 2>&1; then
+    echo "bootstrap: pip install pytest"
+    pip_install pytest
+fi
