@@ -46,9 +46,11 @@ public struct DropoutKey: Sendable {
 /// Buffers for one window of up to `steps` x `batch` columns, reused across windows.
 public final class Workspace {
     let steps: Int, batch: Int
-    let embedded: FloatBuffer
+    /// (V, G*H): layer 0's input projection of every character, and its gradient.
+    let table: FloatBuffer
+    let dTable: FloatBuffer
     let layers: [LayerWorkspace]
-    /// Per dropout site (embedding output, between layers, before the decoder): the mask multipliers and the output.
+    /// Per dropout site (between layers, before the decoder): the mask multipliers and the output.
     let masks: [FloatBuffer]
     let dropped: [FloatBuffer]
     let logits: FloatBuffer
@@ -57,12 +59,15 @@ public final class Workspace {
     init(config: Config, vocabularySize v: Int, steps: Int, batch: Int) {
         self.steps = steps; self.batch = batch
         let rows = steps * batch
-        embedded = FloatBuffer(count: rows * config.embed)
+        let gh = config.cell.gates * config.hidden
+        table = FloatBuffer(count: v * gh)
+        dTable = FloatBuffer(count: v * gh)
         layers = (0..<config.layers).map { l in
             LayerWorkspace(cell: config.cell, input: l == 0 ? config.embed : config.hidden, hidden: config.hidden,
                            steps: steps, batch: batch)
         }
-        let siteWidths = [config.embed] + Array(repeating: config.hidden, count: config.layers)
+        // Site 0 (the embedding) has no dropout; site l + 1 follows layer l.
+        let siteWidths = [0] + Array(repeating: config.hidden, count: config.layers)
         let drop = config.dropout > 0
         masks = siteWidths.map { FloatBuffer(count: drop ? rows * $0 : 0) }
         dropped = siteWidths.map { FloatBuffer(count: drop ? rows * $0 : 0) }
@@ -131,12 +136,15 @@ public final class Model {
         let p = params.pointer, E = config.embed, H = config.hidden, V = vocabularySize, rows = T * B
         let useDropout = dropout != nil && config.dropout > 0
 
-        // Embedding lookup.
-        let emb = ws.embedded.pointer
+        // Layer 0 reads an embedding row and projects it: the product of the two is a per-character table
+        // (V x G*H) = E W_ih^T + biases, so the window's input projection is a gather instead of a GEMM.
+        let GH = config.cell.gates * H, table = ws.table.pointer
+        let layer0 = layers[0], lw0 = ws.layers[0]
+        layer0.projectInput(params: p, x: p + embeddingOffset, rows: V, into: table)
         for t in 0..<T {
             for b in 0..<B {
                 let token = Int(window[t * totalColumns + c0 + b])
-                (emb + (t * B + b) * E).update(from: p + embeddingOffset + token * E, count: E)
+                (lw0.gates.pointer + (t * B + b) * GH).update(from: table + token * GH, count: GH)
             }
         }
         func applyDropout(site: Int, _ x: UnsafeMutablePointer<Float>, width n: Int) -> UnsafeMutablePointer<Float> {
@@ -158,14 +166,18 @@ public final class Model {
             return out
         }
 
-        // Recurrent layers.
-        var inputs: [UnsafeMutablePointer<Float>] = []
-        var x = applyDropout(site: 0, emb, width: E)
+        // Recurrent layers; dropout after each (site l + 1): between layers and before the decoder.
+        var inputs: [UnsafeMutablePointer<Float>?] = [nil]
+        var x = lw0.h.pointer
         for (l, layer) in layers.enumerated() {
-            inputs.append(x)
             let lw = ws.layers[l]
-            layer.forward(params: p, x: x, steps: T, batch: B, h0: state.hRows(l, c0),
-                          c0: state.cRows(l, c0).map { UnsafePointer($0) }, ws: lw)
+            let h0 = UnsafePointer(state.hRows(l, c0)), c0p = state.cRows(l, c0).map { UnsafePointer($0) }
+            if l == 0 {
+                layer.recur(params: p, steps: T, batch: B, h0: h0, c0: c0p, ws: lw)
+            } else {
+                inputs.append(x)
+                layer.forward(params: p, x: x, steps: T, batch: B, h0: h0, c0: c0p, ws: lw)
+            }
             let out = lw.h.pointer + B * H
             // Carry the final state (its value, not its gradient).
             state.hRows(l, c0).update(from: lw.h.pointer + T * B * H, count: B * H)
@@ -214,19 +226,26 @@ public final class Model {
         BLAS.gemm(m: rows, n: H, k: V, a: logits, lda: V, b: p + decoderWeight, ldb: H, beta: 0, c: dOut, ldc: H)
         for l in stride(from: layers.count - 1, through: 0, by: -1) {
             if useDropout { multiply(dOut, ws.masks[l + 1].pointer, rows * H) }
-            layers[l].backward(params: p, grads: gp, x: inputs[l], dOut: dOut, steps: T, batch: B, ws: ws.layers[l],
-                               inputGradient: true,
+            layers[l].backward(params: p, grads: gp, x: inputs[l].map { UnsafePointer($0) }, dOut: dOut, steps: T, batch: B,
+                               ws: ws.layers[l], inputGradient: l > 0,
                                hiddenGradNorms: l == layers.count - 1 ? hiddenGradNorms : nil)
             dOut = ws.layers[l].dInput.pointer
         }
-        if useDropout { multiply(dOut, ws.masks[0].pointer, rows * E) }
+        // Layer 0's input side through the table: dTable[v] = sum of the gate gradients of rows reading v, then
+        // dW_ih0 += dTable^T E and dE += dTable W_ih0 (V rows instead of T*B).
+        let dTable = ws.dTable.pointer, dG = lw0.dGatesInput.pointer
+        ws.dTable.zero()
         for t in 0..<T {
             for b in 0..<B {
                 let token = Int(window[t * totalColumns + c0 + b])
-                let dst = gp + embeddingOffset + token * E, src = dOut + (t * B + b) * E
-                for j in 0..<E { dst[j] += src[j] }
+                let dst = dTable + token * GH, src = dG + (t * B + b) * GH
+                for j in 0..<GH { dst[j] += src[j] }
             }
         }
+        BLAS.gemm(transA: true, m: GH, n: E, k: V, a: dTable, lda: GH, b: p + embeddingOffset, ldb: E,
+                  beta: 1, c: gp + layer0.weightIH, ldc: E)
+        BLAS.gemm(m: V, n: E, k: GH, a: dTable, lda: GH, b: p + layer0.weightIH, ldb: E,
+                  beta: 1, c: gp + embeddingOffset, ldc: E)
         return loss
     }
 

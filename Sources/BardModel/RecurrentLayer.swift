@@ -57,14 +57,27 @@ public struct RecurrentLayer {
 
     /// Runs T steps from (h0, c0) over `x` (T*B, input). The output is ws.h rows 1...T.
     public func forward(params p: UnsafePointer<Float>, x: UnsafePointer<Float>, steps T: Int, batch B: Int,
-                 h0: UnsafePointer<Float>, c0: UnsafePointer<Float>?, ws: LayerWorkspace) {
-        let H = hidden, GH = cell.gates * hidden, rows = T * B
-        let gates = ws.gates.pointer, h = ws.h.pointer
+                        h0: UnsafePointer<Float>, c0: UnsafePointer<Float>?, ws: LayerWorkspace) {
+        projectInput(params: p, x: x, rows: T * B, into: ws.gates.pointer)
+        recur(params: p, steps: T, batch: B, h0: h0, c0: c0, ws: ws)
+    }
+
+    /// gates (rows, G*H) = x W_ih^T + b_ih (+ b_hh for LSTM and RNN): the input side of every step in one GEMM.
+    public func projectInput(params p: UnsafePointer<Float>, x: UnsafePointer<Float>, rows: Int,
+                             into gates: UnsafeMutablePointer<Float>) {
+        let GH = cell.gates * hidden
         BLAS.gemm(transB: true, m: rows, n: GH, k: input, a: x, lda: input, b: p + weightIH, ldb: input,
                   beta: 0, c: gates, ldc: GH)
         Kernels.addRowVector(gates, rows: rows, n: GH, p + biasIH)
         // LSTM and RNN add b_hh outside the nonlinearity, so it folds into the input projection; GRU's cannot.
         if cell != .gru { Kernels.addRowVector(gates, rows: rows, n: GH, p + biasHH) }
+    }
+
+    /// The time loop, with ws.gates already holding the input projection of every step.
+    public func recur(params p: UnsafePointer<Float>, steps T: Int, batch B: Int,
+                      h0: UnsafePointer<Float>, c0: UnsafePointer<Float>?, ws: LayerWorkspace) {
+        let H = hidden, GH = cell.gates * hidden
+        let gates = ws.gates.pointer, h = ws.h.pointer
         h.update(from: h0, count: B * H)
         if cell == .lstm, let c0 { ws.c.pointer.update(from: c0, count: B * H) }
         let whh = p + weightHH
@@ -115,7 +128,8 @@ public struct RecurrentLayer {
     /// to the layer's outputs; the state gradient starts at zero (truncated BPTT). Afterwards ws.dInput holds the
     /// input gradient (when `inputGradient`) and ws.dhNext / ws.dcNext the gradient of the initial state.
     /// `hiddenGradNorms`, if given, receives |dL/dh_t| for t = 0..<T (the chapter's vanishing-gradient lesson).
-    public func backward(params p: UnsafePointer<Float>, grads gp: UnsafeMutablePointer<Float>, x: UnsafePointer<Float>,
+    /// With `x` nil the input-side weight gradient and input gradient are left to the caller (ws.dGatesInput).
+    public func backward(params p: UnsafePointer<Float>, grads gp: UnsafeMutablePointer<Float>, x: UnsafePointer<Float>?,
                   dOut: UnsafePointer<Float>, steps T: Int, batch B: Int, ws: LayerWorkspace, inputGradient: Bool,
                   hiddenGradNorms: UnsafeMutablePointer<Double>? = nil) {
         let H = hidden, GH = cell.gates * hidden, rows = T * B
@@ -179,10 +193,11 @@ public struct RecurrentLayer {
         }
         // Weight gradients of the whole window: dW_hh += dG_h^T h_{t-1}, dW_ih += dG_x^T x.
         BLAS.gemm(transA: true, m: GH, n: H, k: rows, a: dGh, lda: GH, b: h, ldb: H, beta: 1, c: gp + weightHH, ldc: H)
-        BLAS.gemm(transA: true, m: GH, n: input, k: rows, a: dGx, lda: GH, b: x, ldb: input,
-                  beta: 1, c: gp + weightIH, ldc: input)
         Kernels.addColumnSums(dGx, rows: rows, n: GH, into: gp + biasIH)
         Kernels.addColumnSums(dGh, rows: rows, n: GH, into: gp + biasHH)
+        guard let x else { return }  // the caller handles the input side (Model's embedding table)
+        BLAS.gemm(transA: true, m: GH, n: input, k: rows, a: dGx, lda: GH, b: x, ldb: input,
+                  beta: 1, c: gp + weightIH, ldc: input)
         if inputGradient {
             BLAS.gemm(m: rows, n: input, k: GH, a: dGx, lda: GH, b: p + weightIH, ldb: input,
                       beta: 0, c: ws.dInput.pointer, ldc: input)

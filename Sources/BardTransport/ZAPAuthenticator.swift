@@ -14,12 +14,20 @@ import Foundation
 /// knows the server key. Start the authenticator before CURVE server sockets accept
 /// connections and stop it only after they are closed.
 ///
+/// How a denial looks (libzmq 4.3.4): the client's handshake fails with
+/// `ZMQ_EVENT_HANDSHAKE_FAILED_AUTH` (status 400), the connection is dropped and the
+/// client does **not** reconnect; its sends keep reporting ``ZMQSocket/SendResult/sent``
+/// while the messages sit in its queue forever. A client without CURVE fails earlier
+/// with a mechanism mismatch (`HANDSHAKE_FAILED_PROTOCOL`) and never reaches ZAP, so it
+/// is not counted in ``deniedCount``.
+///
 /// Thread-safe: counters and the allowed set may be used from any thread.
 public final class ZAPAuthenticator: Sendable {
     /// The fixed inproc endpoint libzmq sends ZAP requests to.
     public static let endpoint = "inproc://zeromq.zap.01"
 
     private let state: State
+    // Initialised inline, so a throwing init (before `state` is set) never runs deinit/stop().
     private let finished = DispatchSemaphore(value: 0)
 
     /// Binds the ZAP endpoint in `context` and starts the handler thread.
@@ -30,9 +38,11 @@ public final class ZAPAuthenticator: Sendable {
     public init(context: ZMQContext, allowedPublicKeys: [String], domain: String? = nil,
                 pollIntervalMilliseconds: Int = 100) throws {
         let allowed = try allowedPublicKeys.map { try Z85.decodeKey($0, label: "allowed public key") }
-        state = State(allowed: Set(allowed), domain: domain)
+        // Bind before `state` is initialised: if this throws (e.g. another handler is
+        // already bound in this context) the object is never complete and deinit does not run.
         let socket = try ZMQSocket(context: context, kind: .reply)
         try socket.bind(ZAPAuthenticator.endpoint)
+        state = State(allowed: Set(allowed), domain: domain)
         // The socket moves to the handler thread and is used only there from now on
         // (a hand-over with a memory barrier, as libzmq allows).
         let handoff = SocketHandoff(socket)

@@ -41,7 +41,9 @@ public final class ZMQSocket {
         /// no peer is connected. Nothing was queued; retry later.
         case wouldBlock
         /// `EHOSTUNREACH`: router with `ZMQ_ROUTER_MANDATORY` and no connected peer
-        /// has the routing id in frame 0. Nothing was queued.
+        /// has the routing id in frame 0. Nothing was queued. Note that a router only
+        /// knows a peer once its handshake has completed, so right after a dealer
+        /// connects this is expected; wait for the peer's first message before replying.
         case peerUnreachable
     }
 
@@ -149,7 +151,8 @@ public final class ZMQSocket {
     }
 
     /// `ZMQ_MAXMSGSIZE`: largest accepted inbound *frame* in bytes (-1 = unlimited).
-    /// A peer that sends a larger frame is disconnected; the message is never delivered.
+    /// The limit is per frame, not per multipart message (libzmq 4.3.4). A peer that sends
+    /// a larger frame is disconnected; the message is never delivered.
     public func setMaxMessageSize(bytes: Int64) throws {
         try set(ZMQ_MAXMSGSIZE, "ZMQ_MAXMSGSIZE", int64: bytes)
     }
@@ -179,6 +182,7 @@ public final class ZMQSocket {
     }
 
     /// `ZMQ_HEARTBEAT_IVL`: send a ZMTP PING every interval (0 = off, the default).
+    /// Heartbeats need ZMTP 3.1 on both ends and only affect connections made afterwards.
     public func setHeartbeatInterval(milliseconds: Int32) throws {
         try set(ZMQ_HEARTBEAT_IVL, "ZMQ_HEARTBEAT_IVL", int: milliseconds)
     }
@@ -291,7 +295,11 @@ public final class ZMQSocket {
     public func receive(timeoutMilliseconds: Int) throws -> [[UInt8]]? {
         let socket = try live("zmq_poll")
         let start = DispatchTime.now().uptimeNanoseconds
-        let budget = timeoutMilliseconds < 0 ? nil : UInt64(timeoutMilliseconds) * 1_000_000
+        var budget: UInt64?
+        if timeoutMilliseconds >= 0 {
+            let (nanoseconds, overflow) = UInt64(timeoutMilliseconds).multipliedReportingOverflow(by: 1_000_000)
+            budget = overflow ? nil : nanoseconds
+        }
         while true {
             var remaining = -1
             if let budget {

@@ -80,7 +80,7 @@ struct ReferenceModel {
         for t in 0..<T {
             for (bi, col) in columns.enumerated() {
                 let token = Int(window[t * totalColumns + col])
-                var x = (0..<E).map { j in emb[emb.startIndex + token * E + j] * mask(dropout, site: 0, t: t, column: col, totalColumns: totalColumns, width: E, j: j) }
+                var x = (0..<E).map { j in emb[emb.startIndex + token * E + j] }
                 for l in 0..<L {
                     let (hn, cn) = cellStep(p, layer: l, x: x, h: h[l][bi], c: c[l][bi])
                     h[l][bi] = hn; c[l][bi] = cn
