@@ -40,7 +40,12 @@ public final class RecurrentState {
 /// so a column gets the same mask whichever worker or thread computes it.
 public struct DropoutKey: Sendable {
     public let seed: UInt64, step: UInt64
-    public init(seed: UInt64, step: Int) { self.seed = seed; self.step = UInt64(step) }
+    /// Where the columns of this run sit in the global batch, when a worker runs a shard as its own small batch.
+    public let columnBase: Int
+    public let globalColumns: Int?
+    public init(seed: UInt64, step: Int, columnBase: Int = 0, globalColumns: Int? = nil) {
+        self.seed = seed; self.step = UInt64(step); self.columnBase = columnBase; self.globalColumns = globalColumns
+    }
 }
 
 /// Buffers for one window of up to `steps` x `batch` columns, reused across windows.
@@ -155,7 +160,7 @@ public final class Model {
             for t in 0..<T {
                 for b in 0..<B {
                     let row = (t * B + b) * n
-                    let position = UInt64((t * totalColumns + c0 + b) * n)
+                    let position = UInt64((t * (key.globalColumns ?? totalColumns) + key.columnBase + c0 + b) * n)
                     for j in 0..<n {
                         let m: Float = rnd.uniform(at: position + UInt64(j)) < keep ? scale : 0
                         mask[row + j] = m

@@ -26,7 +26,7 @@ final class Progress {
         return rates[rates.count / 2]
     }
 
-    func show(step: Int, epoch: Int, window: Int, loss: Double, minLoss: Double) {
+    func show(step: Int, epoch: Int, window: Int, loss: Double, minLoss: Double, suffix: String = "") {
         let now = Date()
         guard now.timeIntervalSince(lastPrint) >= (isTTY ? 0.25 : interval) else { return }
         lastPrint = now
@@ -34,7 +34,7 @@ final class Progress {
         let eta = Double(total - step) * perStep
         let line = String(format: "epoch %d batch %d/%d | %.0f chars/s | loss %.4f ppl %.2f | min %.4f | step %d/%d | ETA %@",
                           epoch + 1, window, windowsPerEpoch, charsPerSecond, loss, exp(loss), minLoss, step, total,
-                          formatDuration(eta))
+                          formatDuration(eta)) + (suffix.isEmpty ? "" : " | " + suffix)
         if isTTY {
             FileHandle.standardError.write(Data(("\r\u{1B}[K" + line).utf8)); lineOpen = true
         } else {

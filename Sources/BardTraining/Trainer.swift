@@ -8,6 +8,12 @@ public protocol GradientComputer: AnyObject {
     /// state carried in place; returns the loss sum.
     func computeGradients(params: FloatBuffer, grads: FloatBuffer, window: UnsafePointer<Int32>, steps: Int,
                           totalColumns: Int, state: RecurrentState, dropout: DropoutKey?) throws -> Double
+    /// Appended to the progress line (workers alive, step time split).
+    var statusSuffix: String { get }
+}
+
+extension GradientComputer {
+    public var statusSuffix: String { "" }
 }
 
 extension ColumnParallel: GradientComputer {
@@ -186,7 +192,7 @@ public final class Trainer {
                            progress.charsPerSecond, elapsed))
                 log("sample: " + sample(length: options.sampleLength).replacingOccurrences(of: "\n", with: "\n        "))
             } else {
-                progress.show(step: step, epoch: epoch, window: window, loss: loss, minLoss: minLoss)
+                progress.show(step: step, epoch: epoch, window: window, loss: loss, minLoss: minLoss, suffix: computer.statusSuffix)
             }
             metrics.write(record)
             if epochEnds || (options.checkpointEvery > 0 && step % options.checkpointEvery == 0) || step == totalSteps {

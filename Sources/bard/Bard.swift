@@ -9,7 +9,8 @@ struct Bard: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "bard",
         abstract: "Train character-level RNN/LSTM/GRU language models and sample from them.",
-        subcommands: [Train.self, Sample.self, Eval.self, Inspect.self, Gradients.self, Bench.self])
+        subcommands: [Train.self, Sample.self, Eval.self, Inspect.self, Gradients.self, Bench.self,
+                      CoordinatorCommand.self, WorkerCommand.self, Fetch.self])
 
     static func main() {
         OpenBLASCore.preferFastKernels()

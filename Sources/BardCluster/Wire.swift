@@ -1,0 +1,284 @@
+import BardModel
+import Foundation
+
+/// Bard's cluster messages and their binary encoding (docs/protocol.md). A message is a ZeroMQ multipart message:
+/// frame 0 is a header with the magic, protocol version, type and step id followed by the type's fixed fields;
+/// further frames carry float32 or int32 arrays. `decode` checks every count, size and value before use.
+public enum Wire {
+    public static let magic: [UInt8] = Array("BARD".utf8)
+    public static let version: UInt16 = 1
+    /// Largest frame a peer may send (ZMQ_MAXMSGSIZE): a 64M-parameter model's gradient.
+    public static let maxFrameBytes = 256 << 20
+    /// Largest count of any array we accept, and longest string.
+    static let maxString = 1 << 20
+}
+
+public enum MessageType: UInt8, Sendable {
+    case hello = 1, welcome = 2, refuse = 3, step = 4, result = 5, done = 6, heartbeat = 7, fetch = 8, chunk = 9
+}
+
+/// The messages of the protocol.
+public enum Message: Equatable, Sendable {
+    /// Worker -> coordinator: protocol version (in the header), a name, and the corpus fingerprint it holds ("" = none).
+    case hello(name: String, fingerprint: String)
+    /// Coordinator -> worker: the run's configuration and vocabulary size, and the coordinator's corpus fingerprint.
+    case welcome(configJSON: String, vocabularySize: Int, fingerprint: String)
+    /// Either side: a one-line reason, after which the connection is not used.
+    case refuse(reason: String)
+    /// Coordinator -> worker: compute one window for columns lo..<hi of `totalColumns`.
+    case step(StepRequest)
+    /// Worker -> coordinator.
+    case result(StepResult)
+    /// Coordinator -> worker: training is over; exit.
+    case done
+    case heartbeat
+    /// Client -> coordinator: bytes of the latest checkpoint from `offset`; `final` asks for the end-of-training one.
+    case fetch(offset: Int, final: Bool)
+    /// Coordinator -> client: a piece of the checkpoint of `step`, with the whole file's size and sha256.
+    case chunk(Chunk)
+}
+
+public struct StepRequest: Equatable, Sendable {
+    public var stepID: UInt64
+    public var parameterVersion: UInt64
+    public var columns: Range<Int>
+    public var totalColumns: Int
+    public var steps: Int
+    public var dropoutSeed: UInt64
+    public var dropoutStep: UInt64
+    public var training: Bool
+    /// The full parameter vector when the worker's copy is stale, else empty.
+    public var parameters: [Float]
+    /// (steps + 1) x columns tokens, time-major, of this shard only.
+    public var tokens: [Int32]
+    /// The shard's carried state: h and c as (layers, columns, hidden); c empty for GRU and RNN.
+    public var h: [Float]
+    public var c: [Float]
+
+    public init(stepID: UInt64, parameterVersion: UInt64, columns: Range<Int>, totalColumns: Int, steps: Int,
+                dropoutSeed: UInt64, dropoutStep: UInt64, training: Bool, parameters: [Float], tokens: [Int32],
+                h: [Float], c: [Float]) {
+        self.stepID = stepID; self.parameterVersion = parameterVersion; self.columns = columns
+        self.totalColumns = totalColumns; self.steps = steps; self.dropoutSeed = dropoutSeed
+        self.dropoutStep = dropoutStep; self.training = training; self.parameters = parameters; self.tokens = tokens
+        self.h = h; self.c = c
+    }
+}
+
+public struct StepResult: Equatable, Sendable {
+    public var stepID: UInt64
+    public var columns: Range<Int>
+    public var lossSum: Double
+    /// Seconds the worker spent computing (for the coordinator's compute/communication split).
+    public var computeSeconds: Double
+    /// Sum over the shard's characters of the loss gradient (not a mean).
+    public var gradients: [Float]
+    public var h: [Float]
+    public var c: [Float]
+
+    public init(stepID: UInt64, columns: Range<Int>, lossSum: Double, computeSeconds: Double, gradients: [Float],
+                h: [Float], c: [Float]) {
+        self.stepID = stepID; self.columns = columns; self.lossSum = lossSum; self.computeSeconds = computeSeconds
+        self.gradients = gradients; self.h = h; self.c = c
+    }
+}
+
+public struct Chunk: Equatable, Sendable {
+    public var step: Int
+    public var final: Bool
+    public var totalBytes: Int
+    public var offset: Int
+    public var sha256: String
+    public var bytes: [UInt8]
+    public init(step: Int, final: Bool, totalBytes: Int, offset: Int, sha256: String, bytes: [UInt8]) {
+        self.step = step; self.final = final; self.totalBytes = totalBytes; self.offset = offset; self.sha256 = sha256
+        self.bytes = bytes
+    }
+}
+
+/// A malformed message: rejected with this reason, counted, never a crash.
+public struct WireError: Error, CustomStringConvertible, Equatable {
+    public let description: String
+    init(_ d: String) { description = d }
+}
+
+// MARK: - Encoding
+
+struct Writer {
+    var bytes: [UInt8] = []
+    mutating func u8(_ v: UInt8) { bytes.append(v) }
+    mutating func u16(_ v: UInt16) { withUnsafeBytes(of: v.littleEndian) { bytes.append(contentsOf: $0) } }
+    mutating func u32(_ v: UInt32) { withUnsafeBytes(of: v.littleEndian) { bytes.append(contentsOf: $0) } }
+    mutating func u64(_ v: UInt64) { withUnsafeBytes(of: v.littleEndian) { bytes.append(contentsOf: $0) } }
+    mutating func f64(_ v: Double) { u64(v.bitPattern) }
+    mutating func string(_ s: String) { let u = Array(s.utf8); u32(UInt32(u.count)); bytes.append(contentsOf: u) }
+}
+
+struct Reader {
+    let bytes: [UInt8]
+    var at = 0
+    init(_ b: [UInt8]) { bytes = b }
+    mutating func take(_ n: Int) throws -> ArraySlice<UInt8> {
+        guard n >= 0, at + n <= bytes.count else { throw WireError("truncated header (\(bytes.count) bytes)") }
+        defer { at += n }
+        return bytes[at..<(at + n)]
+    }
+    mutating func u8() throws -> UInt8 { try take(1).first ?? 0 }
+    mutating func uint<T: FixedWidthInteger>(_: T.Type) throws -> T {
+        var v: T = 0
+        for (i, b) in try take(MemoryLayout<T>.size).enumerated() { v |= T(b) << (8 * i) }
+        return v
+    }
+    mutating func f64() throws -> Double { Double(bitPattern: try uint(UInt64.self)) }
+    mutating func string() throws -> String {
+        let n = Int(try uint(UInt32.self))
+        guard n <= Wire.maxString else { throw WireError("string of \(n) bytes") }
+        guard let s = String(validating: try take(n), as: UTF8.self) else { throw WireError("string is not UTF-8") }
+        return s
+    }
+    func finish() throws { if at != bytes.count { throw WireError("\(bytes.count - at) unexpected trailing header bytes") } }
+}
+
+func floatFrame(_ a: [Float]) -> [UInt8] { a.withUnsafeBytes { Array($0) } }
+func int32Frame(_ a: [Int32]) -> [UInt8] { a.withUnsafeBytes { Array($0) } }
+
+func floats(_ frame: [UInt8], count: Int, name: String, finite: Bool = true) throws -> [Float] {
+    guard frame.count == count * 4 else { throw WireError("\(name): \(frame.count) bytes, expected \(count * 4)") }
+    var out = [Float](repeating: 0, count: count)
+    out.withUnsafeMutableBytes { dst in frame.withUnsafeBytes { src in dst.copyMemory(from: src) } }
+    if finite, !out.allSatisfy(\.isFinite) { throw WireError("\(name): non-finite values") }
+    return out
+}
+
+extension Message {
+    public var type: MessageType {
+        switch self {
+        case .hello: return .hello
+        case .welcome: return .welcome
+        case .refuse: return .refuse
+        case .step: return .step
+        case .result: return .result
+        case .done: return .done
+        case .heartbeat: return .heartbeat
+        case .fetch: return .fetch
+        case .chunk: return .chunk
+        }
+    }
+
+    public func encode() -> [[UInt8]] {
+        var w = Writer()
+        w.bytes.append(contentsOf: Wire.magic)
+        w.u16(Wire.version)
+        w.u8(type.rawValue)
+        switch self {
+        case .hello(let name, let fp):
+            w.string(name); w.string(fp)
+            return [w.bytes]
+        case .welcome(let cfg, let v, let fp):
+            w.string(cfg); w.u32(UInt32(v)); w.string(fp)
+            return [w.bytes]
+        case .refuse(let reason):
+            w.string(reason)
+            return [w.bytes]
+        case .done, .heartbeat:
+            return [w.bytes]
+        case .fetch(let offset, let final):
+            w.u64(UInt64(offset)); w.u8(final ? 1 : 0)
+            return [w.bytes]
+        case .chunk(let c):
+            w.u64(UInt64(c.step)); w.u8(c.final ? 1 : 0); w.u64(UInt64(c.totalBytes)); w.u64(UInt64(c.offset))
+            w.string(c.sha256)
+            return [w.bytes, c.bytes]
+        case .step(let s):
+            w.u64(s.stepID); w.u64(s.parameterVersion)
+            w.u32(UInt32(s.columns.lowerBound)); w.u32(UInt32(s.columns.upperBound)); w.u32(UInt32(s.totalColumns))
+            w.u32(UInt32(s.steps)); w.u64(s.dropoutSeed); w.u64(s.dropoutStep); w.u8(s.training ? 1 : 0)
+            w.u64(UInt64(s.parameters.count)); w.u64(UInt64(s.h.count)); w.u64(UInt64(s.c.count))
+            return [w.bytes, floatFrame(s.parameters), int32Frame(s.tokens), floatFrame(s.h), floatFrame(s.c)]
+        case .result(let r):
+            w.u64(r.stepID); w.u32(UInt32(r.columns.lowerBound)); w.u32(UInt32(r.columns.upperBound))
+            w.f64(r.lossSum); w.f64(r.computeSeconds)
+            w.u64(UInt64(r.gradients.count)); w.u64(UInt64(r.h.count)); w.u64(UInt64(r.c.count))
+            return [w.bytes, floatFrame(r.gradients), floatFrame(r.h), floatFrame(r.c)]
+        }
+    }
+
+    /// Decodes and validates a multipart message. Semantic checks that need the run's shapes (does the gradient have
+    /// the model's size, is the step current) are the receiver's.
+    public static func decode(_ frames: [[UInt8]]) throws -> Message {
+        guard let head = frames.first else { throw WireError("empty message") }
+        var r = Reader(head)
+        guard Array(try r.take(4)) == Wire.magic else { throw WireError("bad magic (not a Bard peer)") }
+        let version = try r.uint(UInt16.self)
+        guard version == Wire.version else { throw WireError("protocol version \(version), this side speaks \(Wire.version)") }
+        guard let type = MessageType(rawValue: try r.u8()) else { throw WireError("unknown message type") }
+        func expectFrames(_ n: Int) throws {
+            guard frames.count == n else { throw WireError("\(type) message with \(frames.count) frames, expected \(n)") }
+        }
+        func count(_ v: UInt64, _ name: String, max: Int = Wire.maxFrameBytes / 4) throws -> Int {
+            guard v <= UInt64(max) else { throw WireError("\(name) count \(v) too large") }
+            return Int(v)
+        }
+        let message: Message
+        switch type {
+        case .hello:
+            try expectFrames(1)
+            message = .hello(name: try r.string(), fingerprint: try r.string())
+        case .welcome:
+            try expectFrames(1)
+            message = .welcome(configJSON: try r.string(), vocabularySize: Int(try r.uint(UInt32.self)), fingerprint: try r.string())
+        case .refuse:
+            try expectFrames(1)
+            message = .refuse(reason: try r.string())
+        case .done:
+            try expectFrames(1); message = .done
+        case .heartbeat:
+            try expectFrames(1); message = .heartbeat
+        case .fetch:
+            try expectFrames(1)
+            let offset = try count(try r.uint(UInt64.self), "offset", max: Int.max)
+            message = .fetch(offset: offset, final: try r.u8() != 0)
+        case .chunk:
+            try expectFrames(2)
+            let step = try count(try r.uint(UInt64.self), "step", max: Int.max), final = try r.u8() != 0
+            let total = try count(try r.uint(UInt64.self), "size", max: Int.max)
+            let offset = try count(try r.uint(UInt64.self), "offset", max: Int.max)
+            let sha = try r.string()
+            guard offset <= total, frames[1].count <= total - offset else { throw WireError("chunk past the end of the file") }
+            message = .chunk(Chunk(step: step, final: final, totalBytes: total, offset: offset, sha256: sha, bytes: frames[1]))
+        case .step:
+            try expectFrames(5)
+            let id = try r.uint(UInt64.self), version = try r.uint(UInt64.self)
+            let lo = Int(try r.uint(UInt32.self)), hi = Int(try r.uint(UInt32.self)), total = Int(try r.uint(UInt32.self))
+            let steps = Int(try r.uint(UInt32.self))
+            let seed = try r.uint(UInt64.self), dstep = try r.uint(UInt64.self), training = try r.u8() != 0
+            let np = try count(try r.uint(UInt64.self), "parameter"), nh = try count(try r.uint(UInt64.self), "h")
+            let nc = try count(try r.uint(UInt64.self), "c")
+            guard lo < hi, hi <= total, total <= 1 << 20 else { throw WireError("bad column range \(lo)..<\(hi) of \(total)") }
+            guard steps >= 1, steps <= 100_000 else { throw WireError("bad window length \(steps)") }
+            let ntok = (steps + 1) * (hi - lo)
+            guard frames[2].count == ntok * 4 else { throw WireError("tokens: \(frames[2].count) bytes, expected \(ntok * 4)") }
+            var tokens = [Int32](repeating: 0, count: ntok)
+            tokens.withUnsafeMutableBytes { d in frames[2].withUnsafeBytes { d.copyMemory(from: $0) } }
+            guard tokens.allSatisfy({ $0 >= 0 }) else { throw WireError("negative token") }
+            message = .step(StepRequest(stepID: id, parameterVersion: version, columns: lo..<hi, totalColumns: total,
+                                        steps: steps, dropoutSeed: seed, dropoutStep: dstep, training: training,
+                                        parameters: try floats(frames[1], count: np, name: "parameters"), tokens: tokens,
+                                        h: try floats(frames[3], count: nh, name: "h"), c: try floats(frames[4], count: nc, name: "c")))
+        case .result:
+            try expectFrames(4)
+            let id = try r.uint(UInt64.self)
+            let lo = Int(try r.uint(UInt32.self)), hi = Int(try r.uint(UInt32.self))
+            let loss = try r.f64(), seconds = try r.f64()
+            let ng = try count(try r.uint(UInt64.self), "gradient"), nh = try count(try r.uint(UInt64.self), "h")
+            let nc = try count(try r.uint(UInt64.self), "c")
+            guard lo < hi else { throw WireError("bad column range \(lo)..<\(hi)") }
+            guard loss.isFinite, seconds.isFinite, seconds >= 0 else { throw WireError("non-finite loss or time") }
+            message = .result(StepResult(stepID: id, columns: lo..<hi, lossSum: loss, computeSeconds: seconds,
+                                         gradients: try floats(frames[1], count: ng, name: "gradients"),
+                                         h: try floats(frames[2], count: nh, name: "h"), c: try floats(frames[3], count: nc, name: "c")))
+        }
+        try r.finish()
+        return message
+    }
+}

@@ -1,0 +1,73 @@
+import BardCluster
+import Foundation
+
+/// Socket options every Bard socket gets: no linger (a vanished peer must not block shutdown), bounded queues,
+/// a frame size cap (a hostile peer cannot make us allocate more), ZMTP heartbeats to notice dead links.
+func configureCommon(_ s: ZMQSocket) throws {
+    try s.setLinger(milliseconds: 0)
+    try s.setSendHighWaterMark(64)
+    try s.setReceiveHighWaterMark(256)
+    try s.setMaxMessageSize(bytes: Int64(Wire.maxFrameBytes))
+    try s.setHeartbeatInterval(milliseconds: 1000)
+    try s.setHeartbeatTimeout(milliseconds: 3000)
+}
+
+/// The coordinator's ROUTER socket. Used from one thread only.
+public final class ZMQServerTransport: ServerTransport {
+    let context: ZMQContext
+    let socket: ZMQSocket
+    public let endpoint: String
+
+    public init(context: ZMQContext, bind: String) throws {
+        self.context = context
+        socket = try ZMQSocket(context: context, kind: .router)
+        try configureCommon(socket)
+        try socket.setRouterMandatory(true)
+        try socket.setRouterHandover(true)  // a restarted worker with the same identity takes over its old connection
+        try socket.bind(bind)
+        endpoint = try socket.lastEndpoint
+    }
+
+    public func send(to peer: PeerID, _ frames: [[UInt8]]) -> Bool {
+        (try? socket.send(frames: [peer] + frames)) == .sent
+    }
+
+    public func receive(timeout: Double) throws -> (peer: PeerID, frames: [[UInt8]])? {
+        do {
+            guard let frames = try socket.receive(timeoutMilliseconds: Int(timeout * 1000)), frames.count >= 2 else { return nil }
+            return (frames[0], Array(frames.dropFirst()))
+        } catch let error as ZMQError {
+            if case .interrupted = error { return nil }  // a signal: the caller checks its stop flag
+            throw error
+        }
+    }
+
+    public func close() { socket.close() }
+}
+
+/// A worker's or fetch client's DEALER socket, with an explicit routing identity.
+public final class ZMQClientTransport: ClientTransport {
+    let context: ZMQContext
+    let socket: ZMQSocket
+
+    public init(context: ZMQContext, connect: String, identity: String) throws {
+        self.context = context
+        socket = try ZMQSocket(context: context, kind: .dealer)
+        try configureCommon(socket)
+        try socket.setRoutingID(identity)
+        try socket.setReconnectInterval(milliseconds: 100)
+        try socket.setReconnectIntervalMax(milliseconds: 2000)
+        try socket.connect(connect)
+    }
+
+    public func send(_ frames: [[UInt8]]) -> Bool { (try? socket.send(frames: frames)) == .sent }
+
+    public func receive(timeout: Double) throws -> [[UInt8]]? {
+        do { return try socket.receive(timeoutMilliseconds: Int(timeout * 1000)) } catch let error as ZMQError {
+            if case .interrupted = error { return nil }
+            throw error
+        }
+    }
+
+    public func close() { socket.close() }
+}

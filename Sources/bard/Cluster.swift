@@ -1,0 +1,150 @@
+import ArgumentParser
+import BardCluster
+import BardModel
+import BardTraining
+import BardTransport
+import Foundation
+
+func stderrLog(_ prefix: String) -> (String) -> Void {
+    { line in FileHandle.standardError.write(Data("\(prefix)\(line)\n".utf8)) }
+}
+
+struct CoordinatorCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "coordinator",
+        abstract: "Own the parameters and optimiser; shard each step's columns among workers over ZeroMQ.")
+    @OptionGroup var flags: TrainingFlags
+    @Option(help: "ZeroMQ endpoint to bind.") var bind: String = "tcp://127.0.0.1:5555"
+    @Option(help: "Workers to wait for before the first step.") var workers: Int = 1
+    @Option(name: .customLong("min-workers"), help: "Keep training while at least this many are alive (default: --workers).") var minWorkers: Int?
+    @Option(help: "Output directory for checkpoints and metrics.") var out: String = "out"
+    @Option(name: .customLong("init"), help: "Start from the weights of a safetensors file.") var initFile: String?
+    @Option(help: "Continue the run whose checkpoint is in this directory.") var resume: String?
+    @Option(name: .customLong("checkpoint-every"), help: "Checkpoint every N steps (and at epoch ends and the end).") var checkpointEvery: Int = 100
+    @Option(help: "After training, keep serving the final checkpoint this many seconds.") var linger: Double = 0
+    @Option(name: .customLong("step-timeout"), help: "Evict a worker that has not answered a step in this many seconds.") var stepTimeout: Double = 60
+    @Option(name: .customLong("sample-length"), help: "Characters of the sample printed after each epoch.") var sampleLength: Int = 200
+
+    func validate() throws {
+        guard workers >= 1 else { throw ValidationError("--workers must be >= 1") }
+        if let m = minWorkers, m < 1 || m > workers { throw ValidationError("--min-workers must be 1...--workers") }
+        guard linger >= 0, stepTimeout > 0 else { throw ValidationError("--linger must be >= 0 and --step-timeout > 0") }
+    }
+
+    func run() throws {
+        var options = TrainOptions(config: try flags.makeConfig(), dataPath: flags.data)
+        options.outDir = resume ?? out
+        options.resume = resume != nil
+        options.initPath = initFile
+        options.checkpointEvery = checkpointEvery
+        options.sampleLength = sampleLength
+        let corpus = try Corpus.load(path: flags.data)
+        let trainer = try Trainer(options: options, corpus: corpus, log: say)
+        let context = try ZMQContext()
+        let server: ZMQServerTransport
+        do { server = try ZMQServerTransport(context: context, bind: bind) } catch {
+            throw BardError.io("cannot bind \(bind): \(error)")
+        }
+        let coordinator = Coordinator(transport: server, model: trainer.model, fingerprint: corpus.fingerprint,
+                                      minWorkers: minWorkers ?? workers, log: stderrLog("coordinator: "))
+        coordinator.stepTimeout = stepTimeout
+        coordinator.checkpointPath = trainer.modelPath
+        installStopHandlers()
+        say("coordinator listening on \(server.endpoint); waiting for \(workers) worker(s)")
+        try coordinator.waitForWorkers(workers)
+        let result = try trainer.run(computer: coordinator)
+        say(String(format: "done: step %d, train loss %.4f, val loss %@; checkpoint %@; %d evictions, %d rejected messages",
+                   result.step, result.trainLoss, result.valLoss.map { String(format: "%.4f", $0) } ?? "n/a",
+                   trainer.modelPath, coordinator.evictions, coordinator.rejected))
+        let interrupted = stopRequested != 0
+        try coordinator.finish(linger: interrupted ? 0 : linger)
+        server.close()
+        if interrupted { throw ExitCode(130) }
+    }
+}
+
+struct WorkerCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "worker", abstract: "Compute gradients for the coordinator's shards; --count N supervises N processes.")
+    @Option(help: "Coordinator endpoint.") var connect: String = "tcp://127.0.0.1:5555"
+    @Option(help: "Worker processes to start and supervise on this host (restarted when they crash).") var count: Int?
+    @Option(help: "Threads per worker process.") var threads: Int = 1
+    @Option(help: "The corpus, if this host has it: its fingerprint is checked against the coordinator's.") var data: String?
+    @Option(help: "This worker's name (routing identity); default host-pid.") var name: String?
+    @Option(name: .customLong("idle-timeout"), help: "Give up after this many seconds without a word from the coordinator.") var idleTimeout: Double = 120
+
+    func validate() throws {
+        if let count, count < 1 || count > 256 { throw ValidationError("--count must be 1...256") }
+        guard threads >= 1 && threads <= 256 else { throw ValidationError("--threads must be 1...256") }
+    }
+
+    func run() throws {
+        if let count { return try supervise(count) }
+        let host = ProcessInfo.processInfo.hostName
+        let identity = name ?? "\(host)-\(getpid())"
+        let fingerprint = try data.map { try Corpus.load(path: $0).fingerprint } ?? ""
+        let context = try ZMQContext()
+        let client = try ZMQClientTransport(context: context, connect: connect, identity: identity)
+        let worker = WorkerCore(transport: client, name: identity, fingerprint: fingerprint, threads: threads,
+                                log: stderrLog("worker \(identity): "))
+        worker.idleTimeout = idleTimeout
+        installStopHandlers()
+        try worker.run()
+        client.close()
+    }
+
+    /// Starts `n` single workers and restarts any that exits with an error, until all have finished normally
+    /// or we are signalled (then the children are stopped too).
+    func supervise(_ n: Int) throws {
+        installStopHandlers()
+        let exe = URL(fileURLWithPath: "/proc/self/exe").resolvingSymlinksInPath()
+        func start(_ i: Int) throws -> Process {
+            let p = Process()
+            p.executableURL = exe
+            var args = ["worker", "--connect", connect, "--threads", String(threads), "--idle-timeout", String(idleTimeout),
+                        "--name", "\(name ?? ProcessInfo.processInfo.hostName)-w\(i)"]
+            if let data { args += ["--data", data] }
+            p.arguments = args
+            try p.run()
+            return p
+        }
+        var children = try (0..<n).map(start)
+        var finished = Set<Int>()
+        var restarts = 0
+        while finished.count < n {
+            if stopRequested != 0 {
+                for c in children where c.isRunning { c.terminate() }
+                for c in children { c.waitUntilExit() }
+                throw ExitCode(130)
+            }
+            Thread.sleep(forTimeInterval: 0.2)
+            for i in 0..<n where !finished.contains(i) && !children[i].isRunning {
+                let status = children[i].terminationStatus
+                if status == 0 { finished.insert(i); continue }
+                restarts += 1
+                FileHandle.standardError.write(Data("worker supervisor: worker \(i) exited with status \(status); restarting (restart \(restarts))\n".utf8))
+                if restarts > 20 * n { throw BardError.io("workers keep failing (\(restarts) restarts); giving up") }
+                Thread.sleep(forTimeInterval: min(5, 0.5 * Double(restarts)))
+                children[i] = try start(i)
+            }
+        }
+    }
+}
+
+struct Fetch: ParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Download the coordinator's latest checkpoint (or the final one with --wait).")
+    @Option(help: "Coordinator endpoint.") var from: String = "tcp://127.0.0.1:5555"
+    @Option(help: "Directory to write model.safetensors into.") var out: String = "out"
+    @Flag(help: "Wait for the end of training and fetch the final checkpoint.") var wait = false
+    @Option(help: "Give up after this many seconds.") var timeout: Double = 3600
+
+    func run() throws {
+        try FileManager.default.createDirectory(atPath: out, withIntermediateDirectories: true)
+        let context = try ZMQContext()
+        let client = try ZMQClientTransport(context: context, connect: from, identity: "fetch-\(getpid())-\(UInt32.random(in: 0...UInt32.max))")
+        let path = out + "/model.safetensors"
+        let (step, bytes) = try fetchCheckpoint(transport: client, to: path, wait: wait, timeout: timeout, log: stderrLog("fetch: "))
+        say("fetched the checkpoint of step \(step) (\(bytes) bytes, sha256 verified) to \(path)")
+        client.close()
+    }
+}
