@@ -6,7 +6,7 @@ final class CLITests: XCTestCase {
     static let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
     var dir = ""
 
-    static var binary: String {
+    static var binary: String {  // also used by ClusterProcessTests
         if let b = ProcessInfo.processInfo.environment["BARD_BIN"] { return b }
         let release = root.appendingPathComponent(".build/release/bard").path
         let debug = root.appendingPathComponent(".build/debug/bard").path

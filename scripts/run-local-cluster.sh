@@ -1,0 +1,62 @@
+#!/usr/bin/env bash
+# A whole Bard cluster on this machine: a coordinator and N workers on loopback (default N = number of cores),
+# trains, fetches the final checkpoint into ./out/, prints a sample, and stops every process it started (also on
+# Ctrl-C or when one of them fails). Flags after N go to the coordinator, e.g.
+#   scripts/run-local-cluster.sh 2 --epochs 1
+#   scripts/run-local-cluster.sh 4 --recipe default
+# The default budget (one-layer LSTM 512, Adam, 6 epochs) takes about 15 minutes on 2 cores.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+workers=$(nproc)
+if [[ $# -gt 0 && "$1" =~ ^[0-9]+$ ]]; then workers=$1; shift; fi
+port=${BARD_PORT:-5555}
+endpoint="tcp://127.0.0.1:$port"
+
+scripts/bootstrap.sh
+swift build -c release 2>&1 | tail -1
+scripts/get-corpus.sh
+bard="$(swift build -c release --show-bin-path)/bard"
+data=data/tinyshakespeare.txt
+run=$(mktemp -d "${TMPDIR:-/tmp}/bard-cluster.XXXXXX")
+mkdir -p out
+
+pids=()
+cleanup() {
+    trap - EXIT INT TERM
+    for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
+    for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
+}
+trap cleanup EXIT
+trap 'echo "interrupted: stopping the cluster" >&2; exit 130' INT TERM
+
+echo "cluster: coordinator on $endpoint, $workers worker(s); run directory $run"
+"$bard" coordinator --bind "$endpoint" --workers "$workers" --data "$data" --out "$run/coordinator" --linger 120 \
+    --recipe adam_1x512_b32_t50 --epochs 6 "$@" &
+coordinator=$!; pids+=("$coordinator")
+"$bard" worker --connect "$endpoint" --count "$workers" --data "$data" 2>"$run/workers.log" &
+pool=$!; pids+=("$pool")
+"$bard" fetch --from "$endpoint" --out out --wait 2>"$run/fetch.log" &
+fetcher=$!; pids+=("$fetcher")
+
+# Wait for the final checkpoint; any process that fails first ends the run.
+while kill -0 "$fetcher" 2>/dev/null; do
+    for p in "$coordinator" "$pool"; do
+        if ! kill -0 "$p" 2>/dev/null; then
+            status=0; wait "$p" || status=$?
+            if [[ $status -ne 0 ]]; then
+                echo "cluster: a process failed (status $status); logs in $run" >&2
+                tail -n 5 "$run/workers.log" >&2 || true
+                exit 1
+            fi
+        fi
+    done
+    sleep 1
+done
+wait "$fetcher" || { echo "cluster: fetching the final checkpoint failed; see $run/fetch.log" >&2; exit 1; }
+cat "$run/fetch.log" >&2 || true
+kill -INT "$coordinator" 2>/dev/null || true
+wait "$coordinator" 2>/dev/null || true
+"$bard" inspect out/model.safetensors
+echo
+"$bard" sample --checkpoint out/model.safetensors --length 600 --prime "ROMEO:"
