@@ -33,7 +33,7 @@ public final class Coordinator: GradientComputer {
     public private(set) var bytesMoved = 0
     /// Seconds of the last step: slowest worker's compute, the rest of the wait (communication), the reduction,
     /// and the coordinator's time between steps (update, logging, checkpoints).
-    public private(set) var timing = (compute: 0.0, communication: 0.0, reduce: 0.0, update: 0.0)
+    public private(set) var timing = (compute: 0.0, communication: 0.0, send: 0.0, reduce: 0.0, update: 0.0)
     var lastStepEnd: Date?
     var cachedCheckpoint: (step: Int, mtime: Date, bytes: [UInt8], sha: String)?
 
@@ -135,6 +135,7 @@ public final class Coordinator: GradientComputer {
                 peers[i].parameterVersion = parameterVersion
                 pending[peer.id] = shard
             }
+            let sent = Date()
             var results: [StepResult] = []
             let deadline = Date().addingTimeInterval(stepTimeout)
             while !pending.isEmpty && Date() < deadline {
@@ -186,7 +187,8 @@ public final class Coordinator: GradientComputer {
             }
             let compute = results.map(\.computeSeconds).max() ?? 0
             timing.compute = compute
-            timing.communication = max(0, waited - compute)
+            timing.send = sent.timeIntervalSince(t0)
+            timing.communication = max(0, waited - compute - timing.send)
             timing.reduce = Date().timeIntervalSince(r0)
             lastStepEnd = Date()
             return loss
@@ -194,8 +196,15 @@ public final class Coordinator: GradientComputer {
     }
 
     public var statusSuffix: String {
-        String(format: "workers %d | compute %.0f ms comm %.0f ms reduce %.0f ms update %.0f ms",
-               peers.count, timing.compute * 1000, timing.communication * 1000, timing.reduce * 1000, timing.update * 1000)
+        String(format: "workers %d | compute %.0f ms comm %.0f ms send %.0f ms reduce %.0f ms update %.0f ms",
+               peers.count, timing.compute * 1000, timing.communication * 1000, timing.send * 1000,
+               timing.reduce * 1000, timing.update * 1000)
+    }
+
+    public var metricsFields: [String: Any] {
+        ["workers": peers.count, "compute_s": timing.compute, "communication_s": timing.communication,
+         "send_s": timing.send, "reduce_s": timing.reduce, "update_s": timing.update, "bytes_moved": bytesMoved,
+         "evictions": evictions, "rejected": rejected]
     }
 
     func shardTokens(_ window: UnsafePointer<Int32>, steps: Int, totalColumns: Int, shard: Range<Int>) -> [Int32] {

@@ -10,10 +10,13 @@ public protocol GradientComputer: AnyObject {
                           totalColumns: Int, state: RecurrentState, dropout: DropoutKey?) throws -> Double
     /// Appended to the progress line (workers alive, step time split).
     var statusSuffix: String { get }
+    /// Added to each step's metrics record.
+    var metricsFields: [String: Any] { get }
 }
 
 extension GradientComputer {
     public var statusSuffix: String { "" }
+    public var metricsFields: [String: Any] { [:] }
 }
 
 extension ColumnParallel: GradientComputer {
@@ -176,6 +179,7 @@ public final class Trainer {
             var record: [String: Any] = ["step": step, "epoch": epoch + 1, "chars": chars, "train_loss": loss,
                                          "chars_per_s": progress.charsPerSecond, "lr": optimizer.lr, "time": elapsed,
                                          "grad_norm": norm]
+            record.merge(computer.metricsFields) { a, _ in a }
             let epochEnds = window == windowsPerEpoch
             if epochEnds {
                 epoch += 1; window = 0
