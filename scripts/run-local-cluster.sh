@@ -36,7 +36,7 @@ echo "cluster: coordinator on $endpoint, $workers worker(s); run directory $run"
 coordinator=$!; pids+=("$coordinator")
 "$bard" worker --connect "$endpoint" --count "$workers" --data "$data" 2>"$run/workers.log" &
 pool=$!; pids+=("$pool")
-"$bard" fetch --from "$endpoint" --out out --wait 2>"$run/fetch.log" &
+"$bard" fetch --from "$endpoint" --out out --wait --timeout 1000000 2>"$run/fetch.log" &
 fetcher=$!; pids+=("$fetcher")
 
 # Wait for the final checkpoint; any process that fails first ends the run.

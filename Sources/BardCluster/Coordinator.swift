@@ -7,6 +7,9 @@ import Foundation
 /// optimisation (the trainer keeps parameters, optimiser, cursor and state, so the math is the trainer's), and turns
 /// one window into shard requests, collects the replies, and adds them in column order.
 public final class Coordinator: GradientComputer {
+    /// Prefix of the refusal that tells a worker to register again.
+    public static let reRegister = "re-register"
+
     struct Peer {
         let id: PeerID
         let name: String
@@ -75,7 +78,9 @@ public final class Coordinator: GradientComputer {
                 return
             }
             if let i = peers.firstIndex(where: { $0.id == peer }) {
+                // A restarted worker with the same identity: it has no parameters any more.
                 peers[i].lastSeen = Date()
+                peers[i].parameterVersion = .max
             } else {
                 peers.append(Peer(id: peer, name: name))
                 log("worker \(name) joined (\(peers.count) alive); it takes columns from the next step")
@@ -88,6 +93,9 @@ public final class Coordinator: GradientComputer {
             if let i = peers.firstIndex(where: { $0.id == peer }) { peers[i].lastSeen = Date() }
         case .result(let r):
             reject("stale or unexpected result for step \(r.stepID) from \(describe(peer))")
+            if !peers.contains(where: { $0.id == peer }) {
+                _ = transport.send(to: peer, Message.refuse(reason: Coordinator.reRegister + ": this coordinator does not know you").encode())
+            }
         case .refuse(let reason):
             reject("\(describe(peer)) refused: \(reason)")
         case .welcome, .step, .done, .chunk:
@@ -121,6 +129,7 @@ public final class Coordinator: GradientComputer {
             let assignment = Coordinator.shards(columns: totalColumns, workers: peers.count)
             let t0 = Date()
             var pending: [PeerID: Range<Int>] = [:]
+            var requests: [PeerID: StepRequest] = [:]
             for (i, shard) in assignment.enumerated() {
                 let peer = peers[i]
                 let request = StepRequest(
@@ -134,19 +143,25 @@ public final class Coordinator: GradientComputer {
                 _ = transport.send(to: peer.id, frames)
                 peers[i].parameterVersion = parameterVersion
                 pending[peer.id] = shard
+                requests[peer.id] = request
             }
             let sent = Date()
             var results: [StepResult] = []
             let deadline = Date().addingTimeInterval(stepTimeout)
             while !pending.isEmpty && Date() < deadline {
-                if stopRequested != 0 { throw BardError.io("stopped by signal during a step") }
+                if stopRequested != 0 { throw StopTraining() }
                 guard let (peer, frames) = try transport.receive(timeout: min(0.5, max(0.001, deadline.timeIntervalSinceNow))) else { continue }
                 guard let shard = pending[peer], let message = try? Message.decode(frames), case .result(let r) = message,
                       r.stepID == stepID else {
                     if pending[peer] != nil, let m = try? Message.decode(frames), case .refuse(let reason) = m {
                         if reason.hasPrefix("diverged") { throw BardError.diverged("a worker reports: \(reason)") }
                         reject("\(describe(peer)) refused step \(stepID): \(reason)")
-                        if let i = peers.firstIndex(where: { $0.id == peer }) { peers[i].parameterVersion = .max }
+                        // Its parameters are stale (it restarted): send the request again, with the parameters.
+                        if var again = requests[peer], again.parameters.isEmpty {
+                            again.parameters = paramArray
+                            requests[peer] = again
+                            _ = transport.send(to: peer, Message.step(again).encode())
+                        }
                         continue
                     }
                     handleIdle(peer, frames)

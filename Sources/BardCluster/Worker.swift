@@ -3,6 +3,18 @@ import BardNumerics
 import BardTraining
 import Foundation
 
+/// Why a worker stopped without the coordinator's `done`.
+public enum WorkerStop: Error, CustomStringConvertible {
+    case signalled
+    case coordinatorSilent(seconds: Double)
+    public var description: String {
+        switch self {
+        case .signalled: return "stopped by signal"
+        case .coordinatorSilent(let s): return "no message from the coordinator for \(Int(s)) s; giving up"
+        }
+    }
+}
+
 /// A worker: registers, then computes windows for whatever shard each step request names, from the parameters and
 /// the shard's state that come with it (so any worker can take over any columns), and replies with gradient sums.
 public final class WorkerCore {
@@ -30,15 +42,14 @@ public final class WorkerCore {
         var lastHeard = Date()
         var lastHello = Date.distantPast
         while true {
+            if stopRequested != 0 { throw WorkerStop.signalled }
             if model == nil, Date().timeIntervalSince(lastHello) > 1 {
                 // A ROUTER drops messages to peers it has not finished handshaking with: say hello until welcomed.
                 _ = transport.send(Message.hello(name: name, fingerprint: fingerprint).encode())
                 lastHello = Date()
             }
             guard let frames = try transport.receive(timeout: 0.5) else {
-                if Date().timeIntervalSince(lastHeard) > idleTimeout {
-                    throw BardError.io("no message from the coordinator for \(Int(idleTimeout)) s; giving up")
-                }
+                if Date().timeIntervalSince(lastHeard) > idleTimeout { throw WorkerStop.coordinatorSilent(seconds: idleTimeout) }
                 continue
             }
             lastHeard = Date()
@@ -61,6 +72,12 @@ public final class WorkerCore {
                     log("registered: \(cfg.cell) \(cfg.layers)x\(cfg.hidden), \(m.parameterCount) parameters")
                 }
             case .refuse(let reason):
+                if reason.hasPrefix(Coordinator.reRegister) {
+                    // The coordinator does not know us (it restarted, or evicted us): register again.
+                    log("the coordinator asks this worker to register again")
+                    model = nil; lastHello = .distantPast
+                    continue
+                }
                 throw BardError.badInput("the coordinator refused this worker: \(reason)")
             case .done:
                 log("training is over after \(stepsComputed) steps computed here")
@@ -80,8 +97,10 @@ public final class WorkerCore {
         guard let model, let params, let grads else { return nil }
         let cfg = model.config, n = r.columns.count
         let stateCount = cfg.layers * n * cfg.hidden
-        guard r.h.count == stateCount, r.c.count == (cfg.cell == .lstm ? stateCount : 0),
-              r.tokens.allSatisfy({ Int($0) < model.vocabularySize }), r.steps <= 100_000 else {
+        // Only windows of this run's shape: a request for anything else (a hostile peer) must not size our buffers.
+        guard r.steps == cfg.bptt, r.totalColumns == cfg.batch, r.columns.upperBound <= cfg.batch,
+              r.h.count == stateCount, r.c.count == (cfg.cell == .lstm ? stateCount : 0),
+              r.tokens.allSatisfy({ Int($0) < model.vocabularySize }) else {
             log("rejected step \(r.stepID): shapes do not fit the model")
             return nil
         }
@@ -106,7 +125,7 @@ public final class WorkerCore {
         state.h.copy(from: FloatBuffer(r.h))
         if state.c.count > 0 { state.c.copy(from: FloatBuffer(r.c)) }
         grads.zero()
-        let dropout = r.training ? DropoutKey(seed: r.dropoutSeed, step: Int(r.dropoutStep), columnBase: r.columns.lowerBound,
+        let dropout = r.training ? DropoutKey(seed: r.dropoutSeed, step: Int(truncatingIfNeeded: r.dropoutStep), columnBase: r.columns.lowerBound,
                                               globalColumns: r.totalColumns) : nil
         let loss = r.tokens.withUnsafeBufferPointer { w -> Double in
             guard let base = w.baseAddress else { return .nan }
@@ -114,7 +133,7 @@ public final class WorkerCore {
                               totalColumns: n, state: state, dropout: dropout)
         }
         guard loss.isFinite, grads.allFinite else {
-            return .refuse(reason: "diverged: non-finite loss or gradient at step \(r.dropoutStep + 1)")
+            return .refuse(reason: "diverged: non-finite loss or gradient at step \(r.dropoutStep &+ 1)")
         }
         stepsComputed += 1
         return .result(StepResult(stepID: r.stepID, columns: r.columns, lossSum: loss,

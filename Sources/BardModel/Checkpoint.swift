@@ -91,19 +91,21 @@ public struct TrainingState {
     public var chars: Int
     public var minLoss: Double
     public var elapsed: Double
+    /// sha256 of the corpus trained on ("" in older states), so --resume refuses another text.
+    public var corpusSHA256: String
 
     public init(step: Int, epoch: Int, window: Int, lr: Double, optimizerStep: Int, m: [Float], v: [Float],
-                h: [Float], c: [Float], rng: RNG, chars: Int, minLoss: Double, elapsed: Double) {
+                h: [Float], c: [Float], rng: RNG, chars: Int, minLoss: Double, elapsed: Double, corpusSHA256: String = "") {
         self.step = step; self.epoch = epoch; self.window = window; self.lr = lr; self.optimizerStep = optimizerStep
         self.m = m; self.v = v; self.h = h; self.c = c; self.rng = rng; self.chars = chars
-        self.minLoss = minLoss; self.elapsed = elapsed
+        self.minLoss = minLoss; self.elapsed = elapsed; self.corpusSHA256 = corpusSHA256
     }
 
     public func save(to path: String) throws {
         let meta = ["format": "bard-state-1", "step": String(step), "epoch": String(epoch), "window": String(window),
                     "lr": String(lr), "optimizer_step": String(optimizerStep),
                     "rng": [rng.s0, rng.s1, rng.s2, rng.s3].map { String($0) }.joined(separator: ","),
-                    "chars": String(chars), "min_loss": String(minLoss), "elapsed": String(elapsed)]
+                    "chars": String(chars), "min_loss": String(minLoss), "elapsed": String(elapsed), "corpus_sha256": corpusSHA256]
         try Safetensors.write([Tensor(name: "optimizer.m", shape: [m.count], values: m),
                                Tensor(name: "optimizer.v", shape: [v.count], values: v),
                                Tensor(name: "state.h", shape: [h.count], values: h),
@@ -129,6 +131,7 @@ public struct TrainingState {
         return TrainingState(step: try int("step"), epoch: try int("epoch"), window: try int("window"), lr: try double("lr"),
                              optimizerStep: try int("optimizer_step"), m: t["optimizer.m"] ?? [], v: t["optimizer.v"] ?? [],
                              h: t["state.h"] ?? [], c: t["state.c"] ?? [], rng: rng, chars: try int("chars"),
-                             minLoss: try double("min_loss"), elapsed: try double("elapsed"))
+                             minLoss: try double("min_loss"), elapsed: try double("elapsed"),
+                             corpusSHA256: meta["corpus_sha256"] ?? "")
     }
 }

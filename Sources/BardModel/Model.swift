@@ -44,7 +44,7 @@ public struct DropoutKey: Sendable {
     public let columnBase: Int
     public let globalColumns: Int?
     public init(seed: UInt64, step: Int, columnBase: Int = 0, globalColumns: Int? = nil) {
-        self.seed = seed; self.step = UInt64(step); self.columnBase = columnBase; self.globalColumns = globalColumns
+        self.seed = seed; self.step = UInt64(truncatingIfNeeded: step); self.columnBase = columnBase; self.globalColumns = globalColumns
     }
 }
 

@@ -64,10 +64,16 @@ public enum Safetensors {
             else { throw bad("tensor \(key) has a malformed header entry") }
             guard dtype == "F32" else { throw bad("tensor \(key) has dtype \(dtype); Bard reads F32 only") }
             guard shape.allSatisfy({ $0 >= 0 && $0 < 1 << 31 }) else { throw bad("tensor \(key) has shape \(shape)") }
-            let count = shape.reduce(1) { $0.multipliedReportingOverflow(by: $1).partialValue }
             let (start, end) = (offsets[0], offsets[1])
             guard start >= 0, end >= start, end <= dataCount else {
                 throw bad("tensor \(key) lies outside the data (offsets \(start)..<\(end), data has \(dataCount) bytes): truncated?")
+            }
+            // The element count must match the byte range; compute it without overflow (a hostile shape can wrap).
+            var count = 1
+            for d in shape {
+                let (product, overflow) = count.multipliedReportingOverflow(by: d)
+                guard !overflow, product <= (end - start) / 4 else { throw bad("tensor \(key): shape \(shape) does not fit its \(end - start) bytes") }
+                count = product
             }
             guard end - start == count * 4 else { throw bad("tensor \(key): \(end - start) bytes for shape \(shape)") }
             var values = [Float](repeating: 0, count: count)

@@ -56,8 +56,18 @@ public func formatDuration(_ s: Double) -> String {
 /// `OUT/metrics.jsonl`: one JSON object per optimiser step, appended (a resumed run continues the file).
 final class MetricsLog {
     let handle: FileHandle
-    init(path: String) throws {
-        if !FileManager.default.fileExists(atPath: path) { FileManager.default.createFile(atPath: path, contents: nil) }
+    /// Keeps the records of steps up to `keepThroughStep` (a resumed run's past; 0 for a fresh run) and drops the
+    /// rest, so steps redone after a crash are not logged twice and a new run does not mix with an old one.
+    init(path: String, keepThroughStep: Int) throws {
+        var kept = Data()
+        if keepThroughStep > 0, let old = FileManager.default.contents(atPath: path) {
+            for line in old.split(separator: UInt8(ascii: "\n")) {
+                guard let obj = try? JSONSerialization.jsonObject(with: Data(line)) as? [String: Any],
+                      let s = obj["step"] as? Int, s <= keepThroughStep else { continue }
+                kept.append(Data(line)); kept.append(UInt8(ascii: "\n"))
+            }
+        }
+        guard FileManager.default.createFile(atPath: path, contents: kept) else { throw BardError.io("cannot write \(path)") }
         guard let h = FileHandle(forWritingAtPath: path) else { throw BardError.io("cannot open \(path) for writing") }
         h.seekToEndOfFile()
         handle = h

@@ -27,6 +27,11 @@ extension ColumnParallel: GradientComputer {
     }
 }
 
+/// Thrown by a gradient computer interrupted by a signal mid-step: the trainer checkpoints the last completed step.
+public struct StopTraining: Error {
+    public init() {}
+}
+
 /// Set from SIGINT/SIGTERM: the trainer finishes its step, writes a checkpoint and stops.
 nonisolated(unsafe) public var stopRequested: sig_atomic_t = 0
 
@@ -41,6 +46,9 @@ public struct TrainOptions {
     public var outDir: String = "out"
     public var initPath: String?
     public var resume: Bool = false
+    /// On resume, the run length comes from the checkpoint unless given here (flags given on the command line).
+    public var explicitSteps: Int?
+    public var explicitEpochs: Int?
     public var checkpointEvery: Int = 0
     public var sampleLength: Int = 200
     /// Seconds between progress lines when stdout is not a terminal.
@@ -100,9 +108,12 @@ public final class Trainer {
             // The checkpoint's recipe wins; only the run length and threads may change on resume.
             let saved = config
             config = ckpt.config
-            config.steps = saved.steps ?? ckpt.config.steps
-            config.epochs = saved.epochs
+            config.steps = options.explicitSteps ?? ckpt.config.steps
+            config.epochs = options.explicitEpochs ?? ckpt.config.epochs
             config.threads = saved.threads
+            guard ts.corpusSHA256.isEmpty || ts.corpusSHA256 == corpus.sha256 else {
+                throw BardError.badInput("--data is not the corpus this run was trained on (sha256 \(corpus.sha256.prefix(12)) vs \(ts.corpusSHA256.prefix(12)))")
+            }
             resumed = (ckpt, ts)
         }
         try config.validate()
@@ -129,6 +140,9 @@ public final class Trainer {
                 throw BardError.badCheckpoint("\(statePath): hidden state has the wrong size")
             }
             state.h.copy(from: FloatBuffer(ts.h)); state.c.copy(from: FloatBuffer(ts.c))
+            guard ts.window >= 0, ts.window < windowsPerEpoch else {
+                throw BardError.badCheckpoint("\(statePath): data cursor \(ts.window) outside the epoch's \(windowsPerEpoch) windows")
+            }
             step = ts.step; epoch = ts.epoch; window = ts.window; chars = ts.chars; minLoss = ts.minLoss
             rng = ts.rng; elapsedBefore = ts.elapsed; lastValLoss = ckpt.valLoss
         } else if let initPath = options.initPath {
@@ -144,7 +158,7 @@ public final class Trainer {
         let cfg = config, B = cfg.batch, T = cfg.bptt
         let computer = computer ?? ColumnParallel(model: model, steps: T, columns: 0..<B, threads: cfg.threads)
         try FileManager.default.createDirectory(atPath: options.outDir, withIntermediateDirectories: true)
-        let metrics = try MetricsLog(path: options.outDir + "/metrics.jsonl")
+        let metrics = try MetricsLog(path: options.outDir + "/metrics.jsonl", keepThroughStep: step)
         let progress = Progress(total: totalSteps, windowsPerEpoch: windowsPerEpoch, interval: options.logInterval)
         log(cfg.summary)
         log("data: \(options.dataPath) \(corpus.tokens.count) chars, vocabulary \(corpus.vocabulary.count); \(windowsPerEpoch) windows per epoch, \(totalSteps) steps; \(model.parameterCount) parameters; BLAS \(BLAS.coreName)")
@@ -157,11 +171,20 @@ public final class Trainer {
         while step < totalSteps {
             let t0 = Date()
             grads.zero()
-            let lossSum = try tokens.withUnsafeMutableBufferPointer { w -> Double in
-                guard let base = w.baseAddress else { return .nan }
-                trainStreams.window(startRow: window * T, steps: T, into: base)
-                return try computer.computeGradients(params: params, grads: grads, window: base, steps: T, totalColumns: B,
-                                                     state: state, dropout: DropoutKey(seed: cfg.seed, step: step))
+            let lossSum: Double
+            do {
+                lossSum = try tokens.withUnsafeMutableBufferPointer { w -> Double in
+                    guard let base = w.baseAddress else { return .nan }
+                    trainStreams.window(startRow: window * T, steps: T, into: base)
+                    return try computer.computeGradients(params: params, grads: grads, window: base, steps: T, totalColumns: B,
+                                                         state: state, dropout: DropoutKey(seed: cfg.seed, step: step))
+                }
+            } catch is StopTraining {
+                // Parameters, state and cursor are still those of the last completed step.
+                if lastCheckpointStep != step { try saveCheckpoint(elapsed: elapsedBefore + Date().timeIntervalSince(start)) }
+                progress.finishLine()
+                log("stopped by signal at step \(step); resume with --resume \(options.outDir)")
+                break
             }
             let n = Double(B * T)
             let loss = lossSum / n
@@ -233,7 +256,7 @@ public final class Trainer {
     public func saveCheckpoint(elapsed: Double) throws {
         let ts = TrainingState(step: step, epoch: epoch, window: window, lr: optimizer.lr, optimizerStep: optimizer.step,
                                m: optimizer.m.array, v: optimizer.v.array, h: state.h.array, c: state.c.array, rng: rng,
-                               chars: chars, minLoss: minLoss, elapsed: elapsed)
+                               chars: chars, minLoss: minLoss, elapsed: elapsed, corpusSHA256: corpus.sha256)
         // State first, then the model: a crash in between leaves a step mismatch that --resume reports.
         try ts.save(to: statePath)
         try ModelCheckpoint(config: config, vocabulary: corpus.vocabulary, params: params, step: step, epoch: epoch,

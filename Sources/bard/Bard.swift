@@ -109,6 +109,8 @@ struct Train: ParsableCommand {
         var options = TrainOptions(config: try flags.makeConfig(), dataPath: flags.data)
         options.outDir = resume ?? out
         options.resume = resume != nil
+        options.explicitSteps = flags.steps
+        options.explicitEpochs = flags.epochs
         options.initPath = initFile
         options.checkpointEvery = checkpointEvery
         options.sampleLength = sampleLength

@@ -35,6 +35,8 @@ struct CoordinatorCommand: ParsableCommand {
         var options = TrainOptions(config: try flags.makeConfig(), dataPath: flags.data)
         options.outDir = resume ?? out
         options.resume = resume != nil
+        options.explicitSteps = flags.steps
+        options.explicitEpochs = flags.epochs
         options.initPath = initFile
         options.checkpointEvery = checkpointEvery
         options.sampleLength = sampleLength
@@ -51,12 +53,16 @@ struct CoordinatorCommand: ParsableCommand {
         coordinator.checkpointPath = trainer.modelPath
         installStopHandlers()
         say("coordinator listening on \(server.endpoint); waiting for \(workers) worker(s)")
+        // Whatever happens, tell the workers training is over so they exit instead of waiting for a timeout.
+        var finished = false
+        defer { if !finished { try? coordinator.finish(linger: 0) } }
         try coordinator.waitForWorkers(workers)
         let result = try trainer.run(computer: coordinator)
         say(String(format: "done: step %d, train loss %.4f, val loss %@; checkpoint %@; %d evictions, %d rejected messages",
                    result.step, result.trainLoss, result.valLoss.map { String(format: "%.4f", $0) } ?? "n/a",
                    trainer.modelPath, coordinator.evictions, coordinator.rejected))
         let interrupted = stopRequested != 0
+        finished = true
         try coordinator.finish(linger: interrupted ? 0 : linger)
         server.close()
         if interrupted { throw ExitCode(130) }
@@ -89,9 +95,19 @@ struct WorkerCommand: ParsableCommand {
                                 log: stderrLog("worker \(identity): "))
         worker.idleTimeout = idleTimeout
         installStopHandlers()
-        try worker.run()
+        do { try worker.run() } catch let stop as WorkerStop {
+            client.close()
+            FileHandle.standardError.write(Data("worker \(identity): \(stop)\n".utf8))
+            switch stop {
+            case .signalled: throw ExitCode(130)
+            case .coordinatorSilent: throw ExitCode(WorkerCommand.coordinatorGone)
+            }
+        }
         client.close()
     }
+
+    /// Exit status of a worker whose coordinator went silent: the supervisor does not restart it.
+    static let coordinatorGone: Int32 = 75
 
     /// Starts `n` single workers and restarts any that exits with an error, until all have finished normally
     /// or we are signalled (then the children are stopped too).
@@ -120,7 +136,7 @@ struct WorkerCommand: ParsableCommand {
             Thread.sleep(forTimeInterval: 0.2)
             for i in 0..<n where !finished.contains(i) && !children[i].isRunning {
                 let status = children[i].terminationStatus
-                if status == 0 { finished.insert(i); continue }
+                if status == 0 || status == WorkerCommand.coordinatorGone { finished.insert(i); continue }
                 restarts += 1
                 FileHandle.standardError.write(Data("worker supervisor: worker \(i) exited with status \(status); restarting (restart \(restarts))\n".utf8))
                 if restarts > 20 * n { throw BardError.io("workers keep failing (\(restarts) restarts); giving up") }

@@ -29,6 +29,7 @@ final class TrainerTests: XCTestCase {
     func trainer(_ cfg: Config, corpus: Corpus, out: String, resume: Bool = false) throws -> Trainer {
         var o = TrainOptions(config: cfg, dataPath: "synthetic")
         o.outDir = out; o.resume = resume; o.sampleLength = 10; o.logInterval = 1e9
+        o.explicitSteps = cfg.steps
         return try Trainer(options: o, corpus: corpus, log: { _ in })
     }
 

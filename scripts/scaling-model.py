@@ -1,0 +1,54 @@
+#!/usr/bin/env python3
+"""Paper model of a Bard run over many hosts (docs/scaling.md): per-step time of the synchronous data-parallel step
+for a single coordinator, K sharded coordinators, a ring reduce-scatter/all-gather among hosts, and 16-bit transfer.
+
+Inputs are measured on one 2-core host (scripts/bench-cluster.sh, bard bench) and can be overridden:
+  python3 scripts/scaling-model.py [--chars-per-s-per-host 9800] [--params 4336705] [--link-gbit 10] ...
+"""
+import argparse
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("--params", type=int, default=4_336_705, help="parameters (default recipe: 2x512 LSTM, V=65)")
+    p.add_argument("--flops-per-char", type=float, default=3 * 2 * (512 * 2048 * 2 + 512 * 2048 * 2 + 512 * 65))
+    p.add_argument("--host-gflops", type=float, default=120.0, help="sustained model GFLOP/s of one 2-core host")
+    p.add_argument("--columns-per-host", type=int, default=32)
+    p.add_argument("--bptt", type=int, default=50)
+    p.add_argument("--link-gbit", type=float, default=10.0)
+    p.add_argument("--latency-ms", type=float, default=0.05, help="per message, one way")
+    p.add_argument("--update-ns-per-param", type=float, default=1.5, help="Adam + clip + reduction on one core")
+    a = p.parse_args()
+
+    link = a.link_gbit * 1e9 / 8  # bytes/s, full duplex
+    chars = a.columns_per_host * a.bptt
+    compute = chars * a.flops_per_char / (a.host_gflops * 1e9)
+    print(f"model: {a.params:,} parameters ({a.params * 4 / 1e6:.1f} MB fp32); per host {chars} chars/step, "
+          f"compute {compute * 1e3:.0f} ms/step; links {a.link_gbit:g} Gbit/s")
+    print()
+    header = f"{'hosts':>5} | {'single coord':>13} | {'8 coord shards':>14} | {'ring allreduce':>14} | {'ring + fp16':>11} | {'chars/s ring+fp16':>17}"
+    print(header)
+    print("-" * len(header))
+    for n in [1, 2, 4, 8, 16, 32, 64]:
+        b = a.params * 4
+        update = a.params * a.update_ns_per_param * 1e-9
+        # Single coordinator: its one link carries N parameter copies out and N gradients in (full duplex:
+        # the two directions overlap), plus the reduction of N gradients and the update on one core.
+        single = compute + n * b / link + 2 * a.latency_ms * 1e-3 + update + (n - 1) * a.params * 0.3e-9
+        # K coordinator processes on K hosts, each owning 1/K of the parameters (sharded reduction + update).
+        k = min(8, n)
+        sharded = compute + n * (b / k) / link + 2 * a.latency_ms * 1e-3 + update / k
+        # Ring reduce-scatter + all-gather among the hosts (no coordinator on the data path): each host sends and
+        # receives 2 (N-1)/N of the buffer; each host updates its 1/N slice (the optimiser state is sharded too).
+        ring = compute + (2 * (n - 1) / n * b / link if n > 1 else 0) + 2 * (n - 1) * a.latency_ms * 1e-3 + update / n
+        ring16 = compute + (2 * (n - 1) / n * (b / 2) / link if n > 1 else 0) + 2 * (n - 1) * a.latency_ms * 1e-3 + update / n
+        print(f"{n:>5} | {single * 1e3:>10.0f} ms | {sharded * 1e3:>11.0f} ms | {ring * 1e3:>11.0f} ms | {ring16 * 1e3:>8.0f} ms | "
+              f"{n * chars / ring16:>17,.0f}")
+    print()
+    crossover = compute * link / (a.params * 4)
+    print(f"the single coordinator's link time equals one host's compute at N = {crossover:.1f} hosts: "
+          f"beyond that the coordinator is the bottleneck")
+
+
+if __name__ == "__main__":
+    main()
