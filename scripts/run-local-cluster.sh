@@ -4,7 +4,7 @@
 # Ctrl-C or when one of them fails). Flags after N go to the coordinator, e.g.
 #   scripts/run-local-cluster.sh 2 --epochs 1
 #   scripts/run-local-cluster.sh 4 --recipe default
-# The default budget (one-layer LSTM 512, Adam, 6 epochs) takes about 15 minutes on 2 cores.
+# The default budget (one-layer LSTM 512, Adam, 4 epochs) takes about 15-20 minutes on 2 cores.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -32,7 +32,7 @@ trap 'echo "interrupted: stopping the cluster" >&2; exit 130' INT TERM
 
 echo "cluster: coordinator on $endpoint, $workers worker(s); run directory $run"
 "$bard" coordinator --bind "$endpoint" --workers "$workers" --data "$data" --out "$run/coordinator" --linger 120 \
-    --recipe adam_1x512_b32_t50 --epochs 6 "$@" &
+    --recipe adam_1x512_b32_t50 --epochs 4 "$@" &
 coordinator=$!; pids+=("$coordinator")
 "$bard" worker --connect "$endpoint" --count "$workers" --data "$data" 2>"$run/workers.log" &
 pool=$!; pids+=("$pool")

@@ -122,7 +122,7 @@ public final class Coordinator: GradientComputer {
                                  totalColumns: Int, state: RecurrentState, dropout: DropoutKey?) throws -> Double {
         if let end = lastStepEnd { timing.update = Date().timeIntervalSince(end) }
         parameterVersion += 1
-        let paramArray = params.array
+        let parameterFrame = floatFrame(params.pointer, count: params.count)
         while true {
             if peers.count < minWorkers { try waitForWorkers(minWorkers) }
             stepID += 1
@@ -135,10 +135,10 @@ public final class Coordinator: GradientComputer {
                 let request = StepRequest(
                     stepID: stepID, parameterVersion: parameterVersion, columns: shard, totalColumns: totalColumns,
                     steps: steps, dropoutSeed: dropout?.seed ?? 0, dropoutStep: dropout?.step ?? 0, training: true,
-                    parameters: peer.parameterVersion == parameterVersion ? [] : paramArray,
+                    parameters: [],
                     tokens: shardTokens(window, steps: steps, totalColumns: totalColumns, shard: shard),
                     h: shardRows(state.h, state: state, shard: shard), c: shardRows(state.c, state: state, shard: shard))
-                let frames = Message.step(request).encode()
+                let frames = Message.encodeStep(request, parameterFrame: peer.parameterVersion == parameterVersion ? [] : parameterFrame)
                 bytesMoved += frames.reduce(0) { $0 + $1.count }
                 _ = transport.send(to: peer.id, frames)
                 peers[i].parameterVersion = parameterVersion
@@ -157,10 +157,8 @@ public final class Coordinator: GradientComputer {
                         if reason.hasPrefix("diverged") { throw BardError.diverged("a worker reports: \(reason)") }
                         reject("\(describe(peer)) refused step \(stepID): \(reason)")
                         // Its parameters are stale (it restarted): send the request again, with the parameters.
-                        if var again = requests[peer], again.parameters.isEmpty {
-                            again.parameters = paramArray
-                            requests[peer] = again
-                            _ = transport.send(to: peer, Message.step(again).encode())
+                        if let again = requests[peer] {
+                            _ = transport.send(to: peer, Message.encodeStep(again, parameterFrame: parameterFrame))
                         }
                         continue
                     }

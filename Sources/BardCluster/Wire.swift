@@ -140,6 +140,10 @@ struct Reader {
 }
 
 func floatFrame(_ a: [Float]) -> [UInt8] { a.withUnsafeBytes { Array($0) } }
+/// The bytes of a float buffer, one copy.
+public func floatFrame(_ p: UnsafePointer<Float>, count: Int) -> [UInt8] {
+    Array(UnsafeRawBufferPointer(start: UnsafeRawPointer(p), count: count * 4))
+}
 func int32Frame(_ a: [Int32]) -> [UInt8] { a.withUnsafeBytes { Array($0) } }
 
 func floats(_ frame: [UInt8], count: Int, name: String, finite: Bool = true) throws -> [Float] {
@@ -190,17 +194,38 @@ extension Message {
             w.string(c.sha256)
             return [w.bytes, c.bytes]
         case .step(let s):
-            w.u64(s.stepID); w.u64(s.parameterVersion)
-            w.u32(UInt32(s.columns.lowerBound)); w.u32(UInt32(s.columns.upperBound)); w.u32(UInt32(s.totalColumns))
-            w.u32(UInt32(s.steps)); w.u64(s.dropoutSeed); w.u64(s.dropoutStep); w.u8(s.training ? 1 : 0)
-            w.u64(UInt64(s.parameters.count)); w.u64(UInt64(s.h.count)); w.u64(UInt64(s.c.count))
-            return [w.bytes, floatFrame(s.parameters), int32Frame(s.tokens), floatFrame(s.h), floatFrame(s.c)]
+            return Message.encodeStep(s, parameterFrame: floatFrame(s.parameters))
         case .result(let r):
-            w.u64(r.stepID); w.u32(UInt32(r.columns.lowerBound)); w.u32(UInt32(r.columns.upperBound))
-            w.f64(r.lossSum); w.f64(r.computeSeconds)
-            w.u64(UInt64(r.gradients.count)); w.u64(UInt64(r.h.count)); w.u64(UInt64(r.c.count))
-            return [w.bytes, floatFrame(r.gradients), floatFrame(r.h), floatFrame(r.c)]
+            return Message.encodeResult(r, gradientFrame: floatFrame(r.gradients))
         }
+    }
+
+    static func header(_ type: MessageType) -> Writer {
+        var w = Writer()
+        w.bytes.append(contentsOf: Wire.magic)
+        w.u16(Wire.version)
+        w.u8(type.rawValue)
+        return w
+    }
+
+    /// A step request whose parameters are already a frame (s.parameters is ignored): the coordinator encodes
+    /// the parameters once per step and shares the frame among all workers.
+    public static func encodeStep(_ s: StepRequest, parameterFrame: [UInt8]) -> [[UInt8]] {
+        var w = header(.step)
+        w.u64(s.stepID); w.u64(s.parameterVersion)
+        w.u32(UInt32(s.columns.lowerBound)); w.u32(UInt32(s.columns.upperBound)); w.u32(UInt32(s.totalColumns))
+        w.u32(UInt32(s.steps)); w.u64(s.dropoutSeed); w.u64(s.dropoutStep); w.u8(s.training ? 1 : 0)
+        w.u64(UInt64(parameterFrame.count / 4)); w.u64(UInt64(s.h.count)); w.u64(UInt64(s.c.count))
+        return [w.bytes, parameterFrame, int32Frame(s.tokens), floatFrame(s.h), floatFrame(s.c)]
+    }
+
+    /// A result whose gradients are already a frame (r.gradients is ignored), to spare the worker a copy.
+    public static func encodeResult(_ r: StepResult, gradientFrame: [UInt8]) -> [[UInt8]] {
+        var w = header(.result)
+        w.u64(r.stepID); w.u32(UInt32(r.columns.lowerBound)); w.u32(UInt32(r.columns.upperBound))
+        w.f64(r.lossSum); w.f64(r.computeSeconds)
+        w.u64(UInt64(gradientFrame.count / 4)); w.u64(UInt64(r.h.count)); w.u64(UInt64(r.c.count))
+        return [w.bytes, gradientFrame, floatFrame(r.h), floatFrame(r.c)]
     }
 
     /// Decodes and validates a multipart message. Semantic checks that need the run's shapes (does the gradient have

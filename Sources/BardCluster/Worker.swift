@@ -85,7 +85,12 @@ public final class WorkerCore {
             case .heartbeat:
                 _ = transport.send(Message.heartbeat.encode())
             case .step(let request):
-                if let reply = try compute(request) { _ = transport.send(reply.encode()) }
+                guard let reply = try compute(request) else { continue }
+                if case .result(let r) = reply, let grads, r.stepID == request.stepID, request.training {
+                    _ = transport.send(Message.encodeResult(r, gradientFrame: floatFrame(grads.pointer, count: grads.count)))
+                } else {
+                    _ = transport.send(reply.encode())
+                }
             case .hello, .result, .fetch, .chunk:
                 log("ignored an unexpected \(message.type) message")
             }
@@ -138,6 +143,6 @@ public final class WorkerCore {
         stepsComputed += 1
         return .result(StepResult(stepID: r.stepID, columns: r.columns, lossSum: loss,
                                   computeSeconds: Date().timeIntervalSince(t0),
-                                  gradients: r.training ? grads.array : [], h: state.h.array, c: state.c.array))
+                                  gradients: [], h: state.h.array, c: state.c.array))
     }
 }
