@@ -52,7 +52,7 @@ while kill -0 "$fetcher" 2>/dev/null; do
             fi
         fi
     done
-    sleep 1
+    sleep 1 & wait $!  # an interruptible wait: a signal to this script alone runs the trap at once
 done
 wait "$fetcher" || { echo "cluster: fetching the final checkpoint failed; see $run/fetch.log" >&2; exit 1; }
 cat "$run/fetch.log" >&2 || true
