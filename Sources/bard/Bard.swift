@@ -90,6 +90,20 @@ struct TrainingFlags: ParsableArguments {
         try c.validate()
         return c
     }
+
+    /// The run's options, shared by `bard train` and `bard coordinator`.
+    func makeOptions(out: String, resume: String?, initFile: String?, checkpointEvery: Int, sampleLength: Int) throws -> TrainOptions {
+        if resume != nil && initFile != nil { throw BardError.invalidArgument("--init and --resume exclude each other") }
+        var options = TrainOptions(config: try makeConfig(), dataPath: data)
+        options.outDir = resume ?? out
+        options.resume = resume != nil
+        options.explicitSteps = steps
+        options.explicitEpochs = epochs
+        options.initPath = initFile
+        options.checkpointEvery = checkpointEvery
+        options.sampleLength = sampleLength
+        return options
+    }
 }
 
 extension CellKind: ExpressibleByArgument {}
@@ -106,15 +120,8 @@ struct Train: ParsableCommand {
     @Option(name: .customLong("sample-length"), help: "Characters of the sample printed after each epoch.") var sampleLength: Int = 200
 
     func run() throws {
-        var options = TrainOptions(config: try flags.makeConfig(), dataPath: flags.data)
-        options.outDir = resume ?? out
-        options.resume = resume != nil
-        options.explicitSteps = flags.steps
-        options.explicitEpochs = flags.epochs
-        options.initPath = initFile
-        options.checkpointEvery = checkpointEvery
-        options.sampleLength = sampleLength
-        if resume != nil && initFile != nil { throw BardError.invalidArgument("--init and --resume exclude each other") }
+        let options = try flags.makeOptions(out: out, resume: resume, initFile: initFile, checkpointEvery: checkpointEvery,
+                                            sampleLength: sampleLength)
         let corpus = try Corpus.load(path: flags.data)
         let trainer = try Trainer(options: options, corpus: corpus, log: say)
         installStopHandlers()

@@ -32,14 +32,8 @@ struct CoordinatorCommand: ParsableCommand {
     }
 
     func run() throws {
-        var options = TrainOptions(config: try flags.makeConfig(), dataPath: flags.data)
-        options.outDir = resume ?? out
-        options.resume = resume != nil
-        options.explicitSteps = flags.steps
-        options.explicitEpochs = flags.epochs
-        options.initPath = initFile
-        options.checkpointEvery = checkpointEvery
-        options.sampleLength = sampleLength
+        let options = try flags.makeOptions(out: out, resume: resume, initFile: initFile, checkpointEvery: checkpointEvery,
+                                            sampleLength: sampleLength)
         let corpus = try Corpus.load(path: flags.data)
         let trainer = try Trainer(options: options, corpus: corpus, log: say)
         let context = try ZMQContext()
