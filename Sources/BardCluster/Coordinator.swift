@@ -15,6 +15,8 @@ public final class Coordinator: GradientComputer {
         let name: String
         var parameterVersion: UInt64 = .max
         var lastSeen = Date()
+        var columns: Range<Int>?
+        var steps = 0
     }
 
     let transport: ServerTransport
@@ -25,6 +27,12 @@ public final class Coordinator: GradientComputer {
     public var minWorkers: Int
     /// A worker that has not answered a step within this many seconds is evicted and its columns redone by others.
     public var stepTimeout: Double = 60
+    /// A worker not heard from (reply, heartbeat or anything) for this many seconds is evicted.
+    public var heartbeatTimeout: Double = 3
+    /// Seconds between the coordinator's heartbeats to its workers (and the workers' to it).
+    public var heartbeatInterval: Double = 1
+    var lastListen: Date?
+    var lastBeat = Date.distantPast
     /// Latest checkpoint file to serve to `bard fetch`.
     public var checkpointPath: String?
     public private(set) var finished = false
@@ -34,6 +42,8 @@ public final class Coordinator: GradientComputer {
     public private(set) var rejected = 0
     public private(set) var evictions = 0
     public private(set) var bytesMoved = 0
+    /// Step attempts abandoned because a worker was lost, and done again over the others.
+    public private(set) var redone = 0
     /// Seconds of the last step: slowest worker's compute, the rest of the wait (communication), the reduction,
     /// and the coordinator's time between steps (update, logging, checkpoints).
     public private(set) var timing = (compute: 0.0, communication: 0.0, send: 0.0, reduce: 0.0, update: 0.0)
@@ -48,6 +58,53 @@ public final class Coordinator: GradientComputer {
     public var workersAlive: Int { peers.count }
     public var workerNames: [String] { peers.map(\.name) }
 
+    /// The workers as the dashboard shows them.
+    public struct WorkerStatus: Sendable {
+        public let name: String
+        public let columns: Range<Int>?
+        public let steps: Int
+        public let secondsSinceHeard: Double
+    }
+    public var workerStatus: [WorkerStatus] {
+        peers.map { WorkerStatus(name: $0.name, columns: $0.columns, steps: $0.steps,
+                                 secondsSinceHeard: Date().timeIntervalSince($0.lastSeen)) }
+    }
+
+    /// Called on every pass of a receive loop: sends heartbeats, and does not count time the coordinator spent
+    /// elsewhere (validation, checkpoints) as a worker's silence, since nobody could be heard meanwhile.
+    func keepAlive() {
+        let now = Date()
+        if let last = lastListen, now.timeIntervalSince(last) > heartbeatInterval {
+            let gap = now.timeIntervalSince(last)
+            for i in peers.indices { peers[i].lastSeen = min(now, peers[i].lastSeen.addingTimeInterval(gap)) }
+        }
+        lastListen = now
+        if now.timeIntervalSince(lastBeat) >= heartbeatInterval {
+            for p in peers { _ = transport.send(to: p.id, Message.heartbeat.encode()) }
+            lastBeat = now
+        }
+    }
+
+    /// Evicts the workers silent for longer than the heartbeat timeout; returns their ids.
+    @discardableResult
+    func evictSilent() -> [PeerID] {
+        let now = Date()
+        let silent = peers.filter { now.timeIntervalSince($0.lastSeen) > heartbeatTimeout }
+        for p in silent {
+            evict(p.id, because: String(format: "silent for %.1f s (heartbeat timeout %.1f s)", now.timeIntervalSince(p.lastSeen), heartbeatTimeout))
+        }
+        return silent.map(\.id)
+    }
+
+    func evict(_ peer: PeerID, because why: String) {
+        guard let p = peers.first(where: { $0.id == peer }) else { return }
+        log("evicting \(p.name): \(why)" + (p.columns.map { "; its columns \($0) go to the others" } ?? ""))
+        peers.removeAll { $0.id == peer }
+        evictions += 1
+        // Tell it, in case it is alive after all (a stopped process resumed): it registers again and rejoins.
+        _ = transport.send(to: peer, Message.refuse(reason: Coordinator.reRegister + ": evicted (\(why))").encode())
+    }
+
     /// Serves messages until `count` workers have registered.
     public func waitForWorkers(_ count: Int, timeout: Double = .infinity) throws {
         let deadline = Date().addingTimeInterval(timeout)
@@ -58,6 +115,8 @@ public final class Coordinator: GradientComputer {
             if Date().timeIntervalSince(lastLog) > 10 {
                 log("waiting for workers: \(peers.count)/\(count) registered"); lastLog = Date()
             }
+            keepAlive()
+            evictSilent()
             if let (peer, frames) = try transport.receive(timeout: 0.2) { handleIdle(peer, frames) }
         }
     }
@@ -70,6 +129,7 @@ public final class Coordinator: GradientComputer {
             reject("undecodable message from \(describe(peer)): \(error)")
             return
         }
+        if let i = peers.firstIndex(where: { $0.id == peer }) { peers[i].lastSeen = Date() }
         switch message {
         case .hello(let name, let theirs):
             if !theirs.isEmpty && theirs != fingerprint {
@@ -90,7 +150,10 @@ public final class Coordinator: GradientComputer {
         case .fetch(let offset, let wantFinal):
             serveFetch(peer, offset: offset, wantFinal: wantFinal)
         case .heartbeat:
-            if let i = peers.firstIndex(where: { $0.id == peer }) { peers[i].lastSeen = Date() }
+            if !peers.contains(where: { $0.id == peer }) {
+                // A worker of an earlier coordinator (we restarted) or one we evicted: it must register again.
+                _ = transport.send(to: peer, Message.refuse(reason: Coordinator.reRegister + ": this coordinator does not know you").encode())
+            }
         case .result(let r):
             reject("stale or unexpected result for step \(r.stepID) from \(describe(peer))")
             if !peers.contains(where: { $0.id == peer }) {
@@ -124,6 +187,8 @@ public final class Coordinator: GradientComputer {
         parameterVersion += 1
         let parameterFrame = floatFrame(params.pointer, count: params.count)
         while true {
+            keepAlive()
+            evictSilent()
             if peers.count < minWorkers { try waitForWorkers(minWorkers) }
             stepID += 1
             let assignment = Coordinator.shards(columns: totalColumns, workers: peers.count)
@@ -142,14 +207,20 @@ public final class Coordinator: GradientComputer {
                 bytesMoved += frames.reduce(0) { $0 + $1.count }
                 _ = transport.send(to: peer.id, frames)
                 peers[i].parameterVersion = parameterVersion
+                peers[i].columns = shard
                 pending[peer.id] = shard
                 requests[peer.id] = request
             }
             let sent = Date()
             var results: [StepResult] = []
             let deadline = Date().addingTimeInterval(stepTimeout)
-            while !pending.isEmpty && Date() < deadline {
+            var lost = false
+            while !pending.isEmpty && Date() < deadline && !lost {
                 if stopRequested != 0 { throw StopTraining() }
+                keepAlive()
+                // A pending worker that went silent (killed, stopped, cut off) fails the attempt at once.
+                lost = evictSilent().contains { pending[$0] != nil }
+                if lost { break }
                 guard let (peer, frames) = try transport.receive(timeout: min(0.5, max(0.001, deadline.timeIntervalSinceNow))) else { continue }
                 guard let shard = pending[peer], let message = try? Message.decode(frames), case .result(let r) = message,
                       r.stepID == stepID else {
@@ -172,17 +243,17 @@ public final class Coordinator: GradientComputer {
                     reject("result for step \(stepID) from \(describe(peer)) has the wrong shape")
                     continue
                 }
-                if let i = peers.firstIndex(where: { $0.id == peer }) { peers[i].lastSeen = Date() }
+                if let i = peers.firstIndex(where: { $0.id == peer }) { peers[i].lastSeen = Date(); peers[i].steps += 1 }
                 pending[peer] = nil
                 results.append(r)
             }
             if !pending.isEmpty {
-                // Evict the silent workers; nothing of this attempt was applied, so redoing it changes no math.
-                for (peer, shard) in pending {
-                    log("evicting \(describe(peer)): no reply to step \(stepID) within \(Int(stepTimeout)) s; columns \(shard) go to the others")
-                    peers.removeAll { $0.id == peer }
-                    evictions += 1
+                // Nothing of this attempt was applied and the state is that of the last completed step, so redoing
+                // the step over the surviving workers changes no math.
+                if !lost {
+                    for peer in pending.keys { evict(peer, because: "no reply to step \(stepID) within \(Int(stepTimeout)) s") }
                 }
+                redone += 1
                 continue
             }
             let waited = Date().timeIntervalSince(t0)
@@ -217,7 +288,7 @@ public final class Coordinator: GradientComputer {
     public var metricsFields: [String: Any] {
         ["workers": peers.count, "compute_s": timing.compute, "communication_s": timing.communication,
          "send_s": timing.send, "reduce_s": timing.reduce, "update_s": timing.update, "bytes_moved": bytesMoved,
-         "evictions": evictions, "rejected": rejected]
+         "evictions": evictions, "rejected": rejected, "redone": redone]
     }
 
     func shardTokens(_ window: UnsafePointer<Int32>, steps: Int, totalColumns: Int, shard: Range<Int>) -> [Int32] {
@@ -310,7 +381,7 @@ public func fetchCheckpoint(transport: ClientTransport, to path: String, wait: B
         var bytes: [UInt8] = []
         var expected: Chunk?
         while true {
-            guard Date() < deadline else { throw BardError.io("no complete checkpoint from the coordinator within \(Int(timeout)) s") }
+            guard Date() < deadline else { throw BardError.io("no complete checkpoint from the coordinator within \(Int(timeout)) s (is it running and reachable, and do --keys match its own?)") }
             _ = transport.send(Message.fetch(offset: bytes.count, final: wait).encode())
             guard let frames = try transport.receive(timeout: 2) else { continue }
             guard case .chunk(let c) = try Message.decode(frames) else { continue }

@@ -37,24 +37,54 @@ public final class WorkerCore {
         self.transport = transport; self.name = name; self.fingerprint = fingerprint; self.threads = threads; self.log = log
     }
 
-    /// Runs until the coordinator says done (returns) or refuses us / goes silent (throws).
+    /// Seconds between the worker's heartbeats: sent while it computes too, so the coordinator can tell a busy worker
+    /// from a dead or stopped one.
+    public var heartbeatInterval: Double = 1
+
+    /// Runs until the coordinator says done (returns) or refuses us / goes silent (throws). The socket is used from
+    /// this thread only; a step is computed on a background thread so heartbeats keep flowing meanwhile.
     public func run() throws {
         var lastHeard = Date()
-        var lastHello = Date.distantPast
+        var lastSent = Date.distantPast
+        var queue: [StepRequest] = []
+        let done = DispatchSemaphore(value: 0)
+        var inFlight: (request: StepRequest, slot: ComputeSlot)?
+        var registered = false
+        /// Waits for the step in flight, dropping its reply: needed before the model or registration changes.
+        func abandonInFlight() {
+            if inFlight != nil { done.wait(); inFlight = nil }
+        }
         while true {
             if stopRequested != 0 { throw WorkerStop.signalled }
-            if model == nil, Date().timeIntervalSince(lastHello) > 1 {
-                // A ROUTER drops messages to peers it has not finished handshaking with: say hello until welcomed.
-                _ = transport.send(Message.hello(name: name, fingerprint: fingerprint).encode())
-                lastHello = Date()
+            if Date().timeIntervalSince(lastSent) >= heartbeatInterval {
+                // Unregistered: hello (a ROUTER drops messages to a peer it has not finished handshaking with, and a
+                // restarted coordinator needs it). Registered: a heartbeat.
+                let m: Message = registered ? .heartbeat : .hello(name: name, fingerprint: fingerprint)
+                _ = transport.send(m.encode())
+                lastSent = Date()
             }
-            guard let frames = try transport.receive(timeout: 0.5) else {
+            if let (request, slot) = inFlight, done.wait(timeout: .now()) == .success {
+                inFlight = nil
+                if let error = slot.error { throw error }
+                if registered, let reply = slot.reply { send(reply, for: request) }
+            }
+            if inFlight == nil, registered, !queue.isEmpty {
+                let request = queue.removeFirst()
+                let slot = ComputeSlot()
+                inFlight = (request, slot)
+                DispatchQueue.global().async {
+                    do { slot.reply = try self.compute(request) } catch { slot.error = error }
+                    done.signal()
+                }
+            }
+            guard let frames = try transport.receive(timeout: inFlight == nil ? 0.2 : 0.01) else {
                 if Date().timeIntervalSince(lastHeard) > idleTimeout { throw WorkerStop.coordinatorSilent(seconds: idleTimeout) }
                 continue
             }
             lastHeard = Date()
             let message: Message
             do { message = try Message.decode(frames) } catch {
+                rejected += 1
                 log("rejected a message from the coordinator: \(error)")
                 continue
             }
@@ -64,36 +94,68 @@ public final class WorkerCore {
                       (try? cfg.validate()) != nil, vocab >= 1, vocab <= 1 << 21 else {
                     throw BardError.badInput("the coordinator's welcome carries an invalid configuration")
                 }
+                if let model, model.config != cfg || model.vocabularySize != vocab {
+                    // A different run (a new coordinator): wait for the step in flight, then start afresh.
+                    abandonInFlight()
+                    self.model = nil
+                }
                 if model == nil {
                     let m = Model(config: cfg, vocabularySize: vocab)
-                    model = m
                     params = FloatBuffer(count: m.parameterCount)
                     grads = FloatBuffer(count: m.parameterCount)
+                    parameterVersion = .max
+                    runner = nil
+                    model = m
                     log("registered: \(cfg.cell) \(cfg.layers)x\(cfg.hidden), \(m.parameterCount) parameters")
                 }
+                registered = true
             case .refuse(let reason):
                 if reason.hasPrefix(Coordinator.reRegister) {
-                    // The coordinator does not know us (it restarted, or evicted us): register again.
-                    log("the coordinator asks this worker to register again")
-                    model = nil; lastHello = .distantPast
+                    // The coordinator does not know us (it restarted, or evicted us): register again. Work queued for
+                    // the old registration is void.
+                    if registered { log("the coordinator asks this worker to register again") }
+                    abandonInFlight()
+                    registered = false; queue.removeAll(); lastSent = .distantPast
+                    parameterVersion = .max
                     continue
                 }
                 throw BardError.badInput("the coordinator refused this worker: \(reason)")
             case .done:
+                abandonInFlight()
                 log("training is over after \(stepsComputed) steps computed here")
                 return
             case .heartbeat:
-                _ = transport.send(Message.heartbeat.encode())
+                break
             case .step(let request):
-                guard let reply = try compute(request) else { continue }
-                if case .result(let r) = reply, let grads, r.stepID == request.stepID, request.training {
-                    _ = transport.send(Message.encodeResult(r, gradientFrame: floatFrame(grads.pointer, count: grads.count)))
-                } else {
-                    _ = transport.send(reply.encode())
+                // A newer step supersedes queued ones (the coordinator redid a step); parameters they carried stay.
+                var request = request
+                for old in queue where !old.parameters.isEmpty && old.parameterVersion == request.parameterVersion
+                    && request.parameters.isEmpty {
+                    request.parameters = old.parameters
                 }
+                queue.removeAll { $0.stepID < request.stepID }
+                queue.append(request)
             case .hello, .result, .fetch, .chunk:
+                rejected += 1
                 log("ignored an unexpected \(message.type) message")
             }
+        }
+    }
+
+    /// A step computed on the background thread; read only after its semaphore is signalled.
+    final class ComputeSlot: @unchecked Sendable {
+        var reply: Message?
+        var error: Error?
+    }
+
+    /// Messages from the coordinator that did not decode or did not belong.
+    public private(set) var rejected = 0
+
+    func send(_ reply: Message, for request: StepRequest) {
+        if case .result(let r) = reply, let grads, r.stepID == request.stepID, request.training {
+            _ = transport.send(Message.encodeResult(r, gradientFrame: floatFrame(grads.pointer, count: grads.count)))
+        } else {
+            _ = transport.send(reply.encode())
         }
     }
 

@@ -86,9 +86,30 @@ public final class Trainer {
     public let windowsPerEpoch: Int
     public let totalSteps: Int
     let log: (String) -> Void
+    /// Observers for monitoring (the metrics server and dashboard): each step's metrics record, each epoch's sample.
+    public var onRecord: (([String: Any]) -> Void)?
+    public var onSample: ((String) -> Void)?
 
     public var modelPath: String { options.outDir + "/model.safetensors" }
     public var statePath: String { options.outDir + "/training-state.safetensors" }
+    var previousStatePath: String { options.outDir + "/training-state.previous.safetensors" }
+
+    /// Whether `dir` holds a checkpoint to resume from (for `--auto-resume`).
+    public static func hasCheckpoint(in dir: String) -> Bool {
+        FileManager.default.fileExists(atPath: dir + "/model.safetensors")
+    }
+
+    /// The training state saved with the model of `step`: the current file, or the previous one when a crash came
+    /// between writing the state and the model.
+    static func trainingState(matching step: Int, in dir: String) throws -> TrainingState {
+        let current = Result { try TrainingState.load(path: dir + "/training-state.safetensors") }
+        if case .success(let ts) = current, ts.step == step { return ts }
+        if let previous = try? TrainingState.load(path: dir + "/training-state.previous.safetensors"), previous.step == step {
+            return previous
+        }
+        let ts = try current.get()
+        throw BardError.badCheckpoint("\(dir): model is at step \(step) but training state at \(ts.step)")
+    }
 
     public init(options: TrainOptions, corpus: Corpus, log: @escaping (String) -> Void) throws {
         var config = options.config
@@ -98,10 +119,7 @@ public final class Trainer {
         var resumed: (ModelCheckpoint, TrainingState)?
         if options.resume {
             let ckpt = try ModelCheckpoint.load(path: options.outDir + "/model.safetensors")
-            let ts = try TrainingState.load(path: options.outDir + "/training-state.safetensors")
-            guard ts.step == ckpt.step else {
-                throw BardError.badCheckpoint("\(options.outDir): model is at step \(ckpt.step) but training state at \(ts.step)")
-            }
+            let ts = try Trainer.trainingState(matching: ckpt.step, in: options.outDir)
             guard ckpt.vocabulary == corpus.vocabulary else {
                 throw BardError.badInput("--data has a different vocabulary (\(corpus.vocabulary.count) characters) than the checkpoint in \(options.outDir) (\(ckpt.vocabulary.count))")
             }
@@ -217,11 +235,14 @@ public final class Trainer {
                 log(String(format: "epoch %d done: step %d, train loss %.4f, val loss %@, %.0f chars/s, %.0f s",
                            epoch, step, loss, lastValLoss.map { String(format: "%.4f (ppl %.2f)", $0, exp($0)) } ?? "n/a",
                            progress.charsPerSecond, elapsed))
-                log("sample: " + sample(length: options.sampleLength).replacingOccurrences(of: "\n", with: "\n        "))
+                let text = sample(length: options.sampleLength)
+                onSample?(text)
+                log("sample: " + text.replacingOccurrences(of: "\n", with: "\n        "))
             } else {
                 progress.show(step: step, epoch: epoch, window: window, loss: loss, minLoss: minLoss, suffix: computer.statusSuffix)
             }
             metrics.write(record)
+            onRecord?(record)
             if epochEnds || (options.checkpointEvery > 0 && step % options.checkpointEvery == 0) || step == totalSteps {
                 if step == totalSteps && !epochEnds, let v = validate() { lastValLoss = v }
                 try saveCheckpoint(elapsed: elapsed)
@@ -257,7 +278,11 @@ public final class Trainer {
         let ts = TrainingState(step: step, epoch: epoch, window: window, lr: optimizer.lr, optimizerStep: optimizer.step,
                                m: optimizer.m.array, v: optimizer.v.array, h: state.h.array, c: state.c.array, rng: rng,
                                chars: chars, minLoss: minLoss, elapsed: elapsed, corpusSHA256: corpus.sha256)
-        // State first, then the model: a crash in between leaves a step mismatch that --resume reports.
+        // The previous state is kept until the new model is in place, so whenever a crash strikes, one of the two
+        // state files matches model.safetensors (see `trainingState(matching:in:)`). Each file is replaced atomically.
+        if FileManager.default.fileExists(atPath: statePath) {
+            _ = rename(statePath, previousStatePath)
+        }
         try ts.save(to: statePath)
         try ModelCheckpoint(config: config, vocabulary: corpus.vocabulary, params: params, step: step, epoch: epoch,
                             valLoss: lastValLoss).save(to: modelPath)

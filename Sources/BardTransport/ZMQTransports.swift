@@ -16,12 +16,18 @@ func configureCommon(_ s: ZMQSocket) throws {
 public final class ZMQServerTransport: ServerTransport {
     let context: ZMQContext
     let socket: ZMQSocket
+    let authenticator: ZAPAuthenticator?
     public let endpoint: String
 
-    public init(context: ZMQContext, bind: String) throws {
+    /// With `security`, the socket is a CURVE server and a ZAP handler admits only the listed client keys:
+    /// anyone else fails the handshake and never reaches the protocol.
+    public init(context: ZMQContext, bind: String, security: ServerSecurity? = nil) throws {
         self.context = context
+        // The ZAP handler must be bound before the socket accepts a connection (else libzmq admits everyone).
+        authenticator = try security.map { try ZAPAuthenticator(context: context, allowedPublicKeys: $0.allowedClients) }
         socket = try ZMQSocket(context: context, kind: .router)
         try configureCommon(socket)
+        if let security { try socket.configureCurveServer(keyPair: security.keyPair) }
         try socket.setRouterMandatory(true)
         try socket.setRouterHandover(true)  // a restarted worker with the same identity takes over its old connection
         try socket.bind(bind)
@@ -42,7 +48,13 @@ public final class ZMQServerTransport: ServerTransport {
         }
     }
 
-    public func close() { socket.close() }
+    /// Clients that failed CURVE authentication so far.
+    public var deniedClients: Int { authenticator?.deniedCount ?? 0 }
+
+    public func close() {
+        socket.close()
+        authenticator?.stop()
+    }
 }
 
 /// A worker's or fetch client's DEALER socket, with an explicit routing identity.
@@ -50,10 +62,11 @@ public final class ZMQClientTransport: ClientTransport {
     let context: ZMQContext
     let socket: ZMQSocket
 
-    public init(context: ZMQContext, connect: String, identity: String) throws {
+    public init(context: ZMQContext, connect: String, identity: String, security: ClientSecurity? = nil) throws {
         self.context = context
         socket = try ZMQSocket(context: context, kind: .dealer)
         try configureCommon(socket)
+        if let security { try socket.configureCurveClient(keyPair: security.keyPair, serverPublicKey: security.serverPublicKey) }
         try socket.setRoutingID(identity)
         try socket.setReconnectInterval(milliseconds: 100)
         try socket.setReconnectIntervalMax(milliseconds: 2000)

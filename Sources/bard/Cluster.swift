@@ -9,6 +9,32 @@ func stderrLog(_ prefix: String) -> (String) -> Void {
     { line in FileHandle.standardError.write(Data("\(prefix)\(line)\n".utf8)) }
 }
 
+/// Key files are user input: their errors end the command with a one-line message.
+func loadKeys<T>(_ body: () throws -> T) throws -> T {
+    do { return try body() } catch let error as ZMQError { throw BardError.badInput("\(error)") }
+}
+
+struct Keys: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Manage the CURVE keys that authenticate and encrypt cluster traffic.", subcommands: [Generate.self])
+
+    struct Generate: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Write a coordinator key pair, a client key pair and authorized_keys into DIR (or, with --client, add a client).",
+            discussion: """
+            The coordinator host needs coordinator.key and authorized_keys; worker and fetch hosts need coordinator.pub \
+            and client.key (or NAME.key). Every file is written with mode 0600; existing keys are never overwritten.
+            """)
+        @Option(help: "Directory to write the keys into.") var out: String
+        @Option(help: "Add a client key pair NAME.key/NAME.pub and admit it in authorized_keys.") var client: String?
+
+        func run() throws {
+            let files = try loadKeys { try KeyDirectory.generate(in: out, client: client) }
+            for f in files { say("wrote \(f)") }
+        }
+    }
+}
+
 struct CoordinatorCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "coordinator",
@@ -24,29 +50,41 @@ struct CoordinatorCommand: ParsableCommand {
     @Option(help: "After training, keep serving the final checkpoint this many seconds.") var linger: Double = 0
     @Option(name: .customLong("step-timeout"), help: "Evict a worker that has not answered a step in this many seconds.") var stepTimeout: Double = 60
     @Option(name: .customLong("sample-length"), help: "Characters of the sample printed after each epoch.") var sampleLength: Int = 200
+    @Option(name: .customLong("heartbeat-timeout"), help: "Evict a worker not heard from (heartbeats are sent every second) for this many seconds.") var heartbeatTimeout: Double = 3
+    @Flag(name: .customLong("auto-resume"), help: "Continue from the checkpoint in --out if there is one, else start afresh (for service managers that restart the coordinator).") var autoResume = false
+    @Option(help: "Key directory (bard keys generate): CURVE-encrypt the socket and admit only the clients in its authorized_keys.") var keys: String?
+    @Flag(help: "Allow binding a non-loopback address without --keys (plaintext, anyone can join).") var insecure = false
 
     func validate() throws {
         guard workers >= 1 else { throw ValidationError("--workers must be >= 1") }
+        guard heartbeatTimeout > 0 else { throw ValidationError("--heartbeat-timeout must be > 0") }
+        if autoResume && (resume != nil || initFile != nil) { throw ValidationError("--auto-resume excludes --resume and --init") }
+        if keys == nil && !insecure && !KeyDirectory.isLocal(endpoint: bind) {
+            throw ValidationError("--bind \(bind) is reachable from other hosts: give --keys DIR (bard keys generate --out DIR) or, on a trusted network, --insecure")
+        }
         if let m = minWorkers, m < 1 || m > workers { throw ValidationError("--min-workers must be 1...--workers") }
         guard linger >= 0, stepTimeout > 0 else { throw ValidationError("--linger must be >= 0 and --step-timeout > 0") }
     }
 
     func run() throws {
-        let options = try flags.makeOptions(out: out, resume: resume, initFile: initFile, checkpointEvery: checkpointEvery,
+        let resumeDir = resume ?? (autoResume && Trainer.hasCheckpoint(in: out) ? out : nil)
+        let options = try flags.makeOptions(out: out, resume: resumeDir, initFile: initFile, checkpointEvery: checkpointEvery,
                                             sampleLength: sampleLength)
+        let security = try keys.map { dir in try loadKeys { try KeyDirectory.serverSecurity(dir: dir) } }
         let corpus = try Corpus.load(path: flags.data)
         let trainer = try Trainer(options: options, corpus: corpus, log: say)
         let context = try ZMQContext()
         let server: ZMQServerTransport
-        do { server = try ZMQServerTransport(context: context, bind: bind) } catch {
+        do { server = try ZMQServerTransport(context: context, bind: bind, security: security) } catch {
             throw BardError.io("cannot bind \(bind): \(error)")
         }
         let coordinator = Coordinator(transport: server, model: trainer.model, fingerprint: corpus.fingerprint,
                                       minWorkers: minWorkers ?? workers, log: stderrLog("coordinator: "))
         coordinator.stepTimeout = stepTimeout
+        coordinator.heartbeatTimeout = heartbeatTimeout
         coordinator.checkpointPath = trainer.modelPath
         installStopHandlers()
-        say("coordinator listening on \(server.endpoint); waiting for \(workers) worker(s)")
+        say("coordinator listening on \(server.endpoint)\(security == nil ? " (plaintext)" : " (CURVE, \(security!.allowedClients.count) client key(s) admitted)"); waiting for \(workers) worker(s)")
         // Whatever happens, tell the workers training is over so they exit instead of waiting for a timeout.
         var finished = false
         defer { if !finished { try? coordinator.finish(linger: 0) } }
@@ -72,6 +110,8 @@ struct WorkerCommand: ParsableCommand {
     @Option(help: "The corpus, if this host has it: its fingerprint is checked against the coordinator's.") var data: String?
     @Option(help: "This worker's name (routing identity); default host-pid.") var name: String?
     @Option(name: .customLong("idle-timeout"), help: "Give up after this many seconds without a word from the coordinator.") var idleTimeout: Double = 120
+    @Option(help: "Key directory: use its client.key and trust its coordinator.pub (CURVE).") var keys: String?
+    @Option(name: .customLong("key-file"), help: "This client's key pair, instead of client.key in --keys.") var keyFile: String?
 
     func validate() throws {
         if let count, count < 1 || count > 256 { throw ValidationError("--count must be 1...256") }
@@ -83,8 +123,9 @@ struct WorkerCommand: ParsableCommand {
         let host = ProcessInfo.processInfo.hostName
         let identity = name ?? "\(host)-\(getpid())"
         let fingerprint = try data.map { try Corpus.load(path: $0).fingerprint } ?? ""
+        let security = try keys.map { dir in try loadKeys { try KeyDirectory.clientSecurity(dir: dir, keyFile: keyFile) } }
         let context = try ZMQContext()
-        let client = try ZMQClientTransport(context: context, connect: connect, identity: identity)
+        let client = try ZMQClientTransport(context: context, connect: connect, identity: identity, security: security)
         let worker = WorkerCore(transport: client, name: identity, fingerprint: fingerprint, threads: threads,
                                 log: stderrLog("worker \(identity): "))
         worker.idleTimeout = idleTimeout
@@ -114,6 +155,8 @@ struct WorkerCommand: ParsableCommand {
             var args = ["worker", "--connect", connect, "--threads", String(threads), "--idle-timeout", String(idleTimeout),
                         "--name", "\(name ?? ProcessInfo.processInfo.hostName)-w\(i)"]
             if let data { args += ["--data", data] }
+            if let keys { args += ["--keys", keys] }
+            if let keyFile { args += ["--key-file", keyFile] }
             p.arguments = args
             try p.run()
             return p
@@ -147,11 +190,15 @@ struct Fetch: ParsableCommand {
     @Option(help: "Directory to write model.safetensors into.") var out: String = "out"
     @Flag(help: "Wait for the end of training and fetch the final checkpoint.") var wait = false
     @Option(help: "Give up after this many seconds.") var timeout: Double = 3600
+    @Option(help: "Key directory: use its client.key and trust its coordinator.pub (CURVE).") var keys: String?
+    @Option(name: .customLong("key-file"), help: "This client's key pair, instead of client.key in --keys.") var keyFile: String?
 
     func run() throws {
+        let security = try keys.map { dir in try loadKeys { try KeyDirectory.clientSecurity(dir: dir, keyFile: keyFile) } }
         try FileManager.default.createDirectory(atPath: out, withIntermediateDirectories: true)
         let context = try ZMQContext()
-        let client = try ZMQClientTransport(context: context, connect: from, identity: "fetch-\(getpid())-\(UInt32.random(in: 0...UInt32.max))")
+        let client = try ZMQClientTransport(context: context, connect: from, identity: "fetch-\(getpid())-\(UInt32.random(in: 0...UInt32.max))",
+                                            security: security)
         let path = out + "/model.safetensors"
         let (step, bytes) = try fetchCheckpoint(transport: client, to: path, wait: wait, timeout: timeout, log: stderrLog("fetch: "))
         say("fetched the checkpoint of step \(step) (\(bytes) bytes, sha256 verified) to \(path)")

@@ -105,4 +105,33 @@ final class CLITests: XCTestCase {
         }
         XCTAssertTrue(r.out.contains("lstm"))
     }
+
+    /// `bard keys generate` writes owner-only Z85 key files and never overwrites them; a coordinator refuses to
+    /// bind a non-loopback address in plaintext unless told --insecure; bad key directories are one-line errors.
+    func testKeysAndInsecureBind() throws {
+        let keys = dir + "/keys"
+        let g = try bard(["keys", "generate", "--out", keys])
+        XCTAssertEqual(g.status, 0, g.err)
+        for f in ["coordinator.key", "coordinator.pub", "client.key", "client.pub", "authorized_keys"] {
+            let attrs = try FileManager.default.attributesOfItem(atPath: keys + "/" + f)
+            XCTAssertEqual((attrs[.posixPermissions] as? NSNumber)?.intValue, 0o600, f)
+        }
+        let pair = try String(contentsOfFile: keys + "/coordinator.key", encoding: .utf8)
+        XCTAssertTrue(pair.hasPrefix("public="), pair)
+        XCTAssertEqual(pair.split(separator: "\n").map { (line: Substring) -> Int in line.drop { $0 != "=" }.count - 1 }, [40, 40])
+        assertOneLineError(try bard(["keys", "generate", "--out", keys]), contains: "never overwritten")
+        XCTAssertEqual(try bard(["keys", "generate", "--out", keys, "--client", "laptop"]).status, 0)
+        let authorized = try String(contentsOfFile: keys + "/authorized_keys", encoding: .utf8)
+        XCTAssertEqual(authorized.split(separator: "\n").count, 2, authorized)
+        XCTAssertTrue(authorized.contains(" laptop"), authorized)
+
+        let data = write("c.txt", Array(corpusText().utf8))
+        let plain = try bard(["coordinator", "--data", data, "--bind", "tcp://0.0.0.0:5999"])
+        XCTAssertNotEqual(plain.status, 0)
+        XCTAssertTrue(plain.err.contains("--insecure"), plain.err)
+        try "not a key\n".write(toFile: keys + "/authorized_keys", atomically: true, encoding: .utf8)
+        assertOneLineError(try bard(["coordinator", "--data", data, "--bind", "tcp://0.0.0.0:5999", "--keys", keys]),
+                           contains: "authorized_keys")
+        assertOneLineError(try bard(["worker", "--keys", dir + "/nowhere"]), contains: "nowhere")
+    }
 }

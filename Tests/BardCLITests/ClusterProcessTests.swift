@@ -3,7 +3,7 @@ import Foundation
 import XCTest
 
 /// Real processes over tcp loopback. Slow: run when BARD_SLOW=1 (CI sets it).
-final class ClusterProcessTests: XCTestCase {
+class ProcessTestCase: XCTestCase {
     var dir = ""
     var started: [Process] = []
 
@@ -14,7 +14,7 @@ final class ClusterProcessTests: XCTestCase {
     }
 
     override func tearDown() {
-        for p in started where p.isRunning { p.terminate() }
+        for p in started where p.isRunning { kill(p.processIdentifier, SIGCONT); p.terminate() }
         for p in started { p.waitUntilExit() }
         try? FileManager.default.removeItem(atPath: dir)
     }
@@ -23,8 +23,9 @@ final class ClusterProcessTests: XCTestCase {
         let p = Process()
         p.executableURL = URL(fileURLWithPath: CLITests.binary)
         p.arguments = args
-        FileManager.default.createFile(atPath: log, contents: nil)
+        if !FileManager.default.fileExists(atPath: log) { FileManager.default.createFile(atPath: log, contents: nil) }
         let h = FileHandle(forWritingAtPath: log)
+        h?.seekToEndOfFile()
         p.standardOutput = h; p.standardError = h
         try p.run()
         started.append(p)
@@ -37,32 +38,71 @@ final class ClusterProcessTests: XCTestCase {
         return !p.isRunning
     }
 
+    /// Polls until `condition` holds; returns the seconds it took, or nil on timeout.
+    @discardableResult
+    func waitFor(_ timeout: Double, _ condition: () -> Bool) -> Double? {
+        let start = Date()
+        while Date().timeIntervalSince(start) < timeout {
+            if condition() { return Date().timeIntervalSince(start) }
+            Thread.sleep(forTimeInterval: 0.02)
+        }
+        return nil
+    }
+
+    func read(_ path: String) -> String { (try? String(contentsOfFile: path, encoding: .utf8)) ?? "" }
+
+    /// Steps recorded so far in a run's metrics.jsonl.
+    func stepsDone(_ out: String) -> Int { read(out + "/metrics.jsonl").split(separator: "\n").count }
+
     static func freePort() -> Int { 20000 + Int(getpid() % 20000) + Int.random(in: 0..<5000) }
 
-    /// `bard train` and a coordinator with 1, 2, 3 (uneven shards of 32 columns) and 4 workers, 30 steps from the
-    /// same --init and --seed: the final parameters agree within 1e-5 relative.
-    func testCoordinatorWithOneToFourWorkersMatchesSingleProcess() throws {
+    /// A repetitive word corpus of `characters` characters.
+    func writeCorpus(characters: Int = 40000) throws -> String {
         var text = ""
         var x: UInt64 = 7
         let words = ["to", "be", "or", "not", "that", "is", "the", "question", "\n", "ROMEO:", "JULIET:"]
-        while text.count < 40000 { x = x &* 6364136223846793005 &+ 1442695040888963407; text += words[Int(x >> 59) % words.count] + " " }
+        while text.count < characters { x = x &* 6364136223846793005 &+ 1442695040888963407; text += words[Int(x >> 59) % words.count] + " " }
         let data = dir + "/corpus.txt"
         try text.write(toFile: data, atomically: true, encoding: .utf8)
-        let common = ["--data", data, "--layers", "2", "--embed", "16", "--hidden", "24", "--dropout", "0.2", "--batch", "32",
-                      "--bptt", "10", "--steps", "30", "--seed", "11", "--lr", "0.003"]
-        // The shared initial weights, written by a one-step run with another seed.
-        let initRun = try launch(["train"] + common.map { $0 == "30" ? "1" : $0 } + ["--out", dir + "/init", "--seed", "99"], log: dir + "/init.log")
-        XCTAssertTrue(waitExit(initRun, timeout: 60)); XCTAssertEqual(initRun.terminationStatus, 0)
+        return data
+    }
+
+    /// Writes shared initial weights (a one-step run with another seed) and trains `common` in one process from them;
+    /// returns the init file and the final parameters.
+    func singleProcessReference(_ common: [String], steps: Int) throws -> (initFile: String, params: [Float]) {
+        let initRun = try launch(["train"] + common + ["--steps", "1", "--out", dir + "/init", "--seed", "99"], log: dir + "/init.log")
+        XCTAssertTrue(waitExit(initRun, timeout: 60)); XCTAssertEqual(initRun.terminationStatus, 0, read(dir + "/init.log"))
         let initFile = dir + "/init/model.safetensors"
-        let single = try launch(["train"] + common + ["--init", initFile, "--out", dir + "/single"], log: dir + "/single.log")
-        XCTAssertTrue(waitExit(single, timeout: 120)); XCTAssertEqual(single.terminationStatus, 0)
-        let reference = try ModelCheckpoint.load(path: dir + "/single/model.safetensors").params.array
+        let single = try launch(["train"] + common + ["--steps", String(steps), "--init", initFile, "--out", dir + "/single"],
+                                log: dir + "/single.log")
+        XCTAssertTrue(waitExit(single, timeout: 300)); XCTAssertEqual(single.terminationStatus, 0, read(dir + "/single.log"))
+        return (initFile, try ModelCheckpoint.load(path: dir + "/single/model.safetensors").params.array)
+    }
+
+    func relativeDifference(_ a: [Float], _ reference: [Float]) -> Double {
+        var diff = 0.0, norm = 0.0
+        for i in 0..<min(a.count, reference.count) {
+            diff += Double(a[i] - reference[i]) * Double(a[i] - reference[i])
+            norm += Double(reference[i]) * Double(reference[i])
+        }
+        return a.count == reference.count ? (diff / norm).squareRoot() : .infinity
+    }
+}
+
+final class ClusterProcessTests: ProcessTestCase {
+    /// `bard train` and a coordinator with 1, 2, 3 (uneven shards of 32 columns) and 4 workers, 30 steps from the
+    /// same --init and --seed: the final parameters agree within 1e-5 relative.
+    func testCoordinatorWithOneToFourWorkersMatchesSingleProcess() throws {
+        let data = try writeCorpus()
+        let common = ["--data", data, "--layers", "2", "--embed", "16", "--hidden", "24", "--dropout", "0.2", "--batch", "32",
+                      "--bptt", "10", "--seed", "11", "--lr", "0.003"]
+        let (initFile, reference) = try singleProcessReference(common, steps: 30)
 
         for workers in 1...4 {
             let port = Self.freePort()
             let endpoint = "tcp://127.0.0.1:\(port)"
             let out = dir + "/c\(workers)"
-            let coordinator = try launch(["coordinator"] + common + ["--init", initFile, "--out", out, "--workers", String(workers),
+            let coordinator = try launch(["coordinator"] + common + ["--steps", "30", "--init", initFile, "--out", out, "--workers", String(workers),
                                           "--bind", endpoint], log: dir + "/c\(workers).log")
             let pool = try launch(["worker", "--connect", endpoint, "--count", String(workers), "--data", data],
                                   log: dir + "/w\(workers).log")
@@ -70,12 +110,7 @@ final class ClusterProcessTests: XCTestCase {
             XCTAssertEqual(coordinator.terminationStatus, 0, (try? String(contentsOfFile: dir + "/c\(workers).log", encoding: .utf8)) ?? "")
             XCTAssertTrue(waitExit(pool, timeout: 30), "workers did not exit after training")
             let params = try ModelCheckpoint.load(path: out + "/model.safetensors").params.array
-            var diff = 0.0, norm = 0.0
-            for i in 0..<params.count {
-                diff += Double(params[i] - reference[i]) * Double(params[i] - reference[i])
-                norm += Double(reference[i]) * Double(reference[i])
-            }
-            XCTAssertLessThan((diff / norm).squareRoot(), 1e-5, "\(workers) workers")
+            XCTAssertLessThan(relativeDifference(params, reference), 1e-5, "\(workers) workers")
             let log = try String(contentsOfFile: dir + "/c\(workers).log", encoding: .utf8)
             XCTAssertTrue(log.contains("done: step 30"), log)
         }

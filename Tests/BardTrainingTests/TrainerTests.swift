@@ -60,6 +60,36 @@ final class TrainerTests: XCTestCase {
         XCTAssertTrue(lines.contains { $0.contains("val_loss") })
     }
 
+    /// A crash after the new training state is written but before the new model replaces the old: the previous
+    /// state file still matches the model, so the resume is exact; with neither matching, the error says so.
+    func testResumeAfterACrashBetweenStateAndModelWrites() throws {
+        let corpus = Corpus(text: syntheticText(3000))
+        var cfg = smallConfig()
+        cfg.steps = 60
+        let straight = try trainer(cfg, corpus: corpus, out: dir + "/a")
+        try straight.run()
+        cfg.steps = 30
+        try trainer(cfg, corpus: corpus, out: dir + "/b").run()
+        let fm = FileManager.default
+        try fm.copyItem(atPath: dir + "/b/model.safetensors", toPath: dir + "/model-30")
+        cfg.steps = 40
+        try trainer(cfg, corpus: corpus, out: dir + "/b", resume: true).run()
+        // The crash: the model of step 30 is still in place, the state of step 40 is already written.
+        try fm.removeItem(atPath: dir + "/b/model.safetensors")
+        try fm.copyItem(atPath: dir + "/model-30", toPath: dir + "/b/model.safetensors")
+        cfg.steps = 60
+        let resumed = try trainer(cfg, corpus: corpus, out: dir + "/b", resume: true)
+        XCTAssertEqual(resumed.step, 30)
+        try resumed.run()
+        XCTAssertEqual(resumed.params.array, straight.params.array)
+        try fm.removeItem(atPath: dir + "/b/training-state.previous.safetensors")
+        try fm.removeItem(atPath: dir + "/b/model.safetensors")
+        try fm.copyItem(atPath: dir + "/model-30", toPath: dir + "/b/model.safetensors")
+        XCTAssertThrowsError(try trainer(cfg, corpus: corpus, out: dir + "/b", resume: true)) {
+            XCTAssertTrue("\($0)".contains("model is at step 30 but training state at 60"), "\($0)")
+        }
+    }
+
     /// Training lowers the loss (a smoke test that learning happens at all).
     func testLossFalls() throws {
         let corpus = Corpus(text: syntheticText(6000))

@@ -1,0 +1,172 @@
+import BardModel
+import Foundation
+import XCTest
+
+/// Lost, stopped, restarted and joining workers, a restarted coordinator, CURVE keys and crashes during checkpoint
+/// writes, with real processes and real signals. Slow: BARD_SLOW=1.
+final class ReliabilityTests: ProcessTestCase {
+    /// A model big enough that a run lasts through the faults (a few hundred ms of compute per 10 steps).
+    func runFlags(_ data: String) -> [String] {
+        ["--data", data, "--layers", "2", "--embed", "16", "--hidden", "96", "--dropout", "0.1", "--batch", "32",
+         "--bptt", "20", "--seed", "5", "--lr", "0.002", "--val-fraction", "0.05"]
+    }
+
+    /// Worker B is stopped (SIGSTOP), evicted within the heartbeat timeout, resumed (it registers again), then
+    /// killed (SIGKILL), evicted again, and restarted with the same identity, which joins at a step boundary.
+    /// Each lost step is redone by the survivors from the state of the last completed step, so the final parameters
+    /// equal one process's.
+    func testStoppedKilledAndRestartedWorkersKeepTheMath() throws {
+        let data = try writeCorpus()
+        let flags = runFlags(data)
+        let steps = 400
+        let (initFile, reference) = try singleProcessReference(flags, steps: steps)
+        let endpoint = "tcp://127.0.0.1:\(Self.freePort())"
+        let out = dir + "/c", clog = dir + "/c.log"
+        let coordinator = try launch(["coordinator"] + flags + ["--steps", String(steps), "--init", initFile, "--out", out,
+                                      "--workers", "2", "--min-workers", "1", "--bind", endpoint], log: clog)
+        let workerArgs = { (name: String) in ["worker", "--connect", endpoint, "--name", name, "--data", data] }
+        _ = try launch(workerArgs("a"), log: dir + "/a.log")
+        var b = try launch(workerArgs("b"), log: dir + "/b.log")
+
+        XCTAssertNotNil(waitFor(120) { stepsDone(out) >= 40 }, "the run did not start: " + read(clog))
+        kill(b.processIdentifier, SIGSTOP)
+        let stoppedEviction = waitFor(30) { read(clog).components(separatedBy: "evicting b").count == 2 }
+        XCTAssertNotNil(stoppedEviction, "a stopped worker was not evicted: " + read(clog))
+        XCTAssertLessThan(stoppedEviction ?? 99, 3 + 3, "eviction should follow the 3 s heartbeat timeout")
+        kill(b.processIdentifier, SIGCONT)
+        XCTAssertNotNil(waitFor(30) { read(clog).components(separatedBy: "worker b joined").count == 3 },
+                        "the resumed worker did not rejoin: " + read(clog))
+
+        let beforeKill = stepsDone(out)
+        XCTAssertNotNil(waitFor(60) { stepsDone(out) >= beforeKill + 20 })
+        kill(b.processIdentifier, SIGKILL)
+        let killedEviction = waitFor(30) { read(clog).components(separatedBy: "evicting b").count == 3 }
+        XCTAssertNotNil(killedEviction, "a killed worker was not evicted: " + read(clog))
+        XCTAssertLessThan(killedEviction ?? 99, 3 + 3)
+        b.waitUntilExit()
+        b = try launch(workerArgs("b"), log: dir + "/b.log")
+        XCTAssertNotNil(waitFor(30) { read(clog).components(separatedBy: "worker b joined").count == 4 },
+                        "the restarted worker did not join: " + read(clog))
+        let afterJoin = stepsDone(out)
+
+        XCTAssertTrue(waitExit(coordinator, timeout: 300), "the run did not finish")
+        XCTAssertEqual(coordinator.terminationStatus, 0, read(clog))
+        XCTAssertLessThan(afterJoin, steps, "the restarted worker joined too late to take columns")
+        XCTAssertTrue(read(dir + "/b.log").contains("training is over"), "the restarted worker got no columns: " + read(dir + "/b.log"))
+        let params = try ModelCheckpoint.load(path: out + "/model.safetensors").params.array
+        XCTAssertLessThan(relativeDifference(params, reference), 1e-4)
+    }
+
+    /// The coordinator is killed mid-run and restarted with --resume: the workers reconnect by themselves and the
+    /// final parameters equal an uninterrupted run's.
+    func testCoordinatorRestartsFromItsCheckpoint() throws {
+        let data = try writeCorpus()
+        let flags = runFlags(data)
+        let steps = 300
+        let (initFile, reference) = try singleProcessReference(flags, steps: steps)
+        let endpoint = "tcp://127.0.0.1:\(Self.freePort())"
+        let out = dir + "/c", clog = dir + "/c.log"
+        let first = try launch(["coordinator"] + flags + ["--steps", String(steps), "--init", initFile, "--out", out,
+                                "--workers", "2", "--bind", endpoint, "--checkpoint-every", "25"], log: clog)
+        let pool = try launch(["worker", "--connect", endpoint, "--count", "2", "--data", data], log: dir + "/w.log")
+        XCTAssertNotNil(waitFor(120) { stepsDone(out) >= 110 }, "the run did not start: " + read(clog))
+        kill(first.processIdentifier, SIGKILL)
+        first.waitUntilExit()
+        let killedAt = stepsDone(out)
+        Thread.sleep(forTimeInterval: 1.5)  // the workers notice nothing but silence meanwhile
+        let second = try launch(["coordinator"] + flags + ["--resume", out, "--workers", "2", "--bind", endpoint], log: clog)
+        XCTAssertTrue(waitExit(second, timeout: 300), "the resumed run did not finish")
+        XCTAssertEqual(second.terminationStatus, 0, read(clog))
+        let log = read(clog)
+        XCTAssertTrue(log.contains("resumed at step"), log)
+        XCTAssertTrue(log.contains("done: step \(steps)"), log)
+        XCTAssertLessThan(killedAt, steps)
+        XCTAssertTrue(waitExit(pool, timeout: 30), "workers did not finish after the resumed run")
+        XCTAssertEqual(pool.terminationStatus, 0, read(dir + "/w.log"))
+        let params = try ModelCheckpoint.load(path: out + "/model.safetensors").params.array
+        XCTAssertLessThan(relativeDifference(params, reference), 1e-4)
+    }
+
+    /// With --keys, only clients listed in authorized_keys get anywhere: a worker without keys or with an unknown key
+    /// never registers (so never sees parameters), and a fetch without the right key gets no checkpoint. The run
+    /// with keys gives one process's result.
+    func testCurveAdmitsOnlyListedClients() throws {
+        let data = try writeCorpus(characters: 20000)
+        let flags = ["--data", data, "--layers", "1", "--embed", "8", "--hidden", "16", "--batch", "8", "--bptt", "10",
+                     "--seed", "3"]
+        let (initFile, reference) = try singleProcessReference(flags, steps: 60)
+        let keys = dir + "/keys", strangers = dir + "/strangers"
+        for d in [keys, strangers] {
+            let g = try launch(["keys", "generate", "--out", d], log: dir + "/keys.log")
+            XCTAssertTrue(waitExit(g, timeout: 10)); XCTAssertEqual(g.terminationStatus, 0, read(dir + "/keys.log"))
+        }
+        let endpoint = "tcp://127.0.0.1:\(Self.freePort())"
+        let out = dir + "/c", clog = dir + "/c.log"
+        let coordinator = try launch(["coordinator"] + flags + ["--steps", "60", "--init", initFile, "--out", out, "--keys", keys,
+                                      "--workers", "1", "--bind", endpoint, "--linger", "60"], log: clog)
+        // A stranger's key (the coordinator.pub is right, its client key is not listed) and no key at all.
+        try FileManager.default.removeItem(atPath: strangers + "/coordinator.pub")
+        try FileManager.default.copyItem(atPath: keys + "/coordinator.pub", toPath: strangers + "/coordinator.pub")
+        let stranger = try launch(["worker", "--connect", endpoint, "--keys", strangers, "--name", "stranger", "--idle-timeout", "8"],
+                                  log: dir + "/stranger.log")
+        let plain = try launch(["worker", "--connect", endpoint, "--name", "plain", "--idle-timeout", "8"], log: dir + "/plain.log")
+        let badFetch = try launch(["fetch", "--from", endpoint, "--keys", strangers, "--out", dir + "/f1", "--timeout", "8"],
+                                  log: dir + "/f1.log")
+        let plainFetch = try launch(["fetch", "--from", endpoint, "--out", dir + "/f2", "--timeout", "8"], log: dir + "/f2.log")
+        for p in [stranger, plain] {
+            XCTAssertTrue(waitExit(p, timeout: 30))
+            XCTAssertEqual(p.terminationStatus, 75, "a worker without a listed key should hear nothing and give up")
+        }
+        for (p, log) in [(badFetch, "/f1.log"), (plainFetch, "/f2.log")] {
+            XCTAssertTrue(waitExit(p, timeout: 30))
+            XCTAssertNotEqual(p.terminationStatus, 0, read(dir + log))
+            XCTAssertTrue(read(dir + log).contains("no complete checkpoint"), read(dir + log))
+        }
+        XCTAssertEqual(stepsDone(out), 0, "training started without an admitted worker")
+        XCTAssertFalse(read(clog).contains("joined"), read(clog))
+        XCTAssertFalse(FileManager.default.fileExists(atPath: dir + "/f1/model.safetensors"))
+
+        _ = try launch(["worker", "--connect", endpoint, "--keys", keys, "--name", "friend"], log: dir + "/friend.log")
+        let fetch = try launch(["fetch", "--from", endpoint, "--keys", keys, "--out", dir + "/f3", "--wait", "--timeout", "120"],
+                               log: dir + "/f3.log")
+        XCTAssertTrue(waitExit(fetch, timeout: 150))
+        XCTAssertEqual(fetch.terminationStatus, 0, read(dir + "/f3.log") + read(clog))
+        let fetched = try ModelCheckpoint.load(path: dir + "/f3/model.safetensors")
+        XCTAssertEqual(fetched.step, 60)
+        XCTAssertLessThan(relativeDifference(fetched.params.array, reference), 1e-5)
+        coordinator.interrupt()
+        XCTAssertTrue(waitExit(coordinator, timeout: 10))
+        let log = read(clog)
+        XCTAssertTrue(log.contains("worker friend joined"), log)
+        XCTAssertFalse(log.contains("stranger joined") || log.contains("plain joined"), log)
+    }
+
+    /// SIGKILL at random moments of a run that checkpoints every step: after every kill the newest checkpoint loads
+    /// (its checksum verifies) and the run resumes from it; in the end it completes.
+    func testKillsDuringCheckpointWritesNeverLeaveABrokenCheckpoint() throws {
+        let data = try writeCorpus()
+        let out = dir + "/run", log = dir + "/run.log"
+        let flags = ["train", "--data", data, "--layers", "2", "--embed", "32", "--hidden", "256", "--batch", "8", "--bptt", "5",
+                     "--steps", "100000", "--checkpoint-every", "1", "--out", out]
+        var generator = SystemRandomNumberGenerator()
+        var lastStep = -1
+        for round in 0..<12 {
+            let resuming = FileManager.default.fileExists(atPath: out + "/model.safetensors")
+            let p = try launch(resuming ? ["train", "--resume", out, "--data", data, "--steps", "100000", "--checkpoint-every", "1"] : flags,
+                               log: log)
+            // Let it write a few checkpoints, then kill it at a random moment (most of its time is spent writing them).
+            XCTAssertNotNil(waitFor(60) { FileManager.default.fileExists(atPath: out + "/model.safetensors") && !(resuming && stepsDone(out) <= lastStep + 1) })
+            Thread.sleep(forTimeInterval: Double.random(in: 0.05...0.6, using: &generator))
+            kill(p.processIdentifier, SIGKILL)
+            p.waitUntilExit()
+            let checkpoint = try ModelCheckpoint.load(path: out + "/model.safetensors")
+            XCTAssertGreaterThanOrEqual(checkpoint.step, max(lastStep, 0), "round \(round)")
+            lastStep = checkpoint.step
+        }
+        // The last kill's checkpoint resumes and finishes.
+        let finish = try launch(["train", "--resume", out, "--data", data, "--steps", String(lastStep + 3)], log: log)
+        XCTAssertTrue(waitExit(finish, timeout: 60))
+        XCTAssertEqual(finish.terminationStatus, 0, read(log))
+        XCTAssertEqual(try ModelCheckpoint.load(path: out + "/model.safetensors").step, lastStep + 3)
+    }
+}
