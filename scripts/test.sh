@@ -6,4 +6,5 @@ cd "$(dirname "$0")/.."
 scripts/bootstrap.sh
 swift build -c release
 swift test -c release
+deploy/check.sh
 BARD_BIN="$(swift build -c release --show-bin-path)/bard" python3 -m pytest -q -p no:cacheprovider Tests/python

@@ -92,7 +92,9 @@ public final class WorkerCore {
             case .welcome(let configJSON, let vocab, _):
                 guard let data = configJSON.data(using: .utf8), let cfg = try? JSONDecoder().decode(Config.self, from: data),
                       (try? cfg.validate()) != nil, vocab >= 1, vocab <= 1 << 21 else {
-                    throw BardError.badInput("the coordinator's welcome carries an invalid configuration")
+                    rejected += 1
+                    log("rejected a welcome with an invalid configuration")
+                    continue
                 }
                 if let model, model.config != cfg || model.vocabularySize != vocab {
                     // A different run (a new coordinator): wait for the step in flight, then start afresh.

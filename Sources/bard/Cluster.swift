@@ -88,6 +88,14 @@ struct CoordinatorCommand: ParsableCommand {
         // Whatever happens, tell the workers training is over so they exit instead of waiting for a timeout.
         var finished = false
         defer { if !finished { try? coordinator.finish(linger: 0) } }
+        if trainer.step >= trainer.totalSteps {
+            // A service manager restarted a finished run: serve its checkpoint instead of waiting for workers.
+            say("the run in \(out) is complete (step \(trainer.step) of \(trainer.totalSteps)); serving its final checkpoint")
+            finished = true
+            try coordinator.finish(linger: linger)
+            server.close()
+            return
+        }
         try coordinator.waitForWorkers(workers)
         let result = try trainer.run(computer: coordinator)
         say(String(format: "done: step %d, train loss %.4f, val loss %@; checkpoint %@; %d evictions, %d rejected messages",
