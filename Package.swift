@@ -1,7 +1,8 @@
 // swift-tools-version:6.0
 import PackageDescription
 
-// Dependencies flow one way: numerics -> model -> training -> cluster/transport -> bard.
+// Dependencies flow one way: numerics -> model -> training -> cluster/transport -> bard;
+// plot -> monitor (metrics and dashboard over HTTP) -> bard.
 let package = Package(
     name: "Bard",
     platforms: [.macOS(.v14)],
@@ -11,6 +12,8 @@ let package = Package(
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
         .package(url: "https://github.com/apple/swift-crypto", from: "3.12.0"),
+        .package(url: "https://github.com/swift-server/swift-prometheus", from: "2.4.1"),
+        .package(url: "https://github.com/swhitty/FlyingFox", from: "0.27.1"),
     ],
     targets: [
         .systemLibrary(name: "CBLAS", path: "Sources/CBLAS", pkgConfig: "openblas",
@@ -24,8 +27,12 @@ let package = Package(
         .target(name: "BardTraining", dependencies: ["BardModel"]),
         .target(name: "BardCluster", dependencies: ["BardTraining", "BardModel"]),
         .target(name: "BardTransport", dependencies: ["CZMQ", "BardCluster"]),
+        .target(name: "BardPlot"),
+        .target(name: "BardMonitor", dependencies: [
+            "BardPlot", .product(name: "Prometheus", package: "swift-prometheus"), .product(name: "FlyingFox", package: "FlyingFox"),
+        ]),
         .executableTarget(name: "bard", dependencies: [
-            "BardTraining", "BardModel", "BardNumerics", "BardCluster", "BardTransport",
+            "BardTraining", "BardModel", "BardNumerics", "BardCluster", "BardTransport", "BardPlot", "BardMonitor",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ]),
         .testTarget(name: "BardNumericsTests", dependencies: ["BardNumerics"]),
@@ -34,6 +41,7 @@ let package = Package(
         .testTarget(name: "BardClusterTests", dependencies: ["BardCluster", "BardTraining"]),
         .testTarget(name: "BardCLITests", dependencies: ["BardModel", "BardTraining", "BardCluster", "BardTransport"]),
         .testTarget(name: "BardTransportTests", dependencies: ["BardTransport"]),
+        .testTarget(name: "BardMonitorTests", dependencies: ["BardMonitor", "BardPlot"]),
     ],
     swiftLanguageModes: [.v5]
 )

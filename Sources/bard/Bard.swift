@@ -10,7 +10,7 @@ struct Bard: ParsableCommand {
         commandName: "bard",
         abstract: "Train character-level RNN/LSTM/GRU language models and sample from them.",
         subcommands: [Train.self, Sample.self, Eval.self, Inspect.self, Gradients.self, Bench.self,
-                      CoordinatorCommand.self, WorkerCommand.self, Fetch.self, Keys.self])
+                      CoordinatorCommand.self, WorkerCommand.self, Fetch.self, Keys.self, Plot.self])
 
     static func main() {
         OpenBLASCore.preferFastKernels()
@@ -118,12 +118,15 @@ struct Train: ParsableCommand {
     @Option(help: "Continue the run whose checkpoint is in this directory.") var resume: String?
     @Option(name: .customLong("checkpoint-every"), help: "Also checkpoint every N steps (0 = at epoch ends and the end only).") var checkpointEvery: Int = 0
     @Option(name: .customLong("sample-length"), help: "Characters of the sample printed after each epoch.") var sampleLength: Int = 200
+    @OptionGroup var monitoring: MonitorFlags
 
     func run() throws {
         let options = try flags.makeOptions(out: out, resume: resume, initFile: initFile, checkpointEvery: checkpointEvery,
                                             sampleLength: sampleLength)
         let corpus = try Corpus.load(path: flags.data)
         let trainer = try Trainer(options: options, corpus: corpus, log: say)
+        let monitor = try monitoring.start(trainer: trainer, title: "bard train: " + options.outDir)
+        defer { monitor?.stop() }
         installStopHandlers()
         let result = try trainer.run()
         say(String(format: "done: step %d, train loss %.4f, val loss %@; checkpoint %@", result.step, result.trainLoss,

@@ -1,5 +1,6 @@
 import ArgumentParser
 import BardCluster
+import BardMonitor
 import BardModel
 import BardTraining
 import BardTransport
@@ -54,6 +55,7 @@ struct CoordinatorCommand: ParsableCommand {
     @Flag(name: .customLong("auto-resume"), help: "Continue from the checkpoint in --out if there is one, else start afresh (for service managers that restart the coordinator).") var autoResume = false
     @Option(help: "Key directory (bard keys generate): CURVE-encrypt the socket and admit only the clients in its authorized_keys.") var keys: String?
     @Flag(help: "Allow binding a non-loopback address without --keys (plaintext, anyone can join).") var insecure = false
+    @OptionGroup var monitoring: MonitorFlags
 
     func validate() throws {
         guard workers >= 1 else { throw ValidationError("--workers must be >= 1") }
@@ -82,6 +84,13 @@ struct CoordinatorCommand: ParsableCommand {
                                       minWorkers: minWorkers ?? workers, log: stderrLog("coordinator: "))
         coordinator.stepTimeout = stepTimeout
         coordinator.heartbeatTimeout = heartbeatTimeout
+        let monitor = try monitoring.start(trainer: trainer, title: "bard coordinator: " + options.outDir) {
+            coordinator.workerStatus.map {
+                WorkerRow(name: $0.name, columns: $0.columns.map { "\($0.lowerBound)..<\($0.upperBound)" } ?? "-", steps: $0.steps,
+                          secondsSinceHeard: $0.secondsSinceHeard)
+            }
+        }
+        defer { monitor?.stop() }
         coordinator.checkpointPath = trainer.modelPath
         installStopHandlers()
         say("coordinator listening on \(server.endpoint)\(security == nil ? " (plaintext)" : " (CURVE, \(security!.allowedClients.count) client key(s) admitted)"); waiting for \(workers) worker(s)")

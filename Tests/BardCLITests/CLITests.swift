@@ -1,4 +1,7 @@
 import Foundation
+#if canImport(FoundationXML)
+import FoundationXML
+#endif
 import XCTest
 
 /// End-to-end: the built `bard` binary, real files, real exit codes.
@@ -133,5 +136,34 @@ final class CLITests: XCTestCase {
         assertOneLineError(try bard(["coordinator", "--data", data, "--bind", "tcp://0.0.0.0:5999", "--keys", keys]),
                            contains: "authorized_keys")
         assertOneLineError(try bard(["worker", "--keys", dir + "/nowhere"]), contains: "nowhere")
+    }
+
+    /// `bard plot` draws two runs and a reference overlay into well-formed SVG; bad input is a one-line error.
+    func testPlotWritesValidSVG() throws {
+        let data = write("c.txt", Array(corpusText().utf8))
+        for run in ["a", "b"] {
+            let t = try bard(["train", "--data", data, "--out", dir + "/" + run, "--layers", "1", "--embed", "8", "--hidden", "16",
+                              "--batch", "4", "--bptt", "10", "--epochs", "2", "--dropout", "0", "--seed", run == "a" ? "1" : "2"])
+            XCTAssertEqual(t.status, 0, t.err)
+        }
+        let ref = write("ref.jsonl", Array("{\"cfg\": \"x\", \"epoch\": 1, \"val\": 2.5}\n{\"cfg\": \"x\", \"epoch\": 2, \"val\": 2.2}\n{\"cfg\": \"y\", \"epoch\": 1, \"val\": 2.9}\n".utf8))
+        let svg = dir + "/curve.svg"
+        let p = try bard(["plot", dir + "/a/metrics.jsonl", dir + "/b/metrics.jsonl", "-o", svg, "--reference", ref, "--reference-config", "x"])
+        XCTAssertEqual(p.status, 0, p.err)
+        let text = try String(contentsOfFile: svg, encoding: .utf8)
+        final class Paths: NSObject, XMLParserDelegate {
+            var series: [String] = []
+            func parser(_ parser: XMLParser, didStartElement name: String, namespaceURI: String?, qualifiedName: String?,
+                        attributes: [String: String] = [:]) {
+                if name == "path", attributes["class"] == "series" { series.append(attributes["data-name"] ?? "") }
+            }
+        }
+        let paths = Paths()
+        let parser = XMLParser(data: Data(text.utf8))
+        parser.delegate = paths
+        XCTAssertTrue(parser.parse(), "curve.svg is not well-formed: \(parser.parserError.map { "\($0)" } ?? "")")
+        XCTAssertEqual(paths.series, ["a train", "a validation", "b train", "b validation", "x (ref)"])
+        assertOneLineError(try bard(["plot", dir + "/nope.jsonl", "-o", svg]), contains: "nope.jsonl")
+        assertOneLineError(try bard(["plot", data, "-o", svg]), contains: "c.txt:1")
     }
 }

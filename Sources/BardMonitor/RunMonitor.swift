@@ -1,0 +1,126 @@
+import BardPlot
+import Foundation
+import Prometheus
+
+/// A worker as the dashboard lists it.
+public struct WorkerRow: Sendable, Codable {
+    public let name: String
+    public let columns: String
+    public let steps: Int
+    public let secondsSinceHeard: Double
+    public init(name: String, columns: String, steps: Int, secondsSinceHeard: Double) {
+        self.name = name; self.columns = columns; self.steps = steps; self.secondsSinceHeard = secondsSinceHeard
+    }
+}
+
+/// What the trainer reports, kept for the metrics endpoint and the dashboard. Written from the training thread,
+/// read from the HTTP server's tasks: everything goes through the lock.
+public final class RunMonitor: @unchecked Sendable {
+    let lock = NSLock()
+    let registry = PrometheusCollectorRegistry()
+    var curves = RunCurves(name: "this run")
+    var latest: [String: Double] = [:]
+    var workers: [WorkerRow] = []
+    var sample = ""
+    var evictionLog: [String] = []
+    let reference: ReferenceCurves?
+    let totalSteps: Int
+    let title: String
+    var counted: [String: Double] = [:]
+
+    let steps, evictions, rejected, bytes: Counter
+    let trainLoss, charsPerSecond, workersAlive, stepGauge, epochGauge: Gauge
+    /// Made at the first validation: before it there is no value (0 would look like a perfect model).
+    var valLoss: Gauge?
+    let phase: [String: Gauge]
+
+    let charsPerEpoch: Double?
+
+    public init(title: String, totalSteps: Int, charsPerEpoch: Double? = nil, reference: ReferenceCurves? = nil) {
+        self.title = title; self.totalSteps = totalSteps; self.reference = reference; self.charsPerEpoch = charsPerEpoch
+        steps = registry.makeCounter(name: "bard_steps_total", help: "Optimiser steps completed by this process.")
+        evictions = registry.makeCounter(name: "bard_evictions_total", help: "Workers evicted (silent past the heartbeat timeout or the step timeout).")
+        rejected = registry.makeCounter(name: "bard_rejected_messages_total", help: "Messages rejected: undecodable, unexpected or of the wrong shape.")
+        bytes = registry.makeCounter(name: "bard_bytes_moved_total", help: "Bytes of cluster messages sent and received by the coordinator.")
+        trainLoss = registry.makeGauge(name: "bard_train_loss", help: "Mean cross-entropy of the last training window (nats/char).")
+        charsPerSecond = registry.makeGauge(name: "bard_chars_per_second", help: "Training throughput in characters per second.")
+        workersAlive = registry.makeGauge(name: "bard_workers_alive", help: "Workers registered and not evicted.")
+        stepGauge = registry.makeGauge(name: "bard_step", help: "Current optimiser step (continues across resumes).")
+        epochGauge = registry.makeGauge(name: "bard_epoch", help: "Current epoch (1-based).")
+        var phase: [String: Gauge] = [:]
+        for p in ["compute", "communication", "send", "reduce", "update"] {
+            phase[p] = registry.makeGauge(name: "bard_step_seconds", labels: [("phase", p)],
+                                          help: "Seconds of the last step: slowest worker's compute, other waiting (communication), sending, reduction, and the coordinator's update between steps.")
+        }
+        self.phase = phase
+    }
+
+    /// One step's metrics record (the trainer's `onRecord`), and the coordinator's workers after it.
+    public func record(_ record: [String: Any], workers: [WorkerRow]? = nil) {
+        lock.lock(); defer { lock.unlock() }
+        curves.add(record)
+        for (k, v) in record { if let n = v as? NSNumber { latest[k] = n.doubleValue } }
+        if let workers { self.workers = workers }
+        steps.increment()
+        func number(_ k: String) -> Double? { (record[k] as? NSNumber)?.doubleValue }
+        if let v = number("train_loss") { trainLoss.set(v) }
+        if let v = number("val_loss") {
+            if valLoss == nil { valLoss = registry.makeGauge(name: "bard_validation_loss", help: "Last validation loss (nats/char).") }
+            valLoss?.set(v)
+        }
+        if let v = number("chars_per_s") { charsPerSecond.set(v) }
+        if let v = number("step") { stepGauge.set(v) }
+        if let v = number("epoch") { epochGauge.set(v) }
+        workersAlive.set(Double(workers?.count ?? Int(number("workers") ?? 0)))
+        for (p, g) in phase { if let v = number(p + "_s") { g.set(v) } }
+        // The coordinator reports running totals; counters take the increase.
+        for (key, counter) in [("evictions", evictions), ("rejected", rejected), ("bytes_moved", bytes)] {
+            guard let total = number(key) else { continue }
+            let increase = total - (counted[key] ?? 0)
+            if increase > 0 { counter.increment(by: increase) }
+            counted[key] = max(total, counted[key] ?? 0)
+        }
+    }
+
+    public func setSample(_ text: String) {
+        lock.lock(); sample = text; lock.unlock()
+    }
+
+    public func prometheusText() -> [UInt8] {
+        registry.emitToBuffer()
+    }
+
+    struct Status: Encodable {
+        let title: String
+        let step: Int
+        let totalSteps: Int
+        let epoch: Int
+        let trainLoss: Double?
+        let valLoss: Double?
+        let charsPerSecond: Double?
+        let evictions: Int
+        let rejected: Int
+        let redone: Int
+        let bytesMoved: Double
+        let stepSeconds: [String: Double]
+        let workers: [WorkerRow]
+        let sample: String
+    }
+
+    public func statusJSON() -> Data {
+        lock.lock(); defer { lock.unlock() }
+        func v(_ k: String) -> Double? { latest[k] }
+        var phases: [String: Double] = [:]
+        for p in ["compute", "communication", "send", "reduce", "update"] { if let x = v(p + "_s") { phases[p] = x } }
+        let status = Status(title: title, step: Int(v("step") ?? 0), totalSteps: totalSteps, epoch: Int(v("epoch") ?? 0),
+                            trainLoss: v("train_loss"), valLoss: curves.validation.last?.y, charsPerSecond: v("chars_per_s"),
+                            evictions: Int(v("evictions") ?? 0), rejected: Int(v("rejected") ?? 0), redone: Int(v("redone") ?? 0),
+                            bytesMoved: v("bytes_moved") ?? 0, stepSeconds: phases, workers: workers, sample: sample)
+        return (try? JSONEncoder().encode(status)) ?? Data("{}".utf8)
+    }
+
+    public func curveSVG() -> String {
+        lock.lock(); let run = curves; lock.unlock()
+        return lossChart(runs: [run], reference: reference, charsPerEpoch: charsPerEpoch, title: title).svg()
+    }
+}
