@@ -8,6 +8,9 @@ let package = Package(
     platforms: [.macOS(.v14)],
     products: [
         .executable(name: "bard", targets: ["bard"]),
+        // For the fuzz targets in Tests/Fuzz (a package of their own, built with --sanitize=fuzzer).
+        .library(name: "BardModel", targets: ["BardModel"]),
+        .library(name: "BardCluster", targets: ["BardCluster"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),

@@ -1,0 +1,46 @@
+import BardCluster
+
+/// Valid messages of every kind: the fuzzer mutates these as well as raw bytes, to get past the magic and version.
+let templates: [[[UInt8]]] = [
+    Message.hello(name: "w0", fingerprint: "abc").encode(),
+    Message.welcome(configJSON: "{}", vocabularySize: 65, fingerprint: "f").encode(),
+    Message.refuse(reason: "no").encode(),
+    Message.heartbeat.encode(),
+    Message.fetch(offset: 10, final: true).encode(),
+    Message.chunk(Chunk(step: 3, final: false, totalBytes: 8, offset: 4, sha256: "00", bytes: [1, 2, 3, 4])).encode(),
+    Message.step(StepRequest(stepID: 1, parameterVersion: 2, columns: 1..<3, totalColumns: 4, steps: 2, dropoutSeed: 5,
+                             dropoutStep: 6, training: true, parameters: [1, 2, 3], tokens: [0, 1, 2, 3, 4, 5],
+                             h: [0.5, 0.25], c: [])).encode(),
+    Message.result(StepResult(stepID: 1, columns: 0..<2, lossSum: 3, computeSeconds: 0.1, gradients: [1, 2],
+                              h: [1, 2], c: [3, 4])).encode(),
+]
+
+/// Input layout: byte 0 picks raw mode (frames cut from the input by 1-byte lengths) or a template whose bytes are
+/// overwritten, truncated or extended by the rest of the input.
+@_cdecl("LLVMFuzzerTestOneInput")
+public func fuzzFrames(_ data: UnsafePointer<UInt8>, _ size: Int) -> CInt {
+    let input = Array(UnsafeBufferPointer(start: data, count: size))
+    guard let mode = input.first else { return 0 }
+    var rest = input.dropFirst()
+    var frames: [[UInt8]] = []
+    if mode < 64 {
+        while !rest.isEmpty && frames.count < 8 {
+            let n = Int(rest.removeFirst())
+            frames.append(Array(rest.prefix(n)))
+            rest = rest.dropFirst(n)
+        }
+    } else {
+        frames = templates[Int(mode) % templates.count]
+        while rest.count >= 3 {
+            let f = Int(rest.removeFirst()) % frames.count, at = Int(rest.removeFirst()), value = rest.removeFirst()
+            if at < frames[f].count { frames[f][at] = value } else if value & 1 == 0 { frames[f].append(value) } else {
+                frames[f].removeLast(min(frames[f].count, at - frames[f].count))
+            }
+        }
+    }
+    if let message = try? Message.decode(frames) {
+        // Whatever decodes must encode and decode to itself.
+        precondition((try? Message.decode(message.encode())) == message, "round trip changed \(message.type)")
+    }
+    return 0
+}
