@@ -77,7 +77,8 @@ public final class WorkerCore {
                     done.signal()
                 }
             }
-            guard let frames = try transport.receive(timeout: inFlight == nil ? 0.2 : 0.01) else {
+            // While a step computes, poll briefly: its result goes out within a millisecond of being ready.
+            guard let frames = try transport.receive(timeout: inFlight == nil ? 0.2 : 0.001) else {
                 if Date().timeIntervalSince(lastHeard) > idleTimeout { throw WorkerStop.coordinatorSilent(seconds: idleTimeout) }
                 continue
             }
