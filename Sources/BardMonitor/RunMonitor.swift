@@ -121,6 +121,6 @@ public final class RunMonitor: @unchecked Sendable {
 
     public func curveSVG() -> String {
         lock.lock(); let run = curves; lock.unlock()
-        return lossChart(runs: [run], reference: reference, charsPerEpoch: charsPerEpoch, title: title).svg()
+        return lossChart(runs: [run], reference: reference, charsPerEpoch: charsPerEpoch, title: title, referenceFollowsRuns: true).svg()
     }
 }

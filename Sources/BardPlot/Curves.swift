@@ -81,7 +81,10 @@ public struct PlotError: Error, CustomStringConvertible {
 
 /// The chart `bard plot` writes and the dashboard shows: per run a thin train line and a validation line with
 /// markers in one colour, references dashed.
-public func lossChart(runs: [RunCurves], reference: ReferenceCurves?, charsPerEpoch: Double?, title: String) -> LineChart {
+/// `referenceUpTo` cuts the reference curves a little past the runs' progress (the live dashboard), so a young run
+/// is not squeezed against the axis by a reference that trained for many more epochs.
+public func lossChart(runs: [RunCurves], reference: ReferenceCurves?, charsPerEpoch: Double?, title: String,
+                      referenceFollowsRuns: Bool = false) -> LineChart {
     var series: [Series] = []
     for (i, run) in runs.enumerated() {
         let prefix = runs.count > 1 ? run.name + " " : ""
@@ -91,9 +94,11 @@ public func lossChart(runs: [RunCurves], reference: ReferenceCurves?, charsPerEp
         }
     }
     if let reference, let perEpoch = charsPerEpoch ?? runs.lazy.compactMap(\.charsPerEpoch).first {
+        let reached = runs.flatMap(\.train).map(\.x).max() ?? 0
+        let limit = referenceFollowsRuns ? max(reached * 1.25, perEpoch) : .infinity
         for (k, c) in reference.curves.enumerated() {
-            series.append(Series(name: c.name + " (ref)", points: c.epochs.map { ($0.epoch * perEpoch, $0.val) },
-                                 style: .dashed, colour: runs.count + k))
+            series.append(Series(name: c.name + " (ref)", points: c.epochs.map { ($0.epoch * perEpoch, $0.val) }.filter { $0.0 <= limit },
+                                 style: .dashed, colour: runs.count + k, markers: referenceFollowsRuns))
         }
     }
     return LineChart(title: title, xLabel: "characters seen", yLabel: "loss (nats/char)", series: series, yCap: 3.5)

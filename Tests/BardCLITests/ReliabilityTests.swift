@@ -13,7 +13,8 @@ final class ReliabilityTests: ProcessTestCase {
 
     /// Worker B is stopped (SIGSTOP), evicted within the heartbeat timeout, resumed (it registers again), then
     /// killed (SIGKILL), evicted again, and restarted with the same identity, which joins at a step boundary; then
-    /// killed and restarted at once, before anyone notices, which must not stall the step it was computing.
+    /// killed and restarted at once, before anyone notices, which must not stall the step it was computing; and a new
+    /// worker C joins mid-run and takes columns.
     /// Each lost step is redone by the survivors from the state of the last completed step, so the final parameters
     /// equal one process's.
     func testStoppedKilledAndRestartedWorkersKeepTheMath() throws {
@@ -55,11 +56,18 @@ final class ReliabilityTests: ProcessTestCase {
         b.waitUntilExit()
         b = try launch(workerArgs("b"), log: dir + "/b.log")
         XCTAssertNotNil(waitFor(30) { read(clog).contains("worker b registered again") }, read(clog))
+        // A new worker joins at a step boundary and takes a share of the columns.
+        let beforeC = stepsDone(out)
+        _ = try launch(workerArgs("c"), log: dir + "/c-worker.log")
+        XCTAssertNotNil(waitFor(30) { read(clog).contains("worker c joined") }, read(clog))
 
         XCTAssertTrue(waitExit(coordinator, timeout: 300), "the run did not finish")
         XCTAssertEqual(coordinator.terminationStatus, 0, read(clog))
         XCTAssertLessThan(afterJoin, steps, "the restarted worker joined too late to take columns")
         XCTAssertFalse(read(clog).contains("no reply to step"), "a step waited for its timeout: " + read(clog))
+        XCTAssertLessThan(beforeC, steps - 20, "the new worker came too late to take columns")
+        XCTAssertTrue(read(dir + "/c-worker.log").contains("training is over after"), read(dir + "/c-worker.log"))
+        XCTAssertFalse(read(dir + "/c-worker.log").contains("after 0 steps"), "the new worker got no columns: " + read(dir + "/c-worker.log"))
         XCTAssertTrue(read(dir + "/b.log").contains("training is over"), "the restarted worker got no columns: " + read(dir + "/b.log"))
         let params = try ModelCheckpoint.load(path: out + "/model.safetensors").params.array
         XCTAssertLessThan(relativeDifference(params, reference), 1e-4)
@@ -149,21 +157,23 @@ final class ReliabilityTests: ProcessTestCase {
         XCTAssertFalse(log.contains("stranger joined") || log.contains("plain joined"), log)
     }
 
-    /// SIGKILL at random moments of a run that checkpoints every step: after every kill the newest checkpoint loads
-    /// (its checksum verifies) and the run resumes from it; in the end it completes.
+    /// SIGKILL the coordinator at random moments of a run that checkpoints every step (most of its time goes into
+    /// writing them): after every kill the newest checkpoint loads (its checksum verifies) and the run resumes from it,
+    /// with the same worker process reconnecting each time; in the end it completes.
     func testKillsDuringCheckpointWritesNeverLeaveABrokenCheckpoint() throws {
         let data = try writeCorpus()
         let out = dir + "/run", log = dir + "/run.log"
-        let flags = ["train", "--data", data, "--layers", "2", "--embed", "32", "--hidden", "256", "--batch", "8", "--bptt", "5",
-                     "--steps", "100000", "--checkpoint-every", "1", "--out", out]
+        let endpoint = "tcp://127.0.0.1:\(Self.freePort())"
+        let model = ["--data", data, "--layers", "2", "--embed", "32", "--hidden", "256", "--batch", "8", "--bptt", "5"]
+        let common = ["--steps", "100000", "--checkpoint-every", "1", "--bind", endpoint, "--workers", "1"]
+        let worker = try launch(["worker", "--connect", endpoint, "--name", "steady"], log: dir + "/worker.log")
         var generator = SystemRandomNumberGenerator()
         var lastStep = -1
         for round in 0..<12 {
             let resuming = FileManager.default.fileExists(atPath: out + "/model.safetensors")
-            let p = try launch(resuming ? ["train", "--resume", out, "--data", data, "--steps", "100000", "--checkpoint-every", "1"] : flags,
-                               log: log)
-            // Let it write a few checkpoints, then kill it at a random moment (most of its time is spent writing them).
-            XCTAssertNotNil(waitFor(60) { FileManager.default.fileExists(atPath: out + "/model.safetensors") && !(resuming && stepsDone(out) <= lastStep + 1) })
+            let p = try launch(["coordinator"] + (resuming ? ["--resume", out, "--data", data] : model + ["--out", out]) + common, log: log)
+            XCTAssertNotNil(waitFor(60) { FileManager.default.fileExists(atPath: out + "/model.safetensors") && !(resuming && stepsDone(out) <= lastStep + 1) },
+                            "round \(round): no progress: " + read(log).suffix(2000))
             Thread.sleep(forTimeInterval: Double.random(in: 0.05...0.6, using: &generator))
             kill(p.processIdentifier, SIGKILL)
             p.waitUntilExit()
@@ -171,10 +181,13 @@ final class ReliabilityTests: ProcessTestCase {
             XCTAssertGreaterThanOrEqual(checkpoint.step, max(lastStep, 0), "round \(round)")
             lastStep = checkpoint.step
         }
-        // The last kill's checkpoint resumes and finishes.
-        let finish = try launch(["train", "--resume", out, "--data", data, "--steps", String(lastStep + 3)], log: log)
+        // The last kill's checkpoint resumes and finishes, with the same worker.
+        let finish = try launch(["coordinator", "--resume", out, "--data", data, "--steps", String(lastStep + 3), "--bind", endpoint,
+                                 "--workers", "1"], log: log)
         XCTAssertTrue(waitExit(finish, timeout: 60))
-        XCTAssertEqual(finish.terminationStatus, 0, read(log))
+        XCTAssertEqual(finish.terminationStatus, 0, String(read(log).suffix(3000)))
         XCTAssertEqual(try ModelCheckpoint.load(path: out + "/model.safetensors").step, lastStep + 3)
+        XCTAssertTrue(waitExit(worker, timeout: 30))
+        XCTAssertEqual(worker.terminationStatus, 0, read(dir + "/worker.log"))
     }
 }

@@ -49,6 +49,11 @@ final class MonitorTests: XCTestCase {
         XCTAssertEqual(parsed.classes.filter { $0 == "series" }.count, 5)  // 2 runs x (train, validation) + 1 reference
         XCTAssertTrue(svg.contains("r &amp; &lt;1&gt; validation"))
         XCTAssertEqual(parsed.counts["circle"], 6)  // validation markers: 3 per run
+        // Live, the reference stops a little past the run (12,000 chars = 3 epochs here; cut at 1.25x).
+        let long = ReferenceCurves(curves: [("long", (1...10).map { (Double($0), 2.0) })])
+        let live = lossChart(runs: [run], reference: long, charsPerEpoch: nil, title: "t", referenceFollowsRuns: true)
+        XCTAssertEqual(live.series.last?.points.map(\.x), [4000, 8000, 12000])
+        XCTAssertEqual(lossChart(runs: [run], reference: long, charsPerEpoch: nil, title: "t").series.last?.points.count, 10)
         XCTAssertEqual(run.smoothedTrain(buckets: 10).count, 10)
         XCTAssertEqual(run.smoothedTrain(buckets: 10)[0].y, run.train[0..<12].map(\.y).reduce(0, +) / 12, accuracy: 1e-12)
     }
