@@ -138,6 +138,10 @@ public final class Coordinator: GradientComputer {
             reject("undecodable message from \(describe(peer)): \(error)")
             return
         }
+        handle(peer, message)
+    }
+
+    func handle(_ peer: PeerID, _ message: Message) {
         if let i = peers.firstIndex(where: { $0.id == peer }) { peers[i].lastSeen = Date() }
         switch message {
         case .hello(let name, let theirs):
@@ -148,7 +152,6 @@ public final class Coordinator: GradientComputer {
             }
             if let i = peers.firstIndex(where: { $0.id == peer }) {
                 // A restarted worker with the same identity: it has no parameters any more, nor the step in flight.
-                peers[i].lastSeen = Date()
                 peers[i].parameterVersion = .max
                 restarted.insert(peer)
                 log("worker \(name) registered again (restarted)")
@@ -161,20 +164,21 @@ public final class Coordinator: GradientComputer {
         case .fetch(let offset, let wantFinal):
             serveFetch(peer, offset: offset, wantFinal: wantFinal)
         case .heartbeat:
-            if !peers.contains(where: { $0.id == peer }) {
-                // A worker of an earlier coordinator (we restarted) or one we evicted: it must register again.
-                _ = transport.send(to: peer, Message.refuse(reason: Coordinator.reRegister + ": this coordinator does not know you").encode())
-            }
+            askToRegisterIfUnknown(peer)
         case .result(let r):
             reject("stale or unexpected result for step \(r.stepID) from \(describe(peer))")
-            if !peers.contains(where: { $0.id == peer }) {
-                _ = transport.send(to: peer, Message.refuse(reason: Coordinator.reRegister + ": this coordinator does not know you").encode())
-            }
+            askToRegisterIfUnknown(peer)
         case .refuse(let reason):
             reject("\(describe(peer)) refused: \(reason)")
         case .welcome, .step, .done, .chunk:
             reject("unexpected \(message.type) from \(describe(peer))")
         }
+    }
+
+    /// A worker of an earlier coordinator (we restarted) or one we evicted must register again.
+    func askToRegisterIfUnknown(_ peer: PeerID) {
+        guard !peers.contains(where: { $0.id == peer }) else { return }
+        _ = transport.send(to: peer, Message.refuse(reason: Coordinator.reRegister + ": this coordinator does not know you").encode())
     }
 
     func describe(_ peer: PeerID) -> String {
@@ -223,6 +227,12 @@ public final class Coordinator: GradientComputer {
                 pending[peer.id] = shard
                 requests[peer.id] = request
             }
+            /// The step request again, with the parameters, to a worker that lost its copy.
+            func resend(_ peer: PeerID) {
+                guard let again = requests[peer] else { return }
+                _ = transport.send(to: peer, Message.encodeStep(again, parameterFrame: parameterFrame))
+                peers.firstIndex { $0.id == peer }.map { peers[$0].parameterVersion = parameterVersion }
+            }
             let sent = Date()
             var results: [StepResult] = []
             let deadline = Date().addingTimeInterval(stepTimeout)
@@ -235,26 +245,24 @@ public final class Coordinator: GradientComputer {
                 if lost { break }
                 let wait = min(0.5, deadline.timeIntervalSinceNow, untilNextEviction())
                 guard let (peer, frames) = try transport.receive(timeout: max(0.001, wait)) else { continue }
-                guard let shard = pending[peer], let message = try? Message.decode(frames), case .result(let r) = message,
-                      r.stepID == stepID else {
-                    if pending[peer] != nil, let m = try? Message.decode(frames), case .refuse(let reason) = m {
-                        if reason.hasPrefix("diverged") { throw BardError.diverged("a worker reports: \(reason)") }
-                        reject("\(describe(peer)) refused step \(stepID): \(reason)")
-                        // Its parameters are stale (it restarted): send the request again, with the parameters.
-                        if let again = requests[peer] {
-                            _ = transport.send(to: peer, Message.encodeStep(again, parameterFrame: parameterFrame))
-                        }
-                        continue
-                    }
-                    handleIdle(peer, frames)
-                    if restarted.remove(peer) != nil, pending[peer] != nil, let again = requests[peer] {
-                        // It restarted mid-step (killed and started again at once): its step died with it.
-                        _ = transport.send(to: peer, Message.encodeStep(again, parameterFrame: parameterFrame))
-                        peers.firstIndex { $0.id == peer }.map { peers[$0].parameterVersion = parameterVersion }
-                    }
+                bytesMoved += frames.reduce(0) { $0 + $1.count }
+                let message: Message
+                do { message = try Message.decode(frames) } catch {
+                    reject("undecodable message from \(describe(peer)): \(error)")
                     continue
                 }
-                bytesMoved += frames.reduce(0) { $0 + $1.count }
+                guard let shard = pending[peer], case .result(let r) = message, r.stepID == stepID else {
+                    if pending[peer] != nil, case .refuse(let reason) = message {
+                        if reason.hasPrefix("diverged") { throw BardError.diverged("a worker reports: \(reason)") }
+                        reject("\(describe(peer)) refused step \(stepID): \(reason)")
+                        resend(peer)  // its parameters are stale (it restarted)
+                        continue
+                    }
+                    handle(peer, message)
+                    // A worker that restarted mid-step (killed and started again at once) lost its step with it.
+                    if restarted.remove(peer) != nil, pending[peer] != nil { resend(peer) }
+                    continue
+                }
                 guard r.columns == shard, r.gradients.count == model.parameterCount,
                       r.h.count == state.layers * shard.count * state.hidden,
                       r.c.count == (state.c.count > 0 ? r.h.count : 0) else {

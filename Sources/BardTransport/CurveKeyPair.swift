@@ -189,8 +189,8 @@ public struct CurveKeyPair: Sendable, Equatable {
         return String(decoding: bytes, as: UTF8.self)
     }
 
-    /// temp file in the same directory + fsync + rename + directory fsync.
-    private static func atomicWrite(_ text: String, to path: String) throws {
+    /// temp file in the same directory + fsync + rename + directory fsync; mode 0600. Also writes authorized_keys.
+    static func atomicWrite(_ text: String, to path: String) throws {
         let directory: String
         if let slash = path.lastIndex(of: "/") {
             directory = slash == path.startIndex ? "/" : String(path[..<slash])

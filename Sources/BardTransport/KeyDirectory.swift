@@ -69,12 +69,7 @@ public enum KeyDirectory {
     static func appendAuthorized(_ key: String, name: String, in dir: String) throws {
         let path = dir + "/" + authorizedKeys
         let old = FileManager.default.fileExists(atPath: path) ? try String(contentsOfFile: path, encoding: .utf8) : ""
-        let text = old + (old.isEmpty || old.hasSuffix("\n") ? "" : "\n") + "\(key) \(name)\n"
-        let tmp = path + ".tmp-\(getpid())"
-        guard FileManager.default.createFile(atPath: tmp, contents: Data(text.utf8), attributes: [.posixPermissions: 0o600]),
-              rename(tmp, path) == 0 else {
-            throw ZMQError.keyFile(path: path, reason: "cannot write")
-        }
+        try CurveKeyPair.atomicWrite(old + (old.isEmpty || old.hasSuffix("\n") ? "" : "\n") + "\(key) \(name)\n", to: path)
     }
 
     /// The coordinator's side: `coordinator.key` and `authorized_keys`.

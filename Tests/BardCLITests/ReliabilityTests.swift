@@ -11,6 +11,16 @@ final class ReliabilityTests: ProcessTestCase {
          "--bptt", "20", "--seed", "5", "--lr", "0.002", "--val-fraction", "0.05"]
     }
 
+    /// A corpus, the run's flags, shared initial weights and one process's final parameters to compare with, and
+    /// where the cluster run goes.
+    func referenceRun(steps: Int) throws -> (data: String, flags: [String], initFile: String, reference: [Float],
+                                             endpoint: String, out: String, log: String) {
+        let data = try writeCorpus()
+        let flags = runFlags(data)
+        let (initFile, reference) = try singleProcessReference(flags, steps: steps)
+        return (data, flags, initFile, reference, "tcp://127.0.0.1:\(Self.freePort())", dir + "/c", dir + "/c.log")
+    }
+
     /// Worker B is stopped (SIGSTOP), evicted within the heartbeat timeout, resumed (it registers again), then
     /// killed (SIGKILL), evicted again, and restarted with the same identity, which joins at a step boundary; then
     /// killed and restarted at once, before anyone notices, which must not stall the step it was computing; and a new
@@ -18,12 +28,8 @@ final class ReliabilityTests: ProcessTestCase {
     /// Each lost step is redone by the survivors from the state of the last completed step, so the final parameters
     /// equal one process's.
     func testStoppedKilledAndRestartedWorkersKeepTheMath() throws {
-        let data = try writeCorpus()
-        let flags = runFlags(data)
         let steps = 400
-        let (initFile, reference) = try singleProcessReference(flags, steps: steps)
-        let endpoint = "tcp://127.0.0.1:\(Self.freePort())"
-        let out = dir + "/c", clog = dir + "/c.log"
+        let (data, flags, initFile, reference, endpoint, out, clog) = try referenceRun(steps: steps)
         let coordinator = try launch(["coordinator"] + flags + ["--steps", String(steps), "--init", initFile, "--out", out,
                                       "--workers", "2", "--min-workers", "1", "--bind", endpoint], log: clog)
         let workerArgs = { (name: String) in ["worker", "--connect", endpoint, "--name", name, "--data", data] }
@@ -76,12 +82,8 @@ final class ReliabilityTests: ProcessTestCase {
     /// The coordinator is killed mid-run and restarted with --resume: the workers reconnect by themselves and the
     /// final parameters equal an uninterrupted run's.
     func testCoordinatorRestartsFromItsCheckpoint() throws {
-        let data = try writeCorpus()
-        let flags = runFlags(data)
         let steps = 300
-        let (initFile, reference) = try singleProcessReference(flags, steps: steps)
-        let endpoint = "tcp://127.0.0.1:\(Self.freePort())"
-        let out = dir + "/c", clog = dir + "/c.log"
+        let (data, flags, initFile, reference, endpoint, out, clog) = try referenceRun(steps: steps)
         let first = try launch(["coordinator"] + flags + ["--steps", String(steps), "--init", initFile, "--out", out,
                                 "--workers", "2", "--bind", endpoint, "--checkpoint-every", "25"], log: clog)
         let pool = try launch(["worker", "--connect", endpoint, "--count", "2", "--data", data], log: dir + "/w.log")
