@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Checks everything under deploy/ with the tools scripts/bootstrap.sh installs;
+# Checks everything under deploy/ with the tools scripts/bootstrap.sh --test installs;
 # no network, no Docker engine, no cluster, no bard binary. One line per check,
 # the failing check's output under it, a closing "N passed, N failed" line;
 # exits 1 if any check failed.
@@ -34,7 +34,7 @@ trap 'rm -rf "$scratch"' EXIT
 need() {
     local t
     for t in "$@"; do
-        [[ -x $(command -v "$t") ]] || { echo "$t not found: run scripts/bootstrap.sh"; return 1; }
+        [[ -x $(command -v "$t") ]] || { echo "$t not found: run scripts/bootstrap.sh --test"; return 1; }
     done
 }
 

@@ -41,3 +41,19 @@ PY
 echo "load average: $(cut -d' ' -f1-3 /proc/loadavg); BLAS $("$bard" bench --steps 1 --gen-chars 1 --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["blas_core"])')"
 for w in $(seq 1 "$max"); do run "$w" 32; done
 for w in 1 2; do run "$w" $((32 * w)); done
+
+# PyTorch DistributedDataParallel (gloo) on the same machine, the comparison issue 3 quotes (1.40x on the reference).
+venv=${BARD_TORCH_VENV:-/tmp/tv}
+torch_bench=../shared/bench/pytorch_lstm_bench.py
+if [[ -f $torch_bench ]] && "$venv/bin/python" -c 'import torch' 2>/dev/null; then
+    export BARD_CORPUS=$PWD/data/tinyshakespeare.txt
+    one=$("$venv/bin/python" "$torch_bench" train --threads 1 --steps "$steps" | grep RESULT)
+    ddp=$("$venv/bin/python" "$torch_bench" ddp --world 2 --threads 1 --steps "$steps" | grep RESULT)
+    python3 - "$one" "$ddp" <<'PY'
+import json, re, sys
+cps = [int(re.search(r": ([\d,]+) chars/s", s).group(1).replace(",", "")) for s in sys.argv[1:]]
+print(json.dumps({"pytorch_1_process_32_columns": cps[0], "pytorch_ddp_2x16_columns": cps[1], "ddp_ratio": round(cps[1] / cps[0], 2)}))
+PY
+else
+    echo "(no PyTorch at $venv or no $torch_bench: DDP comparison skipped; scripts/bench-vs-pytorch.sh creates the venv)"
+fi

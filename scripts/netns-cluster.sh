@@ -14,7 +14,7 @@
 #   --data FILE      corpus (default data/tinyshakespeare.txt, put in place by scripts/get-corpus.sh)
 #
 # BARD_BIN names the bard binary to use (nothing is built then); without it the script builds the release binary.
-# Needs root and iproute2 (scripts/bootstrap.sh installs it). Exit status: 0 ok, 1 failure, 2 usage,
+# Needs root and iproute2 (scripts/bootstrap.sh --test installs it). Exit status: 0 ok, 1 failure, 2 usage,
 # 77 skipped (not root, no `ip`, or network namespaces/veth unusable here): the line before says why.
 # Everything it creates (processes, namespaces, veths, the bridge, keys, logs) is removed on exit, also on
 # failure or Ctrl-C.
@@ -44,7 +44,7 @@ cut_at=$((steps / 4 > 50 ? steps / 4 : 50))
 
 skip() { echo "$me: skipped: $*"; exit 77; }
 [[ $(id -u) -eq 0 ]] || skip "needs root to create network namespaces (run it with sudo)"
-command -v ip >/dev/null 2>&1 || skip "no 'ip' command (Debian package iproute2; scripts/bootstrap.sh installs it)"
+command -v ip >/dev/null 2>&1 || skip "no 'ip' command (Debian package iproute2; scripts/bootstrap.sh --test installs it)"
 
 if [[ -n ${BARD_BIN:-} ]]; then
     bard=$BARD_BIN

@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
-# The test command: install what the build needs, build, run the Swift suite, check deploy/ offline, fuzz the two
-# decoders of outside bytes for BARD_FUZZ_SECONDS (default 30) each, and run the independent numpy checks.
+# The test command: install what the build and the tests need (scripts/bootstrap.sh --test), build, run the Swift
+# suite, check deploy/ offline, fuzz the two decoders of outside bytes for BARD_FUZZ_SECONDS (default 30) each, and run
+# the Python tests (the independent numpy checks, get-corpus.sh's source order).
 # BARD_SLOW=1 (set by CI) also runs the slow multi-process tests.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-scripts/bootstrap.sh
+scripts/bootstrap.sh --test
 swift build -c release
 swift test -c release
 deploy/check.sh

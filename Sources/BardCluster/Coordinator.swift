@@ -135,10 +135,18 @@ public final class Coordinator: GradientComputer {
         bytesMoved += frames.reduce(0) { $0 + $1.count }
         let message: Message
         do { message = try Message.decode(frames) } catch {
-            reject("undecodable message from \(describe(peer)): \(error)")
+            undecodable(peer, frames, error)
             return
         }
         handle(peer, message)
+    }
+
+    /// Counts and drops a message that does not decode; a Bard peer of another protocol version is told why.
+    func undecodable(_ peer: PeerID, _ frames: [[UInt8]], _ error: Error) {
+        reject("undecodable message from \(describe(peer)): \(error)")
+        if let theirs = Message.foreignVersion(frames) {
+            _ = transport.send(to: peer, Message.refuse(reason: "protocol version \(theirs) is not this coordinator's (\(Wire.version)): run the same bard release on every host").encode())
+        }
     }
 
     func handle(_ peer: PeerID, _ message: Message) {
@@ -248,7 +256,7 @@ public final class Coordinator: GradientComputer {
                 bytesMoved += frames.reduce(0) { $0 + $1.count }
                 let message: Message
                 do { message = try Message.decode(frames) } catch {
-                    reject("undecodable message from \(describe(peer)): \(error)")
+                    undecodable(peer, frames, error)
                     continue
                 }
                 guard let shard = pending[peer], case .result(let r) = message, r.stepID == stepID else {

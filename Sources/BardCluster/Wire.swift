@@ -228,6 +228,26 @@ extension Message {
         return [w.bytes, gradientFrame, floatFrame(r.h), floatFrame(r.c)]
     }
 
+    /// The protocol version a message claims when it starts with Bard's magic but is not this side's version. Only the
+    /// magic, the version, the type byte and a refusal's reason after them are promised to stay where they are in
+    /// every version, so that two releases can at least say why they cannot talk.
+    public static func foreignVersion(_ frames: [[UInt8]]) -> UInt16? {
+        guard let head = frames.first else { return nil }
+        var r = Reader(head)
+        guard let magic = try? r.take(4), Array(magic) == Wire.magic, let v = try? r.uint(UInt16.self), v != Wire.version
+        else { return nil }
+        return v
+    }
+
+    /// A refusal sent by a peer of another protocol version, with its reason.
+    public static func foreignRefusal(_ frames: [[UInt8]]) -> (version: UInt16, reason: String)? {
+        guard frames.count == 1, let v = foreignVersion(frames) else { return nil }
+        var r = Reader(frames[0])
+        _ = try? r.take(6)
+        guard (try? r.u8()) == MessageType.refuse.rawValue, let reason = try? r.string() else { return nil }
+        return (v, reason)
+    }
+
     /// Decodes and validates a multipart message. Semantic checks that need the run's shapes (does the gradient have
     /// the model's size, is the step current) are the receiver's.
     public static func decode(_ frames: [[UInt8]]) throws -> Message {

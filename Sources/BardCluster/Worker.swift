@@ -85,6 +85,9 @@ public final class WorkerCore {
             lastHeard = Date()
             let message: Message
             do { message = try Message.decode(frames) } catch {
+                if let (version, reason) = Message.foreignRefusal(frames) {
+                    throw BardError.refused("the coordinator speaks protocol version \(version), this worker \(Wire.version), and refused it: \(reason)")
+                }
                 rejected += 1
                 log("rejected a message from the coordinator: \(error)")
                 continue
@@ -122,7 +125,7 @@ public final class WorkerCore {
                     parameterVersion = .max
                     continue
                 }
-                throw BardError.badInput("the coordinator refused this worker: \(reason)")
+                throw BardError.refused("the coordinator refused this worker: \(reason)")
             case .done:
                 abandonInFlight()
                 log("training is over after \(stepsComputed) steps computed here")

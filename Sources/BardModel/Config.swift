@@ -115,10 +115,13 @@ public enum BardError: Error, CustomStringConvertible, Equatable {
     case badCheckpoint(String)
     case diverged(String)
     case io(String)
+    /// The other side of a connection refused us (another corpus, another protocol version).
+    case refused(String)
 
     public var description: String {
         switch self {
-        case .invalidArgument(let m), .badInput(let m), .badCheckpoint(let m), .diverged(let m), .io(let m): return m
+        case .invalidArgument(let m), .badInput(let m), .badCheckpoint(let m), .diverged(let m), .io(let m), .refused(let m):
+            return m
         }
     }
 }

@@ -209,7 +209,10 @@ public final class Trainer {
             grads.scale(by: Float(1 / n))
             let norm = clipGradientNorm(grads, maxNorm: cfg.clip)
             guard loss.isFinite, norm.isFinite else {
-                throw BardError.diverged("training diverged at step \(step + 1) (loss \(loss), gradient norm \(norm)); the last good checkpoint is \(modelPath) (step \(lastCheckpointStep)); lower --lr or set --clip")
+                // A fresh run that has not checkpointed yet has no good checkpoint (out/ may hold an older run's).
+                let kept = lastCheckpointStep > 0 ? "the last good checkpoint is \(modelPath) (step \(lastCheckpointStep))"
+                    : "no checkpoint was written before it (--checkpoint-every N keeps one every N steps)"
+                throw BardError.diverged("training diverged at step \(step + 1) (loss \(loss), gradient norm \(norm)); \(kept); lower --lr or set --clip")
             }
             optimizer.apply(params: params, grads: grads)
             step += 1; window += 1; chars += B * T
@@ -222,6 +225,12 @@ public final class Trainer {
                                          "grad_norm": norm]
             record.merge(computer.metricsFields) { a, _ in a }
             let epochEnds = window == windowsPerEpoch
+            // A run that ends mid-epoch is validated at its end, and the record says so like an epoch end's.
+            if step == totalSteps && !epochEnds, let v = validate() {
+                lastValLoss = v
+                record["val_loss"] = v
+                record["val_perplexity"] = exp(v)
+            }
             if epochEnds {
                 epoch += 1; window = 0
                 optimizer.lr *= cfg.lrDecay
@@ -244,7 +253,6 @@ public final class Trainer {
             metrics.write(record)
             onRecord?(record)
             if epochEnds || (options.checkpointEvery > 0 && step % options.checkpointEvery == 0) || step == totalSteps {
-                if step == totalSteps && !epochEnds, let v = validate() { lastValLoss = v }
                 try saveCheckpoint(elapsed: elapsed)
                 lastCheckpointStep = step
             }

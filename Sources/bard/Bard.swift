@@ -14,6 +14,7 @@ struct Bard: ParsableCommand {
 
     static func main() {
         OpenBLASCore.preferFastKernels()
+        Allocator.reuseLargeBlocks()
         do {
             var command = try parseAsRoot()
             try command.run()
@@ -33,8 +34,11 @@ extension BardError {
         case .badInput, .badCheckpoint: return 65
         case .diverged: return 3
         case .io: return 74
+        case .refused: return BardError.refusedExitCode
         }
     }
+    /// EX_NOPERM: the coordinator will not have this worker; the `--count` supervisor does not restart it.
+    static let refusedExitCode: Int32 = 77
 }
 
 /// stdout, flushed per line so progress shows up in pipes and logs.
@@ -80,7 +84,11 @@ struct TrainingFlags: ParsableArguments {
         if let lrDecay { c.lrDecay = lrDecay }
         if let clip { c.clip = clip }
         if let batch { c.batch = batch }
-        if let bptt { c.bptt = bptt }
+        if let bptt {
+            c.bptt = bptt
+            // The book's alpha is per step of the summed window loss: keep it per step when the window changes.
+            if c.recipe == "book" && lr == nil { c.lr = 0.05 * Double(bptt) }
+        }
         if let epochs { c.epochs = epochs }
         if let steps { c.steps = steps }
         if let seed { c.seed = seed }
@@ -94,6 +102,8 @@ struct TrainingFlags: ParsableArguments {
     /// The run's options, shared by `bard train` and `bard coordinator`.
     func makeOptions(out: String, resume: String?, initFile: String?, checkpointEvery: Int, sampleLength: Int) throws -> TrainOptions {
         if resume != nil && initFile != nil { throw BardError.invalidArgument("--init and --resume exclude each other") }
+        guard sampleLength >= 0 else { throw BardError.invalidArgument("--sample-length must be >= 0, got \(sampleLength)") }
+        guard checkpointEvery >= 0 else { throw BardError.invalidArgument("--checkpoint-every must be >= 0, got \(checkpointEvery)") }
         var options = TrainOptions(config: try makeConfig(), dataPath: data)
         options.outDir = resume ?? out
         options.resume = resume != nil
@@ -198,7 +208,9 @@ struct Eval: ParsableCommand {
         let r = evaluate(model: ckpt.model, params: ckpt.params, tokens: ids[cut...], columns: batch, bptt: bptt, threads: threads)
         guard r.chars > 0 else { throw BardError.badInput("\(data): too little text to evaluate with \(batch) columns") }
         if json {
-            say("{\"loss\": \(r.loss), \"perplexity\": \(exp(r.loss)), \"chars\": \(r.chars), \"split\": \"\(split)\", \"batch\": \(batch)}")
+            // JSON has no NaN or infinity (a checkpoint with non-finite weights): those print as null.
+            func number(_ v: Double) -> String { v.isFinite ? "\(v)" : "null" }
+            say("{\"loss\": \(number(r.loss)), \"perplexity\": \(number(exp(r.loss))), \"chars\": \(r.chars), \"split\": \"\(split)\", \"batch\": \(batch)}")
         } else {
             say(String(format: "%@ split: loss %.4f nats/char, perplexity %.3f, %d characters", split, r.loss, exp(r.loss), r.chars))
         }

@@ -24,7 +24,9 @@ struct Bench: ParsableCommand {
         c.cell = cell; c.layers = layers; c.embed = embed; c.hidden = hidden; c.dropout = 0; c.batch = batch; c.bptt = bptt
         c.optimizer = .sgd; c.lr = 0.05; c.clip = 5; c.threads = threads
         try c.validate()
-        guard vocab >= 2, steps >= 1 else { throw BardError.invalidArgument("--vocab must be >= 2 and --steps >= 1") }
+        guard vocab >= 2, steps >= 1, genChars >= 1 else {
+            throw BardError.invalidArgument("--vocab must be >= 2, --steps >= 1 and --gen-chars >= 1")
+        }
         let model = Model(config: c, vocabularySize: vocab)
         let params = model.makeParameters(seed: 0), grads = FloatBuffer(count: model.parameterCount)
         let optimizer = Optimizer(kind: .sgd, lr: 0.05, parameterCount: model.parameterCount)

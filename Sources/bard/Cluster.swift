@@ -42,8 +42,10 @@ struct CoordinatorCommand: ParsableCommand {
         abstract: "Own the parameters and optimiser; shard each step's columns among workers over ZeroMQ.")
     @OptionGroup var flags: TrainingFlags
     @Option(help: "ZeroMQ endpoint to bind.") var bind: String = "tcp://127.0.0.1:5555"
-    @Option(help: "Workers to wait for before the first step.") var workers: Int = 1
+    @Option(help: "Workers to wait for before the first step (default: --min-workers, else 1).") var workers: Int?
     @Option(name: .customLong("min-workers"), help: "Keep training while at least this many are alive (default: --workers).") var minWorkers: Int?
+    /// Workers to wait for: --workers, or --min-workers when only that is given.
+    var startWorkers: Int { workers ?? minWorkers ?? 1 }
     @Option(help: "Output directory for checkpoints and metrics.") var out: String = "out"
     @Option(name: .customLong("init"), help: "Start from the weights of a safetensors file.") var initFile: String?
     @Option(help: "Continue the run whose checkpoint is in this directory.") var resume: String?
@@ -58,13 +60,13 @@ struct CoordinatorCommand: ParsableCommand {
     @OptionGroup var monitoring: MonitorFlags
 
     func validate() throws {
-        guard workers >= 1 else { throw ValidationError("--workers must be >= 1") }
+        guard startWorkers >= 1 else { throw ValidationError("--workers must be >= 1") }
         guard heartbeatTimeout > 0 else { throw ValidationError("--heartbeat-timeout must be > 0") }
         if autoResume && (resume != nil || initFile != nil) { throw ValidationError("--auto-resume excludes --resume and --init") }
         if keys == nil && !insecure && !KeyDirectory.isLocal(endpoint: bind) {
             throw ValidationError("--bind \(bind) is reachable from other hosts: give --keys DIR (bard keys generate --out DIR) or, on a trusted network, --insecure")
         }
-        if let m = minWorkers, m < 1 || m > workers { throw ValidationError("--min-workers must be 1...--workers") }
+        if let m = minWorkers, m < 1 || m > startWorkers { throw ValidationError("--min-workers must be 1...--workers") }
         guard linger >= 0, stepTimeout > 0 else { throw ValidationError("--linger must be >= 0 and --step-timeout > 0") }
     }
 
@@ -81,7 +83,7 @@ struct CoordinatorCommand: ParsableCommand {
             throw BardError.io("cannot bind \(bind): \(error)")
         }
         let coordinator = Coordinator(transport: server, model: trainer.model, fingerprint: corpus.fingerprint,
-                                      minWorkers: minWorkers ?? workers, log: stderrLog("coordinator: "))
+                                      minWorkers: minWorkers ?? startWorkers, log: stderrLog("coordinator: "))
         coordinator.stepTimeout = stepTimeout
         coordinator.heartbeatTimeout = heartbeatTimeout
         let monitor = try monitoring.start(trainer: trainer, title: "bard coordinator: " + options.outDir) {
@@ -93,7 +95,7 @@ struct CoordinatorCommand: ParsableCommand {
         defer { monitor?.stop() }
         coordinator.checkpointPath = trainer.modelPath
         installStopHandlers()
-        say("coordinator listening on \(server.endpoint)\(security == nil ? " (plaintext)" : " (CURVE, \(security!.allowedClients.count) client key(s) admitted)"); waiting for \(workers) worker(s)")
+        say("coordinator listening on \(server.endpoint)\(security == nil ? " (plaintext)" : " (CURVE, \(security!.allowedClients.count) client key(s) admitted)"); waiting for \(startWorkers) worker(s)")
         // Whatever happens, tell the workers training is over so they exit instead of waiting for a timeout.
         var finished = false
         defer { if !finished { try? coordinator.finish(linger: 0) } }
@@ -105,7 +107,7 @@ struct CoordinatorCommand: ParsableCommand {
             server.close()
             return
         }
-        try coordinator.waitForWorkers(workers)
+        try coordinator.waitForWorkers(startWorkers)
         let result = try trainer.run(computer: coordinator)
         say(String(format: "done: step %d, train loss %.4f, val loss %@; checkpoint %@; %d evictions, %d rejected messages",
                    result.step, result.trainLoss, result.valLoss.map { String(format: "%.4f", $0) } ?? "n/a",
@@ -160,6 +162,9 @@ struct WorkerCommand: ParsableCommand {
 
     /// Exit status of a worker whose coordinator went silent: the supervisor does not restart it.
     static let coordinatorGone: Int32 = 75
+    /// Exit statuses that restarting cannot cure: a bad flag (64), bad input such as a missing corpus (65), and a
+    /// refusal by the coordinator, e.g. another corpus or protocol version (77). The supervisor stops the pool on them.
+    static let finalFailures: Set<Int32> = [64, 65, BardError.refusedExitCode]
 
     /// Starts `n` single workers and restarts any that exits with an error, until all have finished normally
     /// or we are signalled (then the children are stopped too).
@@ -191,6 +196,12 @@ struct WorkerCommand: ParsableCommand {
             for i in 0..<n where !finished.contains(i) && !children[i].isRunning {
                 let status = children[i].terminationStatus
                 if status == 0 || status == WorkerCommand.coordinatorGone { finished.insert(i); continue }
+                if children[i].terminationReason == .exit && WorkerCommand.finalFailures.contains(status) {
+                    for c in children where c.isRunning { c.terminate() }
+                    for c in children { c.waitUntilExit() }
+                    FileHandle.standardError.write(Data("worker supervisor: worker \(i) exited with status \(status), which a restart cannot cure (its error is above); stopping all \(n)\n".utf8))
+                    throw ExitCode(status)
+                }
                 restarts += 1
                 FileHandle.standardError.write(Data("worker supervisor: worker \(i) exited with status \(status); restarting (restart \(restarts))\n".utf8))
                 if restarts > 20 * n { throw BardError.io("workers keep failing (\(restarts) restarts); giving up") }

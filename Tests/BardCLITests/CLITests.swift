@@ -69,6 +69,15 @@ final class CLITests: XCTestCase {
         XCTAssertNotEqual(r.status, 0)
         XCTAssertTrue(r.err.contains("--layers"), r.err)
         XCTAssertNotEqual(try bard(["train", "--no-such-flag"]).status, 0)
+        // Negative counts are refused before any work (they used to trap after a whole epoch).
+        let ok = write("ok2.txt", Array(corpusText().utf8))
+        assertOneLineError(try bard(["train", "--data", ok, "--sample-length=-1"]), contains: "--sample-length must be >= 0")
+        assertOneLineError(try bard(["coordinator", "--data", ok, "--checkpoint-every=-2"]), contains: "--checkpoint-every must be >= 0")
+        assertOneLineError(try bard(["bench", "--gen-chars=-1"]), contains: "--gen-chars >= 1")
+        // --min-workers alone sets how many to wait for; more than --workers is refused.
+        let tooMany = try bard(["coordinator", "--data", ok, "--workers", "2", "--min-workers", "3"])
+        XCTAssertNotEqual(tooMany.status, 0)
+        XCTAssertTrue(tooMany.err.contains("--min-workers must be 1...--workers"), tooMany.err)
     }
 
     func testTrainSampleEvalInspect() throws {
@@ -98,6 +107,17 @@ final class CLITests: XCTestCase {
         XCTAssertTrue(i.out.contains("parameters:"), i.out)
     }
 
+    /// A `--count` pool stops at once, with the children's status, on a failure that a restart cannot cure (here a
+    /// missing corpus), instead of restarting it for minutes.
+    func testWorkerPoolStopsOnAFailureARestartCannotCure() throws {
+        let start = Date()
+        let r = try bard(["worker", "--count", "2", "--connect", "tcp://127.0.0.1:9", "--data", dir + "/missing.txt"])
+        XCTAssertEqual(r.status, 65, r.err)
+        XCTAssertTrue(r.err.contains("which a restart cannot cure"), r.err)
+        XCTAssertFalse(r.err.contains("restarting"), r.err)
+        XCTAssertLessThan(Date().timeIntervalSince(start), 30)
+    }
+
     /// The chapter's toy table, with the chapter's numbers.
     func testGradientsPrintsTheChapterTable() throws {
         let data = write("c.txt", Array(corpusText().utf8))
@@ -106,7 +126,19 @@ final class CLITests: XCTestCase {
         for expected in ["[0.93940638 0.96852968]", "0.99307291", "0.03439552", "0.00118305", "4.06916726e-05", "[5. 5.]", "[9765625. 9765625.]"] {
             XCTAssertTrue(r.out.contains(expected), "missing \(expected) in\n\(r.out)")
         }
-        XCTAssertTrue(r.out.contains("lstm"))
+        // The measured table: lags 0..9, one column per model, relative to lag 0. The sigmoid RNN's gradient vanishes
+        // (each step multiplies by at most 0.25 times the weights); the LSTM's cell keeps orders of magnitude more.
+        let rows = r.out.split(separator: "\n").compactMap { line -> [Double]? in
+            let cells = line.split(separator: " ").compactMap { Double($0) }
+            return cells.count == 4 && line.hasPrefix(String(Int(cells[0]))) ? Array(cells.dropFirst()) : nil
+        }
+        XCTAssertEqual(rows.count, 10, r.out)
+        guard rows.count == 10 else { return }
+        XCTAssertEqual(rows[0], [1, 1, 1])
+        let sigmoidRNN = rows[9][0], lstm = rows[9][2]
+        XCTAssertLessThan(sigmoidRNN, 1e-5, r.out)
+        XCTAssertGreaterThan(lstm, 100 * sigmoidRNN, r.out)
+        for lag in 1..<10 { XCTAssertLessThan(rows[lag][0], rows[lag - 1][0], "the sigmoid RNN's gradient shrinks every step") }
     }
 
     /// `bard keys generate` writes owner-only Z85 key files and never overwrites them; a coordinator refuses to

@@ -5,7 +5,7 @@ import FoundationNetworking
 import XCTest
 
 /// The coordinator's metrics endpoint and dashboard during a real run: scraped over HTTP, and the page rendered
-/// by headless Chromium (Debian's `chromium`, installed by scripts/bootstrap.sh). Slow: BARD_SLOW=1.
+/// by headless Chromium (Debian's `chromium`, installed by scripts/bootstrap.sh --test). Slow: BARD_SLOW=1.
 final class MonitoringProcessTests: ProcessTestCase {
     func get(_ url: String) -> String? {
         let done = DispatchSemaphore(value: 0)
@@ -20,7 +20,7 @@ final class MonitoringProcessTests: ProcessTestCase {
 
     func testMetricsAndDashboardDuringARun() throws {
         let chromium = ["/usr/bin/chromium", "/usr/bin/chromium-browser"].first { FileManager.default.isExecutableFile(atPath: $0) }
-        let browser = try XCTUnwrap(chromium, "Debian's chromium is missing: run scripts/bootstrap.sh")
+        let browser = try XCTUnwrap(chromium, "Debian's chromium is missing: run scripts/bootstrap.sh --test")
         let data = try writeCorpus()
         let endpoint = "tcp://127.0.0.1:\(Self.freePort())"
         let clog = dir + "/c.log"

@@ -79,15 +79,22 @@ final class ReliabilityTests: ProcessTestCase {
         XCTAssertLessThan(relativeDifference(params, reference), 1e-4)
     }
 
-    /// The coordinator is killed mid-run and restarted with --resume: the workers reconnect by themselves and the
-    /// final parameters equal an uninterrupted run's.
+    /// A worker of the `--count` pool crashes (SIGKILL) and its supervisor starts it again; then the coordinator is
+    /// killed mid-run and restarted with --resume: the workers reconnect by themselves and the final parameters equal
+    /// an uninterrupted run's.
     func testCoordinatorRestartsFromItsCheckpoint() throws {
         let steps = 300
         let (data, flags, initFile, reference, endpoint, out, clog) = try referenceRun(steps: steps)
         let first = try launch(["coordinator"] + flags + ["--steps", String(steps), "--init", initFile, "--out", out,
                                 "--workers", "2", "--bind", endpoint, "--checkpoint-every", "25"], log: clog)
         let pool = try launch(["worker", "--connect", endpoint, "--count", "2", "--data", data], log: dir + "/w.log")
-        XCTAssertNotNil(waitFor(120) { stepsDone(out) >= 110 }, "the run did not start: " + read(clog))
+        XCTAssertNotNil(waitFor(120) { stepsDone(out) >= 30 }, "the run did not start: " + read(clog))
+        let children = read("/proc/\(pool.processIdentifier)/task/\(pool.processIdentifier)/children").split(separator: " ")
+        XCTAssertEqual(children.count, 2, "the pool should have two worker processes")
+        if let child = children.first.flatMap({ Int32($0) }) { kill(child, SIGKILL) }
+        XCTAssertNotNil(waitFor(30) { read(dir + "/w.log").contains("restarting (restart 1)") },
+                        "the supervisor did not restart the crashed worker: " + read(dir + "/w.log"))
+        XCTAssertNotNil(waitFor(120) { stepsDone(out) >= 110 }, "the run stalled after the worker crash: " + read(clog))
         kill(first.processIdentifier, SIGKILL)
         first.waitUntilExit()
         let killedAt = stepsDone(out)

@@ -33,20 +33,31 @@ final class WireTests: XCTestCase {
                        Array(good.prefix(3)), [], [[]]] {
             XCTAssertThrowsError(try Message.decode(frames))
         }
+        // Random damage: a frame cut short always fails (every frame's size is checked against the header's counts);
+        // whatever still decodes (a flipped byte inside a value) is a well-formed message that encodes back to itself.
         var rng = RNG(seed: 1)
-        var decoded = 0
+        var decoded = 0, rejectedTruncations = 0, truncations = 0
         for _ in 0..<20000 {
             var frames = good
             let f = Int(rng.next() % UInt64(frames.count))
             if frames[f].isEmpty { continue }
-            switch rng.next() % 3 {
+            let kind = rng.next() % 3
+            switch kind {
             case 0: frames[f][Int(rng.next() % UInt64(frames[f].count))] = UInt8(truncatingIfNeeded: rng.next())
             case 1: frames[f] = Array(frames[f].prefix(Int(rng.next() % UInt64(frames[f].count))))
             default: frames[f] = (0..<Int(rng.next() % 64)).map { _ in UInt8(truncatingIfNeeded: rng.next()) }
             }
-            if (try? Message.decode(frames)) != nil { decoded += 1 }
+            if kind == 1 { truncations += 1 }
+            guard let m = try? Message.decode(frames) else {
+                if kind == 1 { rejectedTruncations += 1 }
+                continue
+            }
+            decoded += 1
+            XCTAssertEqual(try Message.decode(m.encode()), m)
         }
-        XCTAssertLessThan(decoded, 20000)
+        XCTAssertEqual(rejectedTruncations, truncations, "a truncated frame decoded")
+        XCTAssertGreaterThan(truncations, 5000)
+        XCTAssertLessThan(decoded, 20000 - truncations)
     }
 
     func testShardsAreContiguousAndCoverAllColumns() {
@@ -118,8 +129,45 @@ final class InMemoryClusterTests: XCTestCase {
         let th = Thread { do { try w.run() } catch { box.error = error } }
         th.start()
         XCTAssertThrowsError(try coordinator.waitForWorkers(1, timeout: 3))
-        Thread.sleep(forTimeInterval: 1)
-        XCTAssertTrue("\(box.error.map { "\($0)" } ?? "")".contains("bbbbbbbbbbbb"), "\(String(describing: box.error))")
+        let deadline = Date().addingTimeInterval(5)
+        while box.error == nil && Date() < deadline { Thread.sleep(forTimeInterval: 0.02) }
+        // The worker's error says which side has which corpus, and is a refusal (its supervisor must not restart it).
+        guard case .refused(let reason) = box.error as? BardError else { return XCTFail("\(String(describing: box.error))") }
+        XCTAssertTrue(reason.contains("this worker's --data has fingerprint bbbbbbbbbbbb"), reason)
+        XCTAssertTrue(reason.contains("the coordinator's corpus has aaaaaaaaaaaa"), reason)
         XCTAssertTrue(messages.contains { $0.contains("aaaaaaaaaaaa") })
+    }
+
+    /// Releases speaking another protocol version cannot talk, but say why: the coordinator answers such a hello with
+    /// a refusal naming both versions, and a worker refused by a coordinator of another version stops with a refusal.
+    func testAnotherProtocolVersionIsToldWhy() throws {
+        let t = try trainer(NSTemporaryDirectory() + "bard-cluster-version-\(getpid())")
+        let hub = InMemoryHub()
+        let coordinator = Coordinator(transport: hub.server(), model: t.model, fingerprint: "f", minWorkers: 1, log: { _ in })
+        let old = hub.client(id: "old")
+        var hello = Message.hello(name: "old", fingerprint: "").encode()
+        hello[0][4] = UInt8(truncatingIfNeeded: Wire.version + 1)  // the version's low byte, after the magic
+        XCTAssertTrue(old.send(hello))
+        XCTAssertThrowsError(try coordinator.waitForWorkers(1, timeout: 1))
+        guard let reply = try old.receive(timeout: 1), case .refuse(let reason) = try Message.decode(reply) else {
+            return XCTFail("no refusal for a hello of another protocol version")
+        }
+        XCTAssertTrue(reason.contains("protocol version \(Wire.version + 1) is not this coordinator's (\(Wire.version))"), reason)
+
+        let hub2 = InMemoryHub()
+        let server = hub2.server()
+        let worker = WorkerCore(transport: hub2.client(id: "w"), name: "w", fingerprint: "", threads: 1, log: { _ in })
+        final class Box: @unchecked Sendable { var error: Error? }
+        let box = Box()
+        Thread { do { try worker.run() } catch { box.error = error } }.start()
+        guard let (peer, _) = try server.receive(timeout: 3) else { return XCTFail("the worker never said hello") }
+        var refusal = Message.refuse(reason: "protocol version 1 is not this coordinator's (2)").encode()
+        refusal[0][4] = UInt8(truncatingIfNeeded: Wire.version + 1)
+        XCTAssertTrue(server.send(to: peer, refusal))
+        let deadline = Date().addingTimeInterval(5)
+        while box.error == nil && Date() < deadline { Thread.sleep(forTimeInterval: 0.02) }
+        guard case .refused(let why) = box.error as? BardError else { return XCTFail("\(String(describing: box.error))") }
+        XCTAssertTrue(why.contains("speaks protocol version \(Wire.version + 1), this worker \(Wire.version)"), why)
+        XCTAssertTrue(why.contains("not this coordinator's (2)"), why)
     }
 }

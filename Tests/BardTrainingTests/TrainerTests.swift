@@ -57,7 +57,11 @@ final class TrainerTests: XCTestCase {
         XCTAssertEqual(lines.count, 200)
         let first = try JSONSerialization.jsonObject(with: Data(lines[0].utf8)) as! [String: Any]
         for key in ["step", "epoch", "chars", "train_loss", "chars_per_s", "lr", "time"] { XCTAssertNotNil(first[key], key) }
-        XCTAssertTrue(lines.contains { $0.contains("val_loss") })
+        // The run's final validation (step 200 is mid-epoch) is in its last record, as in the checkpoint.
+        let last = try JSONSerialization.jsonObject(with: Data(lines[lines.count - 1].utf8)) as! [String: Any]
+        XCTAssertNotEqual(200 % straight.windowsPerEpoch, 0)
+        let lastVal = try XCTUnwrap(last["val_loss"] as? Double), checkpointVal = try XCTUnwrap(a.valLoss)
+        XCTAssertEqual(lastVal, checkpointVal, accuracy: 1e-12)  // the same number, up to its JSON printing
     }
 
     /// A crash after the new training state is written but before the new model replaces the old: the previous
@@ -133,9 +137,15 @@ final class TrainerTests: XCTestCase {
         let t = try Trainer(options: o, corpus: corpus, log: { _ in })
         XCTAssertThrowsError(try t.run()) { e in
             guard case BardError.diverged(let m) = e else { return XCTFail("\(e)") }
-            XCTAssertTrue(m.contains("diverged"))
+                XCTAssertTrue(m.contains("the last good checkpoint is \(self.dir)/d/model.safetensors (step "), m)
         }
         let ck = try ModelCheckpoint.load(path: dir + "/d/model.safetensors")
         XCTAssertTrue(ck.params.allFinite)
+        // Without checkpoints, the message does not point at a file this run never wrote.
+        o.outDir = dir + "/e"; o.checkpointEvery = 0
+        XCTAssertThrowsError(try Trainer(options: o, corpus: corpus, log: { _ in }).run()) { e in
+            guard case BardError.diverged(let m) = e else { return XCTFail("\(e)") }
+            XCTAssertTrue(m.contains("no checkpoint was written before it"), m)
+        }
     }
 }

