@@ -1,4 +1,5 @@
 import BardModel
+import BardNumerics
 import Foundation
 
 /// Bard's cluster messages and their binary encoding (docs/protocol.md). A message is a ZeroMQ multipart message:
@@ -148,9 +149,14 @@ func int32Frame(_ a: [Int32]) -> [UInt8] { a.withUnsafeBytes { Array($0) } }
 
 func floats(_ frame: [UInt8], count: Int, name: String, finite: Bool = true) throws -> [Float] {
     guard frame.count == count * 4 else { throw WireError("\(name): \(frame.count) bytes, expected \(count * 4)") }
-    var out = [Float](repeating: 0, count: count)
-    out.withUnsafeMutableBytes { dst in frame.withUnsafeBytes { src in dst.copyMemory(from: src) } }
-    if finite, !out.allSatisfy(\.isFinite) { throw WireError("\(name): non-finite values") }
+    // One copy into uninitialised storage and a vectorised check: this runs on 8.8 MB twice a step at LSTM 512.
+    let out = [Float](unsafeUninitializedCapacity: count) { buffer, initialized in
+        frame.withUnsafeBytes { src in UnsafeMutableRawBufferPointer(buffer).copyMemory(from: src) }
+        initialized = count
+    }
+    if finite, !out.withUnsafeBufferPointer({ $0.baseAddress.map { Kernels.allFinite($0, count: count) } ?? true }) {
+        throw WireError("\(name): non-finite values")
+    }
     return out
 }
 

@@ -55,12 +55,7 @@ public final class Generator {
             switch cfg.cell {
             case .lstm:
                 BLAS.gemv(m: GH, n: H, a: p + layer.weightHH, lda: H, x: hv, beta: 1, y: g)
-                for j in 0..<H {
-                    let i = Kernels.sigmoid(g[j]), f = Kernels.sigmoid(g[H + j])
-                    let gg = Kernels.tanh(g[2 * H + j]), o = Kernels.sigmoid(g[3 * H + j])
-                    cv[j] = f * cv[j] + i * gg
-                    hv[j] = o * Kernels.tanh(cv[j])
-                }
+                RecurrentLayer.lstmCell(gates: g, cPrev: cv, c: cv, tanhC: hv, h: hv, hidden: H)
             case .rnn:
                 BLAS.gemv(m: GH, n: H, a: p + layer.weightHH, lda: H, x: hv, beta: 1, y: g)
                 for j in 0..<H { hv[j] = cfg.activation == .tanh ? Kernels.tanh(g[j]) : Kernels.sigmoid(g[j]) }

@@ -89,15 +89,8 @@ public struct RecurrentLayer {
                 BLAS.gemm(transB: true, m: B, n: GH, k: H, a: hPrev, lda: H, b: whh, ldb: H, beta: 1, c: g, ldc: GH)
                 let cPrev = ws.c.pointer + t * B * H, cNew = cPrev + B * H, tc = ws.tanhC.pointer + t * B * H
                 for b in 0..<B {
-                    let gr = g + b * GH, o = b * H
-                    for j in 0..<H {
-                        let i = Kernels.sigmoid(gr[j]), f = Kernels.sigmoid(gr[H + j])
-                        let gg = Kernels.tanh(gr[2 * H + j]), og = Kernels.sigmoid(gr[3 * H + j])
-                        gr[j] = i; gr[H + j] = f; gr[2 * H + j] = gg; gr[3 * H + j] = og
-                        let cv = f * cPrev[o + j] + i * gg
-                        let tcv = Kernels.tanh(cv)
-                        cNew[o + j] = cv; tc[o + j] = tcv; hNew[o + j] = og * tcv
-                    }
+                    let o = b * H
+                    RecurrentLayer.lstmCell(gates: g + b * GH, cPrev: cPrev + o, c: cNew + o, tanhC: tc + o, h: hNew + o, hidden: H)
                 }
             case .rnn:
                 BLAS.gemm(transB: true, m: B, n: GH, k: H, a: hPrev, lda: H, b: whh, ldb: H, beta: 1, c: g, ldc: GH)
@@ -122,6 +115,21 @@ public struct RecurrentLayer {
                 }
             }
         }
+    }
+
+    /// One column's LSTM cell: the gate pre-activations (i, f, g, o blocks of `hidden`) become activations in place,
+    /// then c = f c_prev + i g, tanh(c) and h = o tanh(c). Gate by gate over contiguous blocks (i and f are adjacent),
+    /// so that every loop vectorises. `c` may be `cPrev`, and `tanhC` may be `h` (the generator keeps neither).
+    @inline(__always)
+    static func lstmCell(gates gr: UnsafeMutablePointer<Float>, cPrev: UnsafePointer<Float>, c: UnsafeMutablePointer<Float>,
+                         tanhC: UnsafeMutablePointer<Float>, h: UnsafeMutablePointer<Float>, hidden H: Int) {
+        Kernels.sigmoidInPlace(gr, count: 2 * H)
+        Kernels.tanh(gr + 2 * H, into: gr + 2 * H, count: H)
+        Kernels.sigmoidInPlace(gr + 3 * H, count: H)
+        let i = gr, f = gr + H, g = gr + 2 * H, o = gr + 3 * H
+        for j in 0..<H { c[j] = f[j] * cPrev[j] + i[j] * g[j] }
+        Kernels.tanh(c, into: tanhC, count: H)
+        for j in 0..<H { h[j] = o[j] * tanhC[j] }
     }
 
     /// Backward over the window, accumulating into `grads`. `dOut` (T*B, H) is the gradient of the loss with respect

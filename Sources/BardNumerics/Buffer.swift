@@ -68,8 +68,5 @@ public final class FloatBuffer: @unchecked Sendable {
         return total
     }
 
-    public var allFinite: Bool {
-        for i in 0..<count where !pointer[i].isFinite { return false }
-        return true
-    }
+    public var allFinite: Bool { Kernels.allFinite(pointer, count: count) }
 }

@@ -35,4 +35,51 @@ final class BLASTests: XCTestCase {
         XCTAssertEqual(r.uniform(at: 77), CounterRandom(key: CounterRandom.key(1, 2, 3)).uniform(at: 77))
         XCTAssertNotEqual(r.uniform(at: 77), CounterRandom(key: CounterRandom.key(1, 3, 3)).uniform(at: 77))
     }
+
+    /// The bit-level finiteness check against Float.isFinite: extremes and subnormals are finite; NaN (quiet and
+    /// signalling, either sign) and both infinities anywhere in the array are not.
+    func testAllFiniteMatchesIsFinite() {
+        let finite: [Float] = [0, -0.0, 1, -1, .greatestFiniteMagnitude, -.greatestFiniteMagnitude, .leastNonzeroMagnitude,
+                               .leastNormalMagnitude, 3.4e38, 1e-45]
+        let special: [Float] = [.nan, -.nan, .signalingNaN, .infinity, -.infinity, Float(bitPattern: 0x7F80_0001)]
+        for n in [1, 7, 8, 33, 1000] {
+            var values = (0..<n).map { finite[$0 % finite.count] }
+            XCTAssertTrue(Kernels.allFinite(values, count: n))
+            for s in special {
+                for at in [0, n / 2, n - 1] {
+                    let old = values[at]
+                    values[at] = s
+                    XCTAssertFalse(Kernels.allFinite(values, count: n), "\(s) at \(at) of \(n)")
+                    XCTAssertFalse(values.allSatisfy(\.isFinite))
+                    values[at] = old
+                }
+            }
+        }
+    }
+
+    /// The vectorised sigmoid and tanh (a branch-free exp inside) against Double's, densely over the range where they
+    /// are not saturated and out to +-200, where they must saturate exactly; and against the scalar versions.
+    func testVectorisedSigmoidAndTanhMatchDouble() {
+        var xs: [Float] = [-200, -100, -88.5, -87.3, -44, 44, 87.3, 88.5, 100, 200, 0, -0.0, 1e-7, -1e-7]
+        var x: Float = -45
+        while x <= 45 { xs.append(x); x += x.magnitude < 3 ? 0.000_61 : 0.0137 }
+        var s = xs, t = xs
+        Kernels.sigmoidInPlace(&s, count: xs.count)
+        Kernels.tanh(xs, into: &t, count: xs.count)
+        var worstSigmoid = 0.0, worstTanh = 0.0
+        for (k, x) in xs.enumerated() {
+            let exactS = 1 / (1 + Foundation.exp(-Double(x))), exactT = Foundation.tanh(Double(x))
+            // (Below 1e-30 a float sigmoid is a flush towards zero, not an error of the method.)
+            if exactS > 1e-30 { worstSigmoid = max(worstSigmoid, abs(Double(s[k]) - exactS) / exactS) }
+            worstTanh = max(worstTanh, abs(Double(t[k]) - exactT))
+            XCTAssertEqual(s[k], Kernels.sigmoid(x), accuracy: 3e-7 * max(s[k], 1e-30), "sigmoid \(x)")
+            XCTAssertEqual(t[k], Kernels.tanh(x), accuracy: 3e-7, "tanh \(x)")
+        }
+        XCTAssertLessThan(worstSigmoid, 4e-7, "sigmoid relative error")
+        XCTAssertLessThan(worstTanh, 3e-7, "tanh absolute error")
+        for (k, x) in xs.enumerated() where x.magnitude >= 44 {
+            XCTAssertEqual(t[k], x > 0 ? 1 : -1, "tanh saturates at \(x)")
+            if x > 0 { XCTAssertEqual(s[k], 1, "sigmoid saturates at \(x)") }
+        }
+    }
 }
