@@ -56,8 +56,16 @@ public struct ModelCheckpoint {
     }
 
     /// Weights for `--init`: any safetensors file with the state-dict names of `layout` and matching shapes.
-    public static func loadWeights(path: String, layout: ParameterLayout) throws -> FloatBuffer {
-        try fill(layout: layout, from: Safetensors.read(path: path).tensors, name: path)
+    /// When the file carries Bard's vocabulary and `vocabulary` is given, they must be the same: with another one of
+    /// the same size the shapes fit, but every embedding and decoder row would stand for another character.
+    public static func loadWeights(path: String, layout: ParameterLayout, vocabulary: Vocabulary? = nil) throws -> FloatBuffer {
+        let (tensors, meta) = try Safetensors.read(path: path)
+        if let vocabulary, let json = meta["vocabulary"], let theirs = try? Vocabulary(json: json), theirs != vocabulary {
+            let shared = min(theirs.count, vocabulary.count)
+            let differs = (0..<shared).first { theirs.scalars[$0] != vocabulary.scalars[$0] } ?? shared
+            throw BardError.badCheckpoint("\(path) was trained on another vocabulary (\(theirs.count) characters against this corpus's \(vocabulary.count), first differing at index \(differs)): its embedding and decoder rows would stand for other characters")
+        }
+        return try fill(layout: layout, from: tensors, name: path)
     }
 
     static func fill(layout: ParameterLayout, from tensors: [Tensor], name: String) throws -> FloatBuffer {

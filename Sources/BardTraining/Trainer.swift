@@ -164,7 +164,7 @@ public final class Trainer {
             step = ts.step; epoch = ts.epoch; window = ts.window; chars = ts.chars; minLoss = ts.minLoss
             rng = ts.rng; elapsedBefore = ts.elapsed; lastValLoss = ckpt.valLoss
         } else if let initPath = options.initPath {
-            params = try ModelCheckpoint.loadWeights(path: initPath, layout: model.layout)
+            params = try ModelCheckpoint.loadWeights(path: initPath, layout: model.layout, vocabulary: corpus.vocabulary)
         } else {
             params = model.makeParameters(seed: config.seed)
         }

@@ -105,6 +105,14 @@ final class CLITests: XCTestCase {
         let i = try bard(["inspect", out + "/model.safetensors"])
         XCTAssertTrue(i.out.contains("step: 40"), i.out)
         XCTAssertTrue(i.out.contains("parameters:"), i.out)
+        // The book's alpha 0.05 is per step of the summed window loss: lr 0.05 x bptt, also for another --bptt.
+        for (extra, lr) in [([] as [String], "lr 0.5 "), (["--lr", "0.3"], "lr 0.3 ")] {
+            let b = try bard(["train", "--recipe", "book", "--data", data, "--out", dir + "/book", "--embed", "8", "--hidden", "16",
+                              "--bptt", "10", "--steps", "2", "--sample-length", "0"] + extra)
+            XCTAssertEqual(b.status, 0, b.err)
+            let bi = try bard(["inspect", dir + "/book/model.safetensors"])
+            XCTAssertTrue(bi.out.contains("sgd \(lr)"), bi.out)
+        }
     }
 
     /// A `--count` pool stops at once, with the children's status, on a failure that a restart cannot cure (here a

@@ -117,6 +117,12 @@ final class SafetensorsTests: XCTestCase {
         XCTAssertThrowsError(try ModelCheckpoint.loadWeights(path: path, layout: ParameterLayout(config: other, vocabularySize: 4))) {
             XCTAssertTrue("\($0)".contains("shape"), "\($0)")
         }
+        // --init from a Bard checkpoint of another vocabulary of the same size: the shapes fit, the meaning does not.
+        XCTAssertEqual(try ModelCheckpoint.loadWeights(path: path, layout: model.layout, vocabulary: vocab).array, params.array)
+        let shifted = Vocabulary(text: Array("abd\n".unicodeScalars))
+        XCTAssertThrowsError(try ModelCheckpoint.loadWeights(path: path, layout: model.layout, vocabulary: shifted)) {
+            XCTAssertTrue("\($0)".contains("another vocabulary (4 characters against this corpus's 4, first differing at index 3)"), "\($0)")
+        }
     }
 }
 
