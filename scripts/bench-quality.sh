@@ -25,7 +25,10 @@ scripts/get-corpus.sh >/dev/null
 bard="$(swift build -c release --show-bin-path)/bard"
 threads=$(nproc)
 pid=
-trap '[[ -z $pid ]] || kill -INT "$pid" 2>/dev/null || true' EXIT INT TERM
+# Ctrl-C or SIGTERM stops the recipe in training (it checkpoints) and the whole benchmark, not just that recipe.
+stop() { [[ -z $pid ]] || { kill -INT "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; }; }
+trap stop EXIT
+trap 'stop; echo "bench-quality: interrupted" >&2; exit 130' INT TERM
 
 echo "load average at start: $(cut -d' ' -f1-3 /proc/loadavg); $threads threads"
 for recipe in "${recipes[@]}"; do
@@ -55,6 +58,8 @@ PY
 import json, sys
 rows = [json.loads(l) for l in open(sys.argv[1])]
 epochs = [(r["epoch"], r["val_loss"], r["time"]) for r in rows if "val_loss" in r]
+if not epochs:
+    sys.exit(f"{sys.argv[3]}: stopped before its first validation ({len(rows)} steps)")
 best = min(v for _, v, _ in epochs)
 print("epoch  val loss  wall s")
 for e, v, t in epochs:

@@ -12,6 +12,7 @@ torch_bench=../shared/bench/pytorch_lstm_bench.py
 venv=${BARD_TORCH_VENV:-/tmp/tv}
 if ! "$venv/bin/python" -c 'import torch' 2>/dev/null; then
     python3 -m venv "$venv"
+    # The +cpu wheel is not on PyPI: this machine kind serves it from its local wheel folder (pip's find-links).
     "$venv/bin/pip" install -q torch==2.13.0+cpu numpy
 fi
 swift build -c release 2>&1 | tail -1
@@ -22,14 +23,21 @@ log=$(mktemp "${TMPDIR:-/tmp}/bard-vs-torch.XXXXXX")
 trap 'rm -f "$log"' EXIT
 
 echo "load average at start: $(cut -d' ' -f1-3 /proc/loadavg); $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(nproc) cores"
+# One measurement into the log, or a one-line error naming the command that failed.
+measure() {  # label command...
+    local label=$1 out
+    shift
+    out=$("$@" 2>&1 | grep -E '^\{|RESULT') || { echo "bench-vs-pytorch: '$*' failed" >&2; exit 1; }
+    echo "$label $out" >>"$log"
+}
 for r in $(seq 1 "$rounds"); do
     for t in 1 2; do
-        echo "bard train $t $("$bard" bench --threads "$t" --gen-chars 1 --json)" >>"$log"
-        echo "torch train $t $("$venv/bin/python" "$torch_bench" train --threads "$t" | grep RESULT)" >>"$log"
+        measure "bard train $t" "$bard" bench --threads "$t" --gen-chars 1 --json
+        measure "torch train $t" "$venv/bin/python" "$torch_bench" train --threads "$t"
     done
-    echo "bard gen 1 $("$bard" bench --steps 1 --json)" >>"$log"
+    measure "bard gen 1" "$bard" bench --steps 1 --json
     # oneDNN off, as in the reference row: PyTorch's batch-1 generation is 15x slower with it on.
-    echo "torch gen 1 $("$venv/bin/python" "$torch_bench" gen --threads 1 --no-mkldnn | grep RESULT)" >>"$log"
+    measure "torch gen 1" "$venv/bin/python" "$torch_bench" gen --threads 1 --no-mkldnn
     echo "round $r of $rounds done; load $(cut -d' ' -f1 /proc/loadavg)" >&2
 done
 

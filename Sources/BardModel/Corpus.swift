@@ -71,7 +71,9 @@ public struct Corpus: Sendable {
         }
         if isDir.boolValue { throw BardError.badInput("corpus \(path) is a directory, not a text file") }
         guard let data = FileManager.default.contents(atPath: path) else {
-            throw BardError.badInput("corpus \(path): cannot read the file")
+            // An I/O error, not bad input: it may pass (a permission fixed, a network file system back), so a worker
+            // supervisor restarts rather than gives up.
+            throw BardError.io("corpus \(path): cannot read the file")
         }
         if data.isEmpty { throw BardError.badInput("corpus \(path) is empty") }
         let bytes = [UInt8](data)

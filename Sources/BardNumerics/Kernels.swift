@@ -10,10 +10,14 @@ public enum Kernels {
 
     /// e^x within about 2 ulp (Cephes' expf: x = n ln2 + r, a polynomial for e^r, 2^n from the exponent bits), with no
     /// call and no branch, so that the loops below vectorise; glibc's expf is a call per value. x is clamped to
-    /// [-87.3, 88.3], where e^x stays a normal float (sigmoid and tanh saturate exactly there).
+    /// [-87.3, 88.3], where e^x stays a normal float: tanh saturates to exactly +-1 and sigmoid to exactly 1 there,
+    /// and sigmoid to 1e-38 on the negative side. NaN in gives NaN out.
     @inline(__always) static func vectorExp(_ x: Float) -> Float {
         let x = Swift.min(Swift.max(x, -87.3), 88.3)
-        let n = (x * 1.442_695_04 + 12_582_912) - 12_582_912  // round(x / ln2) by the 1.5 * 2^23 trick
+        // round(x / ln2) by the 1.5 * 2^23 trick: t's low mantissa bits hold n, which becomes 2^n's exponent below
+        // without a float-to-integer conversion (undefined for NaN).
+        let t = x * 1.442_695_04 + 12_582_912
+        let n = t - 12_582_912
         let r = x - n * 0.693_359_375 + n * 2.121_944_4e-4
         var p: Float = 1.987_569_15e-4
         p = p * r + 1.398_199_95e-3
@@ -21,7 +25,7 @@ public enum Kernels {
         p = p * r + 4.166_579_59e-2
         p = p * r + 0.166_666_655
         p = p * r + 0.500_000_012
-        return (p * (r * r) + r + 1) * Float(bitPattern: UInt32(bitPattern: Int32(n) &+ 127) << 23)
+        return (p * (r * r) + r + 1) * Float(bitPattern: (t.bitPattern &+ 127) &<< 23)
     }
 
     /// x[i] = sigmoid(x[i]), vectorised.

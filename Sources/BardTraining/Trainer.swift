@@ -211,7 +211,7 @@ public final class Trainer {
             guard loss.isFinite, norm.isFinite else {
                 // A fresh run that has not checkpointed yet has no good checkpoint (out/ may hold an older run's).
                 let kept = lastCheckpointStep > 0 ? "the last good checkpoint is \(modelPath) (step \(lastCheckpointStep))"
-                    : "no checkpoint was written before it (--checkpoint-every N keeps one every N steps)"
+                    : "no checkpoint was written before it" + (options.checkpointEvery == 0 ? " (--checkpoint-every N keeps one every N steps)" : "")
                 throw BardError.diverged("training diverged at step \(step + 1) (loss \(loss), gradient norm \(norm)); \(kept); lower --lr or set --clip")
             }
             optimizer.apply(params: params, grads: grads)

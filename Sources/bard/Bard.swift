@@ -87,7 +87,7 @@ struct TrainingFlags: ParsableArguments {
         if let bptt {
             c.bptt = bptt
             // The book's alpha is per step of the summed window loss: keep it per step when the window changes.
-            if c.recipe == "book" && lr == nil { c.lr = 0.05 * Double(bptt) }
+            if c.recipe == "book" && lr == nil && c.optimizer == .sgd { c.lr = 0.05 * Double(bptt) }
         }
         if let epochs { c.epochs = epochs }
         if let steps { c.steps = steps }

@@ -60,6 +60,7 @@ struct CoordinatorCommand: ParsableCommand {
     @OptionGroup var monitoring: MonitorFlags
 
     func validate() throws {
+        if let m = minWorkers, m < 1 { throw ValidationError("--min-workers must be >= 1") }
         guard startWorkers >= 1 else { throw ValidationError("--workers must be >= 1") }
         guard heartbeatTimeout > 0 else { throw ValidationError("--heartbeat-timeout must be > 0") }
         if autoResume && (resume != nil || initFile != nil) { throw ValidationError("--auto-resume excludes --resume and --init") }

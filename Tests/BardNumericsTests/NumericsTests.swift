@@ -77,6 +77,13 @@ final class BLASTests: XCTestCase {
         }
         XCTAssertLessThan(worstSigmoid, 4e-7, "sigmoid relative error")
         XCTAssertLessThan(worstTanh, 3e-7, "tanh absolute error")
+        // NaN in, NaN out (the training loop's divergence check relies on it), for either sign.
+        var nan: [Float] = [.nan, -.nan, 1]
+        Kernels.sigmoidInPlace(&nan, count: 3)
+        XCTAssertTrue(nan[0].isNaN && nan[1].isNaN && nan[2] == Kernels.sigmoid(1))
+        var tanhNaN: [Float] = [0, 0]
+        Kernels.tanh([.nan, -.nan], into: &tanhNaN, count: 2)
+        XCTAssertTrue(tanhNaN[0].isNaN && tanhNaN[1].isNaN)
         for (k, x) in xs.enumerated() where x.magnitude >= 44 {
             XCTAssertEqual(t[k], x > 0 ? 1 : -1, "tanh saturates at \(x)")
             if x > 0 { XCTAssertEqual(s[k], 1, "sigmoid saturates at \(x)") }
