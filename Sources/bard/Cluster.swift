@@ -187,21 +187,20 @@ struct WorkerCommand: ParsableCommand {
         var children = try (0..<n).map(start)
         var finished = Set<Int>()
         var restarts = 0
+        func stopAll(status: Int32) throws -> Never {
+            for c in children where c.isRunning { c.terminate() }
+            for c in children { c.waitUntilExit() }
+            throw ExitCode(status)
+        }
         while finished.count < n {
-            if stopRequested != 0 {
-                for c in children where c.isRunning { c.terminate() }
-                for c in children { c.waitUntilExit() }
-                throw ExitCode(130)
-            }
+            if stopRequested != 0 { try stopAll(status: 130) }
             Thread.sleep(forTimeInterval: 0.2)
             for i in 0..<n where !finished.contains(i) && !children[i].isRunning {
                 let status = children[i].terminationStatus
                 if status == 0 || status == WorkerCommand.coordinatorGone { finished.insert(i); continue }
                 if children[i].terminationReason == .exit && WorkerCommand.finalFailures.contains(status) {
-                    for c in children where c.isRunning { c.terminate() }
-                    for c in children { c.waitUntilExit() }
                     FileHandle.standardError.write(Data("worker supervisor: worker \(i) exited with status \(status), which a restart cannot cure (its error is above); stopping all \(n)\n".utf8))
-                    throw ExitCode(status)
+                    try stopAll(status: status)
                 }
                 restarts += 1
                 FileHandle.standardError.write(Data("worker supervisor: worker \(i) exited with status \(status); restarting (restart \(restarts))\n".utf8))

@@ -124,13 +124,9 @@ final class InMemoryClusterTests: XCTestCase {
         var messages: [String] = []
         let coordinator = Coordinator(transport: hub.server(), model: t.model, fingerprint: "aaaaaaaaaaaaaaaa", minWorkers: 1, log: { messages.append($0) })
         let w = WorkerCore(transport: hub.client(id: "w"), name: "w", fingerprint: "bbbbbbbbbbbbbbbb", threads: 1, log: { _ in })
-        final class Box: @unchecked Sendable { var error: Error? }
-        let box = Box()
-        let th = Thread { do { try w.run() } catch { box.error = error } }
-        th.start()
+        let box = runInBackground(w)
         XCTAssertThrowsError(try coordinator.waitForWorkers(1, timeout: 3))
-        let deadline = Date().addingTimeInterval(5)
-        while box.error == nil && Date() < deadline { Thread.sleep(forTimeInterval: 0.02) }
+        box.waitForError(seconds: 5)
         // The worker's error says which side has which corpus, and is a refusal (its supervisor must not restart it).
         guard case .refused(let reason) = box.error as? BardError else { return XCTFail("\(String(describing: box.error))") }
         XCTAssertTrue(reason.contains("this worker's --data has fingerprint bbbbbbbbbbbb"), reason)
@@ -157,17 +153,29 @@ final class InMemoryClusterTests: XCTestCase {
         let hub2 = InMemoryHub()
         let server = hub2.server()
         let worker = WorkerCore(transport: hub2.client(id: "w"), name: "w", fingerprint: "", threads: 1, log: { _ in })
-        final class Box: @unchecked Sendable { var error: Error? }
-        let box = Box()
-        Thread { do { try worker.run() } catch { box.error = error } }.start()
+        let box = runInBackground(worker)
         guard let (peer, _) = try server.receive(timeout: 3) else { return XCTFail("the worker never said hello") }
         var refusal = Message.refuse(reason: "protocol version 1 is not this coordinator's (2)").encode()
         refusal[0][4] = UInt8(truncatingIfNeeded: Wire.version + 1)
         XCTAssertTrue(server.send(to: peer, refusal))
-        let deadline = Date().addingTimeInterval(5)
-        while box.error == nil && Date() < deadline { Thread.sleep(forTimeInterval: 0.02) }
+        box.waitForError(seconds: 5)
         guard case .refused(let why) = box.error as? BardError else { return XCTFail("\(String(describing: box.error))") }
         XCTAssertTrue(why.contains("speaks protocol version \(Wire.version + 1), this worker \(Wire.version)"), why)
         XCTAssertTrue(why.contains("not this coordinator's (2)"), why)
+    }
+
+    /// The error a worker's run ended with, once it has.
+    final class WorkerOutcome: @unchecked Sendable {
+        var error: Error?
+        func waitForError(seconds: Double) {
+            let deadline = Date().addingTimeInterval(seconds)
+            while error == nil && Date() < deadline { Thread.sleep(forTimeInterval: 0.02) }
+        }
+    }
+
+    func runInBackground(_ worker: WorkerCore) -> WorkerOutcome {
+        let outcome = WorkerOutcome()
+        Thread { do { try worker.run() } catch { outcome.error = error } }.start()
+        return outcome
     }
 }
