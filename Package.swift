@@ -1,7 +1,8 @@
 // swift-tools-version:6.0
 import PackageDescription
 
-// Dependencies flow one way: numerics -> model -> training -> cluster/transport -> bard;
+// Dependencies flow one way: numerics -> model -> training -> cluster -> transport -> bard; the wire format
+// (BardWire) depends on numerics only;
 // plot -> monitor (metrics and dashboard over HTTP) -> bard.
 let package = Package(
     name: "Bard",
@@ -11,6 +12,7 @@ let package = Package(
         // For the fuzz targets in Tests/Fuzz (a package of their own, built with --sanitize=fuzzer).
         .library(name: "BardModel", targets: ["BardModel"]),
         .library(name: "BardCluster", targets: ["BardCluster"]),
+        .library(name: "BardWire", targets: ["BardWire"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
@@ -28,7 +30,9 @@ let package = Package(
         .target(name: "BardModel", dependencies: ["BardNumerics", .product(name: "Crypto", package: "swift-crypto")],
                 swiftSettings: [.unsafeFlags(["-Ounchecked"])]),
         .target(name: "BardTraining", dependencies: ["BardModel"]),
-        .target(name: "BardCluster", dependencies: ["BardTraining", "BardModel"]),
+        // The wire format: what peers send each other, and nothing else (numerics only).
+        .target(name: "BardWire", dependencies: ["BardNumerics"]),
+        .target(name: "BardCluster", dependencies: ["BardWire", "BardTraining", "BardModel"]),
         .target(name: "BardTransport", dependencies: ["CZMQ", "BardCluster"]),
         .target(name: "BardPlot"),
         .target(name: "BardMonitor", dependencies: [

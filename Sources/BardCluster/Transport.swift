@@ -1,20 +1,59 @@
+@_exported import BardWire
 import Foundation
 
 /// A peer's routing identity, as the coordinator's socket sees it.
 public typealias PeerID = [UInt8]
+
+/// Who sent a message, as the transport authenticated it: the sender's CURVE public key (Z85, ZeroMQ's `User-Id`)
+/// and the role `authorized_keys` grants that key. Nil on a plaintext socket, where anyone may be anyone.
+public struct Credential: Equatable, Hashable, Sendable {
+    public let key: String
+    public let role: PeerRole
+    public init(key: String, role: PeerRole) { self.key = key; self.role = role }
+}
+
+/// One received message.
+public struct Envelope: Sendable {
+    public let peer: PeerID
+    public let frames: [[UInt8]]
+    public let credential: Credential?
+    public init(peer: PeerID, frames: [[UInt8]], credential: Credential? = nil) {
+        self.peer = peer; self.frames = frames; self.credential = credential
+    }
+}
+
+/// How much of one incoming message a receiver keeps. A message with more frames or more bytes is read to its end
+/// frame by frame, never held whole, and dropped (counted in `droppedMessages`).
+public struct ReceiveLimits: Equatable, Sendable {
+    public var maxFrames: Int
+    public var maxBytes: Int
+    public init(maxFrames: Int, maxBytes: Int) { self.maxFrames = maxFrames; self.maxBytes = maxBytes }
+    /// Before the run's shapes are known: control messages only.
+    public static let control = ReceiveLimits(maxFrames: 8, maxBytes: 1 << 20)
+}
 
 /// The coordinator's side: one socket (ROUTER), messages tagged with the sending peer.
 /// `send` returning true does not mean the peer got it: a ROUTER drops messages to a peer that just vanished,
 /// so progress rests on step ids and replies.
 public protocol ServerTransport: AnyObject {
     func send(to peer: PeerID, _ frames: [[UInt8]]) -> Bool
-    func receive(timeout: Double) throws -> (peer: PeerID, frames: [[UInt8]])?
+    func receive(timeout: Double) throws -> Envelope?
+    /// What `receive` keeps of one message; set from the run's shapes.
+    var limits: ReceiveLimits { get set }
+    /// Messages dropped for exceeding `limits`.
+    var droppedMessages: Int { get }
+    /// Handshakes denied by authentication (0 on a plaintext socket).
+    var deniedHandshakes: Int { get }
+    /// False once authentication can no longer be enforced (the ZAP handler died): the coordinator must stop.
+    var authenticationHealthy: Bool { get }
 }
 
 /// A worker's or fetch client's side: one socket (DEALER) to the coordinator.
 public protocol ClientTransport: AnyObject {
     func send(_ frames: [[UInt8]]) -> Bool
     func receive(timeout: Double) throws -> [[UInt8]]?
+    /// What `receive` keeps of one message (a worker widens it once it knows the model's size).
+    var limits: ReceiveLimits { get set }
 }
 
 /// An in-memory hub for tests of the state machines: one server, any number of clients, FIFO queues.

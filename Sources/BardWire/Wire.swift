@@ -1,4 +1,3 @@
-import BardModel
 import BardNumerics
 import Foundation
 
