@@ -56,20 +56,22 @@ public protocol ClientTransport: AnyObject {
     var limits: ReceiveLimits { get set }
 }
 
-/// An in-memory hub for tests of the state machines: one server, any number of clients, FIFO queues.
+/// An in-memory hub for tests of the state machines: one server, any number of clients, FIFO queues. A client may
+/// carry a credential, as a CURVE key would give it.
 public final class InMemoryHub: @unchecked Sendable {
     let lock = NSCondition()
     var serverQueue: [(PeerID, [[UInt8]])] = []
     var clientQueues: [PeerID: [[[UInt8]]]] = [:]
+    var credentials: [PeerID: Credential] = [:]
     /// Peers whose messages are dropped (a vanished worker).
     public var severed: Set<PeerID> = []
 
     public init() {}
 
     public func server() -> ServerTransport { InMemoryServer(hub: self) }
-    public func client(id: String) -> ClientTransport {
+    public func client(id: String, credential: Credential? = nil) -> ClientTransport {
         let peer = Array(id.utf8)
-        lock.lock(); clientQueues[peer] = []; lock.unlock()
+        lock.lock(); clientQueues[peer] = []; credentials[peer] = credential; lock.unlock()
         return InMemoryClient(hub: self, id: peer)
     }
 
@@ -83,8 +85,17 @@ public final class InMemoryHub: @unchecked Sendable {
     }
 }
 
+/// Drops what exceeds the limits, as the ZeroMQ transport does.
+func fits(_ frames: [[UInt8]], _ limits: ReceiveLimits) -> Bool {
+    frames.count <= limits.maxFrames && frames.reduce(0, { $0 + $1.count }) <= limits.maxBytes
+}
+
 final class InMemoryServer: ServerTransport {
     let hub: InMemoryHub
+    var limits = ReceiveLimits.control
+    var droppedMessages = 0
+    var deniedHandshakes: Int { 0 }
+    var authenticationHealthy: Bool { true }
     init(hub: InMemoryHub) { self.hub = hub }
     func send(to peer: PeerID, _ frames: [[UInt8]]) -> Bool {
         hub.lock.lock(); defer { hub.lock.unlock(); hub.lock.broadcast() }
@@ -92,13 +103,19 @@ final class InMemoryServer: ServerTransport {
         hub.clientQueues[peer]?.append(frames)
         return true
     }
-    func receive(timeout: Double) throws -> (peer: PeerID, frames: [[UInt8]])? {
-        hub.pop({ hub.serverQueue.isEmpty ? nil : hub.serverQueue.removeFirst() }, timeout: timeout).map { (peer: $0.0, frames: $0.1) }
+    func receive(timeout: Double) throws -> Envelope? {
+        guard let (peer, frames) = hub.pop({ hub.serverQueue.isEmpty ? nil : hub.serverQueue.removeFirst() }, timeout: timeout) else {
+            return nil
+        }
+        guard fits(frames, limits) else { droppedMessages += 1; return nil }
+        hub.lock.lock(); let credential = hub.credentials[peer]; hub.lock.unlock()
+        return Envelope(peer: peer, frames: frames, credential: credential)
     }
 }
 
 final class InMemoryClient: ClientTransport {
     let hub: InMemoryHub, id: PeerID
+    var limits = ReceiveLimits.control
     init(hub: InMemoryHub, id: PeerID) { self.hub = hub; self.id = id }
     func send(_ frames: [[UInt8]]) -> Bool {
         hub.lock.lock(); defer { hub.lock.unlock(); hub.lock.broadcast() }
@@ -107,9 +124,11 @@ final class InMemoryClient: ClientTransport {
         return true
     }
     func receive(timeout: Double) throws -> [[UInt8]]? {
-        hub.pop({ () -> [[UInt8]]? in
+        let frames = hub.pop({ () -> [[UInt8]]? in
             guard var q = hub.clientQueues[id], !q.isEmpty else { return nil }
             let m = q.removeFirst(); hub.clientQueues[id] = q; return m
         }, timeout: timeout)
+        guard let frames, fits(frames, limits) else { return nil }
+        return frames
     }
 }

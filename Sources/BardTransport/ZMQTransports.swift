@@ -38,10 +38,15 @@ public final class ZMQServerTransport: ServerTransport {
         (try? socket.send(frames: [peer] + frames)) == .sent
     }
 
-    public func receive(timeout: Double) throws -> (peer: PeerID, frames: [[UInt8]])? {
+    public var limits = ReceiveLimits.control
+    public var droppedMessages = 0
+    public var authenticationHealthy: Bool { true }
+    public var deniedHandshakes: Int { deniedClients }
+
+    public func receive(timeout: Double) throws -> Envelope? {
         do {
             guard let frames = try socket.receive(timeoutMilliseconds: Int(timeout * 1000)), frames.count >= 2 else { return nil }
-            return (frames[0], Array(frames.dropFirst()))
+            return Envelope(peer: frames[0], frames: Array(frames.dropFirst()))
         } catch let error as ZMQError {
             if case .interrupted = error { return nil }  // a signal: the caller checks its stop flag
             throw error
@@ -73,6 +78,7 @@ public final class ZMQClientTransport: ClientTransport {
         try socket.connect(connect)
     }
 
+    public var limits = ReceiveLimits.control
     public func send(_ frames: [[UInt8]]) -> Bool { (try? socket.send(frames: frames)) == .sent }
 
     public func receive(timeout: Double) throws -> [[UInt8]]? {

@@ -6,30 +6,119 @@ import Foundation
 /// further frames carry float32 or int32 arrays. `decode` checks every count, size and value before use.
 public enum Wire {
     public static let magic: [UInt8] = Array("BARD".utf8)
-    public static let version: UInt16 = 1
-    /// Largest frame a peer may send (ZMQ_MAXMSGSIZE): a 64M-parameter model's gradient.
+    /// 2: typed refusals, the model's shape in `welcome`.
+    public static let version: UInt16 = 2
+    /// Largest frame a peer may send (ZMQ_MAXMSGSIZE) before the run's shapes are known: a 64M-parameter model's gradient.
     public static let maxFrameBytes = 256 << 20
-    /// Largest count of any array we accept, and longest string.
+    /// Longest string we accept.
     static let maxString = 1 << 20
+
+    /// The largest legitimate message a coordinator receives in a run of these shapes (a `result`: header, gradient
+    /// sums, final h and c of a whole batch), for its receive limits; anything larger is dropped unread.
+    public static func largestResultBytes(parameterCount: Int, stateFloats: Int) -> Int {
+        Header.size + 64 + 4 * parameterCount + 2 * 4 * stateFloats
+    }
+}
+
+/// Frame 0 of every message starts with this: the only part promised to stay the same in every version, so that two
+/// releases can at least say why they cannot talk (with a `refuse`, whose reason string comes right after it).
+/// `encode` writes it and `decode` reads it through this one definition.
+public struct Header: Equatable, Sendable {
+    public static let size = 7
+    public var version: UInt16
+    public var type: UInt8
+
+    public init(type: MessageType) { version = Wire.version; self.type = type.rawValue }
+
+    func write(into w: inout Writer) {
+        w.bytes.append(contentsOf: Wire.magic); w.u16(version); w.u8(type)
+    }
+
+    /// Reads the header without judging its version or type.
+    static func read(_ r: inout Reader) throws -> Header {
+        guard Array(try r.take(4)) == Wire.magic else { throw WireError("bad magic (not a Bard peer)") }
+        var h = Header(type: .heartbeat)
+        h.version = try r.uint(UInt16.self)
+        h.type = try r.u8()
+        return h
+    }
 }
 
 public enum MessageType: UInt8, Sendable {
     case hello = 1, welcome = 2, refuse = 3, step = 4, result = 5, done = 6, heartbeat = 7, fetch = 8, chunk = 9
 }
 
+/// Why a peer was refused: what the receiver acts on. The text beside it is for people.
+public enum RefusalCode: UInt16, Sendable, CaseIterable {
+    /// Not an error: the coordinator does not know this worker (it restarted, or evicted it): say hello again.
+    case reRegister = 1
+    /// Another protocol version: nothing can be said beyond this refusal.
+    case protocolVersion = 2
+    /// The worker's `--data` is not the coordinator's corpus.
+    case corpusMismatch = 3
+    /// The worker's computation gave a non-finite loss or gradient.
+    case diverged = 4
+    /// The step needs parameters the worker does not have (it restarted): send them again.
+    case staleParameters = 5
+    /// The name is registered by another key.
+    case nameTaken = 6
+    /// The key's role does not allow this message (a fetch key saying hello as a worker).
+    case wrongRole = 7
+    /// The name is empty, too long or not printable.
+    case badName = 8
+    /// The coordinator has as many peers as it admits.
+    case full = 9
+    /// The request does not fit this side's model (shapes, tokens, sizes).
+    case badRequest = 10
+    /// The model is larger than this worker admits (`--max-parameters`).
+    case modelTooLarge = 11
+    /// A code this release does not know (a newer peer).
+    case unknown = 0xFFFF
+
+    /// Whether the refused peer must stop (exit 77) rather than try again.
+    public var isFinal: Bool {
+        switch self {
+        case .reRegister, .staleParameters, .diverged, .full, .badRequest, .unknown: return false
+        case .protocolVersion, .corpusMismatch, .nameTaken, .wrongRole, .badName, .modelTooLarge: return true
+        }
+    }
+}
+
+/// What a worker needs to build the model: its shape and the window's, not the training recipe.
+public struct ModelShape: Equatable, Sendable {
+    /// `CellKind` and `Activation` raw values (the receiver checks them against its enums).
+    public var cell: String
+    public var activation: String
+    public var layers: Int
+    public var embed: Int
+    public var hidden: Int
+    public var dropout: Float
+    public var outputBias: Bool
+    public var vocabularySize: Int
+    /// Window length (bptt) and total columns (batch) of every step.
+    public var steps: Int
+    public var columns: Int
+    public init(cell: String, activation: String, layers: Int, embed: Int, hidden: Int, dropout: Float, outputBias: Bool,
+                vocabularySize: Int, steps: Int, columns: Int) {
+        self.cell = cell; self.activation = activation; self.layers = layers; self.embed = embed; self.hidden = hidden
+        self.dropout = dropout; self.outputBias = outputBias; self.vocabularySize = vocabularySize; self.steps = steps
+        self.columns = columns
+    }
+}
+
 /// The messages of the protocol.
 public enum Message: Equatable, Sendable {
     /// Worker -> coordinator: protocol version (in the header), a name, and the corpus fingerprint it holds ("" = none).
     case hello(name: String, fingerprint: String)
-    /// Coordinator -> worker: the run's configuration and vocabulary size, and the coordinator's corpus fingerprint.
-    case welcome(configJSON: String, vocabularySize: Int, fingerprint: String)
-    /// Either side: a one-line reason, after which the connection is not used.
-    case refuse(reason: String)
-    /// Coordinator -> worker: compute one window for columns lo..<hi of `totalColumns`.
+    /// Coordinator -> worker: the model's shape and the coordinator's corpus fingerprint.
+    case welcome(ModelShape, fingerprint: String)
+    /// Either side: why, as a code to act on and a line for people.
+    case refuse(RefusalCode, reason: String)
+    /// Coordinator -> worker: compute one window for the global columns lo..<hi of `totalColumns`.
     case step(StepRequest)
     /// Worker -> coordinator.
     case result(StepResult)
-    /// Coordinator -> worker: training is over; exit.
+    /// Coordinator -> worker: training is over; exit. Sent only after the final step.
     case done
     case heartbeat
     /// Client -> coordinator: bytes of the latest checkpoint from `offset`; `final` asks for the end-of-training one.
@@ -175,19 +264,19 @@ extension Message {
     }
 
     public func encode() -> [[UInt8]] {
-        var w = Writer()
-        w.bytes.append(contentsOf: Wire.magic)
-        w.u16(Wire.version)
-        w.u8(type.rawValue)
+        var w = Message.header(type)
         switch self {
         case .hello(let name, let fp):
             w.string(name); w.string(fp)
             return [w.bytes]
-        case .welcome(let cfg, let v, let fp):
-            w.string(cfg); w.u32(UInt32(v)); w.string(fp)
+        case .welcome(let m, let fp):
+            w.string(m.cell); w.string(m.activation)
+            for v in [m.layers, m.embed, m.hidden, m.vocabularySize, m.steps, m.columns] { w.u32(UInt32(truncatingIfNeeded: v)) }
+            w.u32(m.dropout.bitPattern); w.u8(m.outputBias ? 1 : 0); w.string(fp)
             return [w.bytes]
-        case .refuse(let reason):
-            w.string(reason)
+        case .refuse(let code, let reason):
+            // The reason first: where every version keeps it.
+            w.string(reason); w.u16(code.rawValue)
             return [w.bytes]
         case .done, .heartbeat:
             return [w.bytes]
@@ -207,9 +296,7 @@ extension Message {
 
     static func header(_ type: MessageType) -> Writer {
         var w = Writer()
-        w.bytes.append(contentsOf: Wire.magic)
-        w.u16(Wire.version)
-        w.u8(type.rawValue)
+        Header(type: type).write(into: &w)
         return w
     }
 
@@ -239,18 +326,17 @@ extension Message {
     public static func foreignVersion(_ frames: [[UInt8]]) -> UInt16? {
         guard let head = frames.first else { return nil }
         var r = Reader(head)
-        guard let magic = try? r.take(4), Array(magic) == Wire.magic, let v = try? r.uint(UInt16.self), v != Wire.version
-        else { return nil }
-        return v
+        guard let h = try? Header.read(&r), h.version != Wire.version else { return nil }
+        return h.version
     }
 
     /// A refusal sent by a peer of another protocol version, with its reason.
     public static func foreignRefusal(_ frames: [[UInt8]]) -> (version: UInt16, reason: String)? {
-        guard frames.count == 1, let v = foreignVersion(frames) else { return nil }
-        var r = Reader(frames[0])
-        _ = try? r.take(6)
-        guard (try? r.u8()) == MessageType.refuse.rawValue, let reason = try? r.string() else { return nil }
-        return (v, reason)
+        guard frames.count == 1, let head = frames.first else { return nil }
+        var r = Reader(head)
+        guard let h = try? Header.read(&r), h.version != Wire.version, h.type == MessageType.refuse.rawValue,
+              let reason = try? r.string() else { return nil }
+        return (h.version, reason)
     }
 
     /// Decodes and validates a multipart message. Semantic checks that need the run's shapes (does the gradient have
@@ -258,10 +344,9 @@ extension Message {
     public static func decode(_ frames: [[UInt8]]) throws -> Message {
         guard let head = frames.first else { throw WireError("empty message") }
         var r = Reader(head)
-        guard Array(try r.take(4)) == Wire.magic else { throw WireError("bad magic (not a Bard peer)") }
-        let version = try r.uint(UInt16.self)
-        guard version == Wire.version else { throw WireError("protocol version \(version), this side speaks \(Wire.version)") }
-        guard let type = MessageType(rawValue: try r.u8()) else { throw WireError("unknown message type") }
+        let header = try Header.read(&r)
+        guard header.version == Wire.version else { throw WireError("protocol version \(header.version), this side speaks \(Wire.version)") }
+        guard let type = MessageType(rawValue: header.type) else { throw WireError("unknown message type") }
         func expectFrames(_ n: Int) throws {
             guard frames.count == n else { throw WireError("\(type) message with \(frames.count) frames, expected \(n)") }
         }
@@ -276,10 +361,18 @@ extension Message {
             message = .hello(name: try r.string(), fingerprint: try r.string())
         case .welcome:
             try expectFrames(1)
-            message = .welcome(configJSON: try r.string(), vocabularySize: Int(try r.uint(UInt32.self)), fingerprint: try r.string())
+            let cell = try r.string(), activation = try r.string()
+            var n: [Int] = []
+            for _ in 0..<6 { n.append(Int(try r.uint(UInt32.self))) }
+            let dropout = Float(bitPattern: try r.uint(UInt32.self)), bias = try r.u8() != 0
+            guard dropout.isFinite else { throw WireError("non-finite dropout") }
+            message = .welcome(ModelShape(cell: cell, activation: activation, layers: n[0], embed: n[1], hidden: n[2],
+                                          dropout: dropout, outputBias: bias, vocabularySize: n[3], steps: n[4], columns: n[5]),
+                               fingerprint: try r.string())
         case .refuse:
             try expectFrames(1)
-            message = .refuse(reason: try r.string())
+            let reason = try r.string()
+            message = .refuse(RefusalCode(rawValue: try r.uint(UInt16.self)) ?? .unknown, reason: reason)
         case .done:
             try expectFrames(1); message = .done
         case .heartbeat:

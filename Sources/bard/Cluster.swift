@@ -51,7 +51,8 @@ struct CoordinatorCommand: ParsableCommand {
     @Option(help: "Continue the run whose checkpoint is in this directory.") var resume: String?
     @Option(name: .customLong("checkpoint-every"), help: "Checkpoint every N steps (and at epoch ends and the end).") var checkpointEvery: Int = 100
     @Option(help: "After training, keep serving the final checkpoint this many seconds.") var linger: Double = 0
-    @Option(name: .customLong("step-timeout"), help: "Evict a worker that has not answered a step in this many seconds.") var stepTimeout: Double = 60
+    @Option(name: .customLong("step-timeout"), help: "Quarantine a worker that has not answered a step in this many seconds (default: 5x the measured median step, 10 to 60 s).") var stepTimeout: Double?
+    @Option(name: .customLong("max-workers"), help: "Admit at most this many workers at once.") var maxWorkers: Int = 256
     @Option(name: .customLong("sample-length"), help: "Characters of the sample printed after each epoch.") var sampleLength: Int = 200
     @Option(name: .customLong("heartbeat-timeout"), help: "Evict a worker not heard from (heartbeats are sent every second) for this many seconds.") var heartbeatTimeout: Double = 3
     @Flag(name: .customLong("auto-resume"), help: "Continue from the checkpoint in --out if there is one, else start afresh (for service managers that restart the coordinator).") var autoResume = false
@@ -68,7 +69,8 @@ struct CoordinatorCommand: ParsableCommand {
             throw ValidationError("--bind \(bind) is reachable from other hosts: give --keys DIR (bard keys generate --out DIR) or, on a trusted network, --insecure")
         }
         if let m = minWorkers, m < 1 || m > startWorkers { throw ValidationError("--min-workers must be 1...--workers") }
-        guard linger >= 0, stepTimeout > 0 else { throw ValidationError("--linger must be >= 0 and --step-timeout > 0") }
+        guard linger >= 0, (stepTimeout ?? 1) > 0 else { throw ValidationError("--linger must be >= 0 and --step-timeout > 0") }
+        guard maxWorkers >= startWorkers, maxWorkers <= 65536 else { throw ValidationError("--max-workers must be --workers...65536") }
     }
 
     func run() throws {
@@ -85,8 +87,9 @@ struct CoordinatorCommand: ParsableCommand {
         }
         let coordinator = Coordinator(transport: server, model: trainer.model, fingerprint: corpus.fingerprint,
                                       minWorkers: minWorkers ?? startWorkers, log: stderrLog("coordinator: "))
-        coordinator.stepTimeout = stepTimeout
-        coordinator.heartbeatTimeout = heartbeatTimeout
+        coordinator.deadline.override = stepTimeout
+        coordinator.membership.policy.heartbeatTimeout = heartbeatTimeout
+        coordinator.membership.policy.maxWorkers = maxWorkers
         let monitor = try monitoring.start(trainer: trainer, title: "bard coordinator: " + options.outDir) {
             coordinator.workerStatus.map {
                 WorkerRow(name: $0.name, columns: $0.columns.map { "\($0.lowerBound)..<\($0.upperBound)" } ?? "-", steps: $0.steps,
@@ -94,30 +97,32 @@ struct CoordinatorCommand: ParsableCommand {
             }
         }
         defer { monitor?.stop() }
-        coordinator.checkpointPath = trainer.modelPath
+        coordinator.checkpoints.path = trainer.modelPath
         installStopHandlers()
         say("coordinator listening on \(server.endpoint)\(security == nil ? " (plaintext)" : " (CURVE, \(security!.allowedClients.count) client key(s) admitted)"); waiting for \(startWorkers) worker(s)")
-        // Whatever happens, tell the workers training is over so they exit instead of waiting for a timeout.
-        var finished = false
-        defer { if !finished { try? coordinator.finish(linger: 0) } }
+        // Only the end of the run tells the workers `done`. A stop (a signal, `systemctl restart`) or a failure says
+        // nothing: the workers keep reconnecting until a coordinator is back (or their idle timeout passes: exit 75,
+        // which their supervisor restarts).
+        defer { server.close() }
         if trainer.step >= trainer.totalSteps {
             // A service manager restarted a finished run: serve its checkpoint instead of waiting for workers.
             say("the run in \(out) is complete (step \(trainer.step) of \(trainer.totalSteps)); serving its final checkpoint")
-            finished = true
             try coordinator.finish(linger: linger)
-            server.close()
             return
         }
-        try coordinator.waitForWorkers(startWorkers)
+        do { try coordinator.waitForWorkers(startWorkers) } catch is StopTraining {
+            say("stopped by signal before the first step; the workers wait for the next coordinator")
+            throw ExitCode(130)
+        }
         let result = try trainer.run(computer: coordinator)
+        if stopRequested != 0 {
+            say("stopped by signal at step \(result.step); the workers wait for the next coordinator (--resume \(out))")
+            throw ExitCode(130)
+        }
         say(String(format: "done: step %d, train loss %.4f, val loss %@; checkpoint %@; %d evictions, %d rejected messages",
                    result.step, result.trainLoss, result.valLoss.map { String(format: "%.4f", $0) } ?? "n/a",
                    trainer.modelPath, coordinator.evictions, coordinator.rejected))
-        let interrupted = stopRequested != 0
-        finished = true
-        try coordinator.finish(linger: interrupted ? 0 : linger)
-        server.close()
-        if interrupted { throw ExitCode(130) }
+        try coordinator.finish(linger: linger)
     }
 }
 
@@ -132,9 +137,13 @@ struct WorkerCommand: ParsableCommand {
     @Option(name: .customLong("idle-timeout"), help: "Give up after this many seconds without a word from the coordinator.") var idleTimeout: Double = 120
     @Option(help: "Key directory: use its client.key and trust its coordinator.pub (CURVE).") var keys: String?
     @Option(name: .customLong("key-file"), help: "This client's key pair, instead of client.key in --keys.") var keyFile: String?
+    @Option(name: .customLong("max-parameters"), help: "Refuse a coordinator's model with more parameters than this (checked before allocating).") var maxParameters: Int = WorkerCore.defaultMaxParameters
 
     func validate() throws {
         if let count, count < 1 || count > 256 { throw ValidationError("--count must be 1...256") }
+        guard maxParameters >= 1 else { throw ValidationError("--max-parameters must be >= 1") }
+        if let name, !Membership.isValidName(name) { throw ValidationError("--name must be 1-64 printable ASCII characters without spaces") }
+        guard idleTimeout > 0 else { throw ValidationError("--idle-timeout must be > 0") }
         guard threads >= 1 && threads <= 256 else { throw ValidationError("--threads must be 1...256") }
     }
 
@@ -145,9 +154,12 @@ struct WorkerCommand: ParsableCommand {
         let fingerprint = try data.map { try Corpus.load(path: $0).fingerprint } ?? ""
         let security = try keys.map { dir in try loadKeys { try KeyDirectory.clientSecurity(dir: dir, keyFile: keyFile) } }
         let context = try ZMQContext()
-        let client = try ZMQClientTransport(context: context, connect: connect, identity: identity, security: security)
+        // The routing identity is the name and a random suffix, unique per process: a restarted worker (or a thief
+        // of its name) gets a connection of its own, and the coordinator decides by name and key who is who.
+        let routing = identity + "." + String(UInt32.random(in: 0...UInt32.max), radix: 16)
+        let client = try ZMQClientTransport(context: context, connect: connect, identity: routing, security: security)
         let worker = WorkerCore(transport: client, name: identity, fingerprint: fingerprint, threads: threads,
-                                log: stderrLog("worker \(identity): "))
+                                maxParameters: maxParameters, log: stderrLog("worker \(identity): "))
         worker.idleTimeout = idleTimeout
         installStopHandlers()
         do { try worker.run() } catch let stop as WorkerStop {
@@ -156,12 +168,14 @@ struct WorkerCommand: ParsableCommand {
             switch stop {
             case .signalled: throw ExitCode(130)
             case .coordinatorSilent: throw ExitCode(WorkerCommand.coordinatorGone)
+            case .refused: throw ExitCode(BardError.refusedExitCode)
             }
         }
         client.close()
     }
 
-    /// Exit status of a worker whose coordinator went silent: the supervisor does not restart it.
+    /// Exit status of a worker whose coordinator went silent: "restart me" (the supervisor, systemd units and the
+    /// Kubernetes Job start it again; it does not count as a crash).
     static let coordinatorGone: Int32 = 75
     /// Exit statuses that restarting cannot cure: a bad flag (64), bad input such as a missing corpus (65), and a
     /// refusal by the coordinator, e.g. another corpus or protocol version (77). The supervisor stops the pool on them.
@@ -176,7 +190,7 @@ struct WorkerCommand: ParsableCommand {
             let p = Process()
             p.executableURL = exe
             var args = ["worker", "--connect", connect, "--threads", String(threads), "--idle-timeout", String(idleTimeout),
-                        "--name", "\(name ?? ProcessInfo.processInfo.hostName)-w\(i)"]
+                        "--name", "\(name ?? ProcessInfo.processInfo.hostName)-w\(i)", "--max-parameters", String(maxParameters)]
             if let data { args += ["--data", data] }
             if let keys { args += ["--keys", keys] }
             if let keyFile { args += ["--key-file", keyFile] }
@@ -197,7 +211,13 @@ struct WorkerCommand: ParsableCommand {
             Thread.sleep(forTimeInterval: 0.2)
             for i in 0..<n where !finished.contains(i) && !children[i].isRunning {
                 let status = children[i].terminationStatus
-                if status == 0 || status == WorkerCommand.coordinatorGone { finished.insert(i); continue }
+                if status == 0 && children[i].terminationReason == .exit { finished.insert(i); continue }
+                if status == WorkerCommand.coordinatorGone && children[i].terminationReason == .exit {
+                    // The coordinator is away (restarting, or gone): start it again to keep waiting; not a crash.
+                    FileHandle.standardError.write(Data("worker supervisor: worker \(i) heard no coordinator for --idle-timeout; restarting it to keep waiting\n".utf8))
+                    children[i] = try start(i)
+                    continue
+                }
                 if children[i].terminationReason == .exit && WorkerCommand.finalFailures.contains(status) {
                     FileHandle.standardError.write(Data("worker supervisor: worker \(i) exited with status \(status), which a restart cannot cure (its error is above); stopping all \(n)\n".utf8))
                     try stopAll(status: status)

@@ -1,6 +1,14 @@
 import BardModel
+import BardNumerics
 import Foundation
 import XCTest
+
+/// Tolerances of the multi-process tests, in one place. Two processes compute the same float operations in the
+/// same order on the same kernels, so they agree far below this; a different split of columns or summation order
+/// (N workers against one process) moves the parameters by about 1e-6 relative after hundreds of Adam steps.
+enum Tolerance {
+    static let crossProcess = 1e-5
+}
 
 /// Real processes over tcp loopback. Slow: run when BARD_SLOW=1 (CI sets it).
 class ProcessTestCase: XCTestCase {
@@ -23,6 +31,8 @@ class ProcessTestCase: XCTestCase {
         let p = Process()
         p.executableURL = URL(fileURLWithPath: CLITests.binary)
         p.arguments = args
+        // The same BLAS kernels as this process, so what the test computes itself is comparable.
+        p.environment = OpenBLASCore.childEnvironment()
         if !FileManager.default.fileExists(atPath: log) { FileManager.default.createFile(atPath: log, contents: nil) }
         let h = FileHandle(forWritingAtPath: log)
         h?.seekToEndOfFile()

@@ -80,14 +80,16 @@ final class ReliabilityTests: ProcessTestCase {
     }
 
     /// A worker of the `--count` pool crashes (SIGKILL) and its supervisor starts it again; then the coordinator is
-    /// killed mid-run and restarted with --resume: the workers reconnect by themselves and the final parameters equal
-    /// an uninterrupted run's.
-    func testCoordinatorRestartsFromItsCheckpoint() throws {
+    /// stopped mid-run as `systemctl restart` or a pod reschedule stops it (SIGTERM): it checkpoints its last step and
+    /// exits without telling anyone `done`, the same pool keeps waiting, and a coordinator started again with --resume
+    /// finishes the run with it; the final parameters equal an uninterrupted run's.
+    func testStoppedCoordinatorResumesWithTheSamePool() throws {
         let steps = 300
         let (data, flags, initFile, reference, endpoint, out, clog) = try referenceRun(steps: steps)
         let first = try launch(["coordinator"] + flags + ["--steps", String(steps), "--init", initFile, "--out", out,
                                 "--workers", "2", "--bind", endpoint, "--checkpoint-every", "25"], log: clog)
-        let pool = try launch(["worker", "--connect", endpoint, "--count", "2", "--data", data], log: dir + "/w.log")
+        let pool = try launch(["worker", "--connect", endpoint, "--count", "2", "--data", data, "--idle-timeout", "60"],
+                              log: dir + "/w.log")
         XCTAssertNotNil(waitFor(120) { stepsDone(out) >= 30 }, "the run did not start: " + read(clog))
         let children = read("/proc/\(pool.processIdentifier)/task/\(pool.processIdentifier)/children").split(separator: " ")
         XCTAssertEqual(children.count, 2, "the pool should have two worker processes")
@@ -95,17 +97,21 @@ final class ReliabilityTests: ProcessTestCase {
         XCTAssertNotNil(waitFor(30) { read(dir + "/w.log").contains("restarting (restart 1)") },
                         "the supervisor did not restart the crashed worker: " + read(dir + "/w.log"))
         XCTAssertNotNil(waitFor(120) { stepsDone(out) >= 110 }, "the run stalled after the worker crash: " + read(clog))
-        kill(first.processIdentifier, SIGKILL)
-        first.waitUntilExit()
-        let killedAt = stepsDone(out)
-        Thread.sleep(forTimeInterval: 1.5)  // the workers notice nothing but silence meanwhile
+        first.terminate()
+        XCTAssertTrue(waitExit(first, timeout: 30), "SIGTERM did not stop the coordinator")
+        XCTAssertNotEqual(first.terminationStatus, 0, "a stopped run must not look finished to a service manager")
+        let stoppedAt = try ModelCheckpoint.load(path: out + "/model.safetensors").step
+        XCTAssertEqual(stoppedAt, stepsDone(out), "the stop did not checkpoint its last step")
+        XCTAssertLessThan(stoppedAt, steps)
+        Thread.sleep(forTimeInterval: 2)  // the workers notice nothing but silence meanwhile
+        XCTAssertTrue(pool.isRunning, "the pool stopped with the coordinator: " + read(dir + "/w.log"))
+        XCTAssertFalse(read(dir + "/w.log").contains("training is over"), "a stopped coordinator said done: " + read(dir + "/w.log"))
         let second = try launch(["coordinator"] + flags + ["--resume", out, "--workers", "2", "--bind", endpoint], log: clog)
         XCTAssertTrue(waitExit(second, timeout: 300), "the resumed run did not finish")
         XCTAssertEqual(second.terminationStatus, 0, read(clog))
         let log = read(clog)
-        XCTAssertTrue(log.contains("resumed at step"), log)
+        XCTAssertTrue(log.contains("resumed at step \(stoppedAt)"), log)
         XCTAssertTrue(log.contains("done: step \(steps)"), log)
-        XCTAssertLessThan(killedAt, steps)
         XCTAssertTrue(waitExit(pool, timeout: 30), "workers did not finish after the resumed run")
         XCTAssertEqual(pool.terminationStatus, 0, read(dir + "/w.log"))
         let params = try ModelCheckpoint.load(path: out + "/model.safetensors").params.array

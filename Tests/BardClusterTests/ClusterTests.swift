@@ -13,8 +13,9 @@ final class WireTests: XCTestCase {
 
     func testRoundTrips() throws {
         let messages: [Message] = [
-            .hello(name: "w1", fingerprint: "abc"), .welcome(configJSON: "{}", vocabularySize: 65, fingerprint: "f"),
-            .refuse(reason: "no"), .done, .heartbeat, .fetch(offset: 10, final: true), .step(sampleStep()),
+            .hello(name: "w1", fingerprint: "abc"), .welcome(ModelShape(cell: "gru", activation: "tanh", layers: 2, embed: 3, hidden: 4, dropout: 0.5, outputBias: false,
+                               vocabularySize: 65, steps: 7, columns: 9), fingerprint: "f"),
+            .refuse(.nameTaken, reason: "no"), .done, .heartbeat, .fetch(offset: 10, final: true), .step(sampleStep()),
             .result(StepResult(stepID: 7, columns: 2..<5, lossSum: 1.5, computeSeconds: 0.1, gradients: [1, -1], h: [2], c: [3])),
             .chunk(Chunk(step: 4, final: true, totalBytes: 10, offset: 2, sha256: "s", bytes: [1, 2, 3])),
         ]
@@ -58,17 +59,6 @@ final class WireTests: XCTestCase {
         XCTAssertEqual(rejectedTruncations, truncations, "a truncated frame decoded")
         XCTAssertGreaterThan(truncations, 5000)
         XCTAssertLessThan(decoded, 20000 - truncations)
-    }
-
-    func testShardsAreContiguousAndCoverAllColumns() {
-        for workers in 1...6 {
-            let s = Coordinator.shards(columns: 32, workers: workers)
-            XCTAssertEqual(s.first?.lowerBound, 0)
-            XCTAssertEqual(s.last?.upperBound, 32)
-            for (a, b) in zip(s, s.dropFirst()) { XCTAssertEqual(a.upperBound, b.lowerBound) }
-            XCTAssertLessThanOrEqual(s.map(\.count).max()! - s.map(\.count).min()!, 1)
-        }
-        XCTAssertEqual(Coordinator.shards(columns: 2, workers: 4).count, 2)
     }
 }
 
@@ -118,6 +108,92 @@ final class InMemoryClusterTests: XCTestCase {
         }
     }
 
+    /// A peer of the protocol that misbehaves on purpose, on its own thread: it registers and heartbeats, and
+    /// answers step requests as `behaviour` says.
+    enum Behaviour { case silent, poisoning, thief(name: String) }
+
+    final class HostilePeer: @unchecked Sendable {
+        let transport: ClientTransport
+        let behaviour: Behaviour
+        var stop = false
+        var refusals: [RefusalCode] = []
+        init(_ transport: ClientTransport, _ behaviour: Behaviour) { self.transport = transport; self.behaviour = behaviour }
+
+        func run(seconds: Double) {
+            let end = Date().addingTimeInterval(seconds)
+            var lastBeat = Date.distantPast
+            var name = "hostile", registered = false
+            if case .thief(let stolen) = behaviour { name = stolen }
+            while !stop && Date() < end {
+                if Date().timeIntervalSince(lastBeat) > 0.2 {
+                    _ = transport.send((registered ? Message.heartbeat : .hello(name: name, fingerprint: "")).encode())
+                    lastBeat = Date()
+                }
+                guard let frames = try? transport.receive(timeout: 0.05), let m = try? Message.decode(frames) else { continue }
+                switch m {
+                case .welcome: registered = true
+                case .refuse(let code, _): refusals.append(code)
+                case .step(let r):
+                    if case .poisoning = behaviour {
+                        _ = transport.send(Message.refuse(.diverged, reason: "non-finite loss at step \(r.dropoutStep + 1) (a lie)").encode())
+                    }
+                case .done: return
+                default: break
+                }
+            }
+        }
+    }
+
+    /// One honest worker and one hostile peer: the run ends with the single process's parameters, and the hostile
+    /// peer cost a quarantine (silent, poisoning) or a refusal (a name thief), never the run.
+    func testNoSinglePeerEndsOrStallsTheRun() throws {
+        let base = NSTemporaryDirectory() + "bard-cluster-hostile-\(getpid())"
+        defer { try? FileManager.default.removeItem(atPath: base) }
+        let single = try trainer(base + "/single")
+        try single.run()
+        for behaviour in [Behaviour.silent, .poisoning, .thief(name: "honest")] {
+            let t = try trainer(base + "/\(behaviour)")
+            let hub = InMemoryHub()
+            var lines: [String] = []
+            let lock = NSLock()
+            let coordinator = Coordinator(transport: hub.server(), model: t.model, fingerprint: "fp", minWorkers: 1,
+                                          log: { line in lock.lock(); lines.append(line); lock.unlock() })
+            coordinator.deadline.override = 0.5
+            coordinator.membership.policy.quarantineBase = 60
+            let honest = WorkerCore(transport: hub.client(id: "honest.1", credential: Credential(key: "K-honest", role: .worker)),
+                                    name: "honest", fingerprint: "", threads: 1, log: { _ in })
+            Thread { try? honest.run() }.start()
+            try coordinator.waitForWorkers(1, timeout: 10)
+            let peer = HostilePeer(hub.client(id: "hostile.1", credential: Credential(key: "K-hostile", role: .worker)), behaviour)
+            Thread { peer.run(seconds: 60) }.start()
+            if case .thief = behaviour {} else {
+                try coordinator.waitForWorkers(2, timeout: 10)
+            }
+            let started = Date()
+            try t.run(computer: coordinator)
+            try coordinator.finish(linger: 0)
+            peer.stop = true
+            XCTAssertLessThan(Date().timeIntervalSince(started), 30, "\(behaviour) stalled the run")
+            XCTAssertLessThan(relativeDifference(single.params.array, t.params.array), 1e-5, "\(behaviour)")
+            switch behaviour {
+            case .silent:
+                XCTAssertEqual(coordinator.quarantines, 1, lines.joined(separator: "\n"))
+            case .poisoning:
+                XCTAssertEqual(coordinator.verifications.refuted, 1, lines.joined(separator: "\n"))
+                XCTAssertEqual(coordinator.quarantines, 1)
+            case .thief:
+                XCTAssertTrue(peer.refusals.contains(.nameTaken), "\(peer.refusals)")
+                XCTAssertEqual(coordinator.workerNames, ["honest"])
+            }
+        }
+    }
+
+    func relativeDifference(_ a: [Float], _ b: [Float]) -> Double {
+        var diff = 0.0, norm = 0.0
+        for i in 0..<a.count { diff += Double(a[i] - b[i]) * Double(a[i] - b[i]); norm += Double(a[i]) * Double(a[i]) }
+        return (diff / norm).squareRoot()
+    }
+
     func testCorpusMismatchIsRefusedWithBothFingerprints() throws {
         let t = try trainer(NSTemporaryDirectory() + "bard-cluster-mm-\(getpid())")
         let hub = InMemoryHub()
@@ -128,7 +204,7 @@ final class InMemoryClusterTests: XCTestCase {
         XCTAssertThrowsError(try coordinator.waitForWorkers(1, timeout: 3))
         box.waitForError(seconds: 5)
         // The worker's error says which side has which corpus, and is a refusal (its supervisor must not restart it).
-        guard case .refused(let reason) = box.error as? BardError else { return XCTFail("\(String(describing: box.error))") }
+        guard case .refused(let reason) = box.error as? WorkerStop else { return XCTFail("\(String(describing: box.error))") }
         XCTAssertTrue(reason.contains("this worker's --data has fingerprint bbbbbbbbbbbb"), reason)
         XCTAssertTrue(reason.contains("the coordinator's corpus has aaaaaaaaaaaa"), reason)
         XCTAssertTrue(messages.contains { $0.contains("aaaaaaaaaaaa") })
@@ -145,7 +221,7 @@ final class InMemoryClusterTests: XCTestCase {
         hello[0][4] = UInt8(truncatingIfNeeded: Wire.version + 1)  // the version's low byte, after the magic
         XCTAssertTrue(old.send(hello))
         XCTAssertThrowsError(try coordinator.waitForWorkers(1, timeout: 1))
-        guard let reply = try old.receive(timeout: 1), case .refuse(let reason) = try Message.decode(reply) else {
+        guard let reply = try old.receive(timeout: 1), case .refuse(.protocolVersion, let reason) = try Message.decode(reply) else {
             return XCTFail("no refusal for a hello of another protocol version")
         }
         XCTAssertTrue(reason.contains("protocol version \(Wire.version + 1) is not this coordinator's (\(Wire.version))"), reason)
@@ -154,12 +230,12 @@ final class InMemoryClusterTests: XCTestCase {
         let server = hub2.server()
         let worker = WorkerCore(transport: hub2.client(id: "w"), name: "w", fingerprint: "", threads: 1, log: { _ in })
         let box = runInBackground(worker)
-        guard let (peer, _) = try server.receive(timeout: 3) else { return XCTFail("the worker never said hello") }
-        var refusal = Message.refuse(reason: "protocol version 1 is not this coordinator's (2)").encode()
+        guard let peer = try server.receive(timeout: 3)?.peer else { return XCTFail("the worker never said hello") }
+        var refusal = Message.refuse(.protocolVersion, reason: "protocol version 1 is not this coordinator's (2)").encode()
         refusal[0][4] = UInt8(truncatingIfNeeded: Wire.version + 1)
         XCTAssertTrue(server.send(to: peer, refusal))
         box.waitForError(seconds: 5)
-        guard case .refused(let why) = box.error as? BardError else { return XCTFail("\(String(describing: box.error))") }
+        guard case .refused(let why) = box.error as? WorkerStop else { return XCTFail("\(String(describing: box.error))") }
         XCTAssertTrue(why.contains("speaks protocol version \(Wire.version + 1), this worker \(Wire.version)"), why)
         XCTAssertTrue(why.contains("not this coordinator's (2)"), why)
     }

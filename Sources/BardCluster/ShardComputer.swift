@@ -1,0 +1,56 @@
+import BardModel
+import BardNumerics
+import BardTraining
+import Foundation
+
+/// One shard's window on this process's cores: what a worker does for each step request, and what the coordinator
+/// does again when a worker reports a divergence, to tell a real one from a broken or lying worker.
+public final class ShardComputer {
+    public let model: Model
+    let threads: Int
+    var runner: ColumnParallel?
+    var runnerShape = (steps: 0, columns: 0)
+    /// The last computation's gradient sums.
+    public let grads: FloatBuffer
+    /// Whether the model carries a cell state beside h (asked of the model, not of the cell kind).
+    let hasCell: Bool
+
+    public init(model: Model, threads: Int) {
+        self.model = model; self.threads = threads
+        grads = FloatBuffer(count: model.parameterCount)
+        hasCell = model.makeState(columns: 1).c.count > 0
+    }
+
+    /// Whether a request fits this model: its window, columns, state sizes and tokens. A request for anything else
+    /// (a hostile or confused peer) must not size our buffers.
+    public func fits(_ r: StepRequest) -> Bool {
+        let cfg = model.config, n = r.columns.count, stateCount = cfg.layers * n * cfg.hidden
+        return r.columns.upperBound <= r.totalColumns && r.h.count == stateCount && r.c.count == (hasCell ? stateCount : 0)
+            && r.tokens.count == (r.steps + 1) * n && r.tokens.allSatisfy { $0 >= 0 && Int($0) < model.vocabularySize }
+    }
+
+    /// Forward and backward (when `r.training`) of the request's window with `params`; gradient sums in `grads`.
+    /// Returns the result (gradients left empty: they are in `grads`) and whether loss and gradients are finite.
+    public func compute(_ r: StepRequest, params: FloatBuffer) -> (result: StepResult, finite: Bool) {
+        let n = r.columns.count, t0 = Date()
+        if runner == nil || runnerShape != (r.steps, n) {
+            runner = ColumnParallel(model: model, steps: r.steps, columns: 0..<n, threads: threads)
+            runnerShape = (r.steps, n)
+        }
+        let state = model.makeState(columns: n)
+        state.h.copy(from: FloatBuffer(r.h))
+        if state.c.count > 0 { state.c.copy(from: FloatBuffer(r.c)) }
+        grads.zero()
+        // Dropout masks are keyed by global column: the shard's offset in the batch.
+        let dropout = r.training ? DropoutKey(seed: r.dropoutSeed, step: Int(truncatingIfNeeded: r.dropoutStep),
+                                              columnBase: r.columns.lowerBound, globalColumns: r.totalColumns) : nil
+        let loss = r.tokens.withUnsafeBufferPointer { w -> Double in
+            guard let base = w.baseAddress, let runner else { return .nan }
+            return runner.run(params: params, grads: r.training ? grads : nil, window: base, steps: r.steps,
+                              totalColumns: n, state: state, dropout: dropout)
+        }
+        let result = StepResult(stepID: r.stepID, columns: r.columns, lossSum: loss,
+                                computeSeconds: Date().timeIntervalSince(t0), gradients: [], h: state.h.array, c: state.c.array)
+        return (result, loss.isFinite && grads.allFinite && state.h.allFinite && state.c.allFinite)
+    }
+}

@@ -1,0 +1,233 @@
+import BardCluster
+import BardModel
+import XCTest
+
+/// The coordinator's and the worker's parts driven in memory with a fake clock: no sockets, no threads, no waiting.
+final class MembershipTests: XCTestCase {
+    let a: PeerID = Array("a.1".utf8), b: PeerID = Array("b.1".utf8), b2: PeerID = Array("b.2".utf8)
+
+    func testEvictionComesExactlyAtTheHeartbeatTimeout() {
+        var m = Membership()
+        m.policy.heartbeatTimeout = 3
+        XCTAssertEqual(m.register(peer: a, name: "a", credential: nil, now: 10), .joined)
+        XCTAssertEqual(m.nextSilence, 13)
+        XCTAssertTrue(m.silent(now: 12.999).isEmpty)
+        XCTAssertEqual(m.silent(now: 13).map(\.name), ["a"])
+        m.heard(a, now: 12)
+        XCTAssertTrue(m.silent(now: 14.999).isEmpty)
+        XCTAssertEqual(m.silent(now: 15).map(\.name), ["a"])
+    }
+
+    func testTimeAwayFromTheSocketIsNobodysSilence() {
+        var m = Membership()
+        _ = m.register(peer: a, name: "a", credential: nil, now: 0)
+        // The coordinator validated for 10 s: nobody could be heard meanwhile.
+        m.excuse(gap: 10, now: 10)
+        XCTAssertTrue(m.silent(now: 10).isEmpty)
+        XCTAssertEqual(m.silent(now: 13).count, 1)
+    }
+
+    func testEvictedWorkerRejoinsAndRestartedWorkerTakesItsPlaceBack() {
+        var m = Membership()
+        _ = m.register(peer: a, name: "a", credential: nil, now: 0)
+        _ = m.register(peer: b, name: "b", credential: nil, now: 0)
+        m.assigned(b, columns: 4..<8, parameterVersion: 7)
+        // Restarted on a new connection: same name, same (no) key: it replaces the old connection, keeps its place in
+        // the order, and has no parameters any more.
+        XCTAssertEqual(m.register(peer: b2, name: "b", credential: nil, now: 1), .restarted(previous: b))
+        XCTAssertEqual(m.members.map(\.peer), [a, b2])
+        XCTAssertEqual(m.member(b2)?.parameterVersion, .max)
+        XCTAssertNil(m.member(b))
+        // Evicted, then back: it joins at the end.
+        m.remove(a)
+        XCTAssertEqual(m.register(peer: a, name: "a", credential: nil, now: 2), .joined)
+        XCTAssertEqual(m.members.map(\.name), ["b", "a"])
+    }
+
+    func testNamesAreBoundToKeysAndRoles() {
+        var m = Membership()
+        let owner = Credential(key: "K1", role: .worker), thief = Credential(key: "K2", role: .worker)
+        XCTAssertEqual(m.register(peer: a, name: "w", credential: owner, now: 0), .joined)
+        guard case .refused(.nameTaken, _) = m.register(peer: b, name: "w", credential: thief, now: 1) else {
+            return XCTFail("another key took a registered name")
+        }
+        XCTAssertEqual(m.members.map(\.peer), [a])
+        XCTAssertFalse(m.isAuthentic(a, credential: thief))
+        XCTAssertTrue(m.isAuthentic(a, credential: owner))
+        XCTAssertTrue(m.isAuthentic(b, credential: thief), "an unregistered connection speaks for nobody yet")
+        guard case .refused(.wrongRole, _) = m.register(peer: b, name: "laptop", credential: Credential(key: "K3", role: .fetch), now: 1) else {
+            return XCTFail("a fetch key registered as a worker")
+        }
+        // The owner restarting with its own key is fine.
+        XCTAssertEqual(m.register(peer: b2, name: "w", credential: owner, now: 2), .restarted(previous: a))
+    }
+
+    func testNamesAndNumbersAreBounded() {
+        var m = Membership()
+        m.policy.maxWorkers = 2
+        for bad in ["", String(repeating: "x", count: 65), "two words", "line\nbreak", "caf\u{e9}"] {
+            guard case .refused(.badName, _) = m.register(peer: a, name: bad, credential: nil, now: 0) else {
+                return XCTFail("accepted the name \(bad.debugDescription)")
+            }
+        }
+        XCTAssertEqual(m.register(peer: a, name: String(repeating: "x", count: 64), credential: nil, now: 0), .joined)
+        XCTAssertEqual(m.register(peer: b, name: "b", credential: nil, now: 0), .joined)
+        guard case .refused(.full, _) = m.register(peer: b2, name: "c", credential: nil, now: 0) else { return XCTFail("over the cap") }
+    }
+
+    func testQuarantineGrowsAndEnds() {
+        var m = Membership()
+        m.policy.quarantineBase = 5
+        _ = m.register(peer: a, name: "a", credential: nil, now: 0)
+        _ = m.register(peer: b, name: "b", credential: nil, now: 0)
+        XCTAssertEqual(m.quarantine(b, now: 100), 5)
+        XCTAssertEqual(m.active(now: 104.9).map(\.name), ["a"])
+        XCTAssertEqual(m.nextRelease(now: 101), 105)
+        XCTAssertEqual(m.active(now: 105).map(\.name), ["a", "b"])
+        XCTAssertEqual(m.quarantine(b, now: 200), 10)
+        XCTAssertEqual(m.quarantine(b, now: 300), 20)
+        XCTAssertEqual(m.members.count, 2, "quarantine is not eviction: the worker stays registered")
+    }
+}
+
+final class StepRoundTests: XCTestCase {
+    let a: PeerID = [1], b: PeerID = [2], c: PeerID = [3]
+    let shape = ResultShape(parameterCount: 3, stateFloatsPerColumn: 2, hasCell: false)
+
+    func result(_ step: UInt64, _ columns: Range<Int>) -> StepResult {
+        StepResult(stepID: step, columns: columns, lossSum: 1, computeSeconds: 0, gradients: [1, 2, 3],
+                   h: [Float](repeating: 0, count: columns.count * 2), c: [])
+    }
+
+    func testStaleDuplicateAndMisfitRepliesAreRejected() {
+        var round = StepRound(stepID: 9, assignments: ShardPlan.assign(columns: 4, to: [a, b]), now: 0, timeout: 5)
+        XCTAssertEqual(round.pending[a], 0..<2)
+        guard case .rejected = round.accept(result(8, 0..<2), from: a, shape: shape) else { return XCTFail("stale accepted") }
+        guard case .rejected = round.accept(result(9, 2..<4), from: a, shape: shape) else { return XCTFail("wrong columns accepted") }
+        guard case .rejected = round.accept(result(9, 0..<2), from: c, shape: shape) else { return XCTFail("a stranger's result accepted") }
+        var short = result(9, 0..<2); short.gradients = [1]
+        guard case .rejected = round.accept(short, from: a, shape: shape) else { return XCTFail("wrong shape accepted") }
+        XCTAssertEqual(round.accept(result(9, 0..<2), from: a, shape: shape), .accepted)
+        guard case .rejected = round.accept(result(9, 0..<2), from: a, shape: shape) else { return XCTFail("duplicate accepted") }
+        XCTAssertFalse(round.isComplete)
+        XCTAssertEqual(round.accept(result(9, 2..<4), from: b, shape: shape), .accepted)
+        XCTAssertTrue(round.isComplete)
+        XCTAssertEqual(round.results.count, 2)
+    }
+
+    func testDeadlineAndOneResendPerWorker() {
+        var round = StepRound(stepID: 1, assignments: ShardPlan.assign(columns: 4, to: [a, b]), now: 10, timeout: 5)
+        XCTAssertTrue(round.overdue(now: 14.99).isEmpty)
+        XCTAssertEqual(Set(round.overdue(now: 15)), [a, b])
+        XCTAssertTrue(round.mayResend(to: a))
+        XCTAssertFalse(round.mayResend(to: a), "a second resend within one step")
+        XCTAssertFalse(round.mayResend(to: c), "a resend to a worker that owes nothing")
+    }
+
+    func testRestartedWorkerOwesWhatItsOldConnectionOwed() {
+        var round = StepRound(stepID: 1, assignments: ShardPlan.assign(columns: 4, to: [a, b]), now: 0, timeout: 5)
+        round.move(from: b, to: c)
+        XCTAssertFalse(round.owes(b))
+        XCTAssertEqual(round.pending[c], 2..<4)
+        XCTAssertEqual(round.accept(result(1, 2..<4), from: c, shape: shape), .accepted)
+    }
+
+    func testTheDeadlineFollowsTheMeasuredStepTime() {
+        var d = StepDeadline()
+        XCTAssertEqual(d.seconds, StepDeadline.initial)
+        for s in [0.2, 0.25, 0.3] { d.record(s) }
+        XCTAssertEqual(d.seconds, StepDeadline.floor, "5 x 0.25 s is under the floor")
+        for _ in 0..<20 { d.record(4) }
+        XCTAssertEqual(d.seconds, 20)
+        for _ in 0..<20 { d.record(100) }
+        XCTAssertEqual(d.seconds, StepDeadline.ceiling)
+        d.override = 7
+        XCTAssertEqual(d.seconds, 7)
+    }
+
+    func testShardsAreContiguousAndCoverAllColumns() {
+        for workers in 1...6 {
+            let s = ShardPlan.shards(columns: 32, workers: workers)
+            XCTAssertEqual(s.first?.lowerBound, 0)
+            XCTAssertEqual(s.last?.upperBound, 32)
+            for (x, y) in zip(s, s.dropFirst()) { XCTAssertEqual(x.upperBound, y.lowerBound) }
+            XCTAssertLessThanOrEqual(s.map(\.count).max()! - s.map(\.count).min()!, 1)
+        }
+        XCTAssertEqual(ShardPlan.shards(columns: 2, workers: 4).count, 2)
+    }
+}
+
+final class WorkerSessionTests: XCTestCase {
+    let shape = ModelShape(cell: "lstm", activation: "tanh", layers: 1, embed: 4, hidden: 6, dropout: 0, outputBias: true,
+                           vocabularySize: 10, steps: 3, columns: 4)
+
+    func request(_ id: UInt64, parameters: [Float] = []) -> StepRequest {
+        StepRequest(stepID: id, parameterVersion: 1, columns: 0..<2, totalColumns: 4, steps: 3, dropoutSeed: 0, dropoutStep: 0,
+                    training: true, parameters: parameters, tokens: [Int32](repeating: 1, count: 8), h: [], c: [])
+    }
+
+    func testHelloUntilWelcomedThenHeartbeatsThenIdleTimeout() {
+        var s = WorkerSession(name: "w", fingerprint: "fp", maxParameters: 1 << 20, now: 0)
+        XCTAssertEqual(s.tick(now: 0), [.send(.hello(name: "w", fingerprint: "fp"))])
+        XCTAssertEqual(s.tick(now: 0.5), [])
+        XCTAssertEqual(s.tick(now: 1), [.send(.hello(name: "w", fingerprint: "fp"))])
+        XCTAssertEqual(s.receive(.welcome(shape, fingerprint: "fp"), now: 1.5), [.build(shape)])
+        XCTAssertEqual(s.tick(now: 2), [.send(.heartbeat)])
+        s.idleTimeout = 10
+        XCTAssertEqual(s.tick(now: 11.5), [.send(.heartbeat)])
+        XCTAssertEqual(s.tick(now: 11.6), [.stop(.coordinatorSilent(seconds: 10))])
+    }
+
+    func testOneStepAtATimeNewerStepsSupersedeAndReRegistrationVoidsWork() {
+        var s = WorkerSession(name: "w", fingerprint: "", maxParameters: 1 << 20, now: 0)
+        XCTAssertEqual(s.receive(.step(request(1)), now: 0), [.log("ignored a step request before a welcome")])
+        _ = s.receive(.welcome(shape, fingerprint: ""), now: 0)
+        XCTAssertEqual(s.receive(.step(request(1, parameters: [1, 2])), now: 0), [.compute(request(1, parameters: [1, 2]))])
+        XCTAssertEqual(s.receive(.step(request(2, parameters: [3])), now: 0), [])
+        XCTAssertEqual(s.receive(.step(request(3)), now: 0), [], "queued behind the step in flight")
+        // Step 3 superseded step 2 but keeps the parameters it carried.
+        let (send, next) = s.computed(stepID: 1)
+        XCTAssertTrue(send)
+        XCTAssertEqual(next, [.compute(request(3, parameters: [3]))])
+        // The coordinator restarted: the step in flight is void and the worker says hello at once.
+        XCTAssertEqual(s.receive(.refuse(.reRegister, reason: "who?"), now: 1),
+                       [.log("the coordinator asks this worker to register again"), .abandon])
+        XCTAssertFalse(s.registered)
+        XCTAssertEqual(s.tick(now: 1.01), [.send(.hello(name: "w", fingerprint: ""))])
+        XCTAssertFalse(s.computed(stepID: 3).send, "a reply of a void registration went out")
+    }
+
+    func testATooLargeModelIsRefusedBeforeAnythingIsAllocated() {
+        var big = shape
+        big.hidden = 4096; big.layers = 4; big.vocabularySize = 100_000
+        var s = WorkerSession(name: "w", fingerprint: "", maxParameters: 1_000_000, now: 0)
+        let actions = s.receive(.welcome(big, fingerprint: ""), now: 0)
+        XCTAssertFalse(actions.contains { if case .build = $0 { return true } else { return false } })
+        guard case .stop(.refused(let why)) = actions.last else { return XCTFail("\(actions)") }
+        XCTAssertTrue(why.contains("--max-parameters 1000000"), why)
+        // Nonsense shapes are rejected and counted, not built.
+        var nonsense = shape
+        nonsense.cell = "transformer"
+        XCTAssertEqual(s.receive(.welcome(nonsense, fingerprint: ""), now: 0).count, 1)
+        XCTAssertEqual(s.rejected, 1)
+        XCTAssertNil(s.shape)
+    }
+
+    func testFinalRefusalsStopTheWorkerAndPassingOnesDoNot() {
+        var s = WorkerSession(name: "w", fingerprint: "", maxParameters: 1 << 20, now: 0)
+        guard case .stop(.refused) = s.receive(.refuse(.nameTaken, reason: "taken"), now: 0).last else { return XCTFail() }
+        var t = WorkerSession(name: "w", fingerprint: "", maxParameters: 1 << 20, now: 0)
+        let actions = t.receive(.refuse(.full, reason: "full"), now: 0)
+        XCTAssertFalse(actions.contains { if case .stop = $0 { return true } else { return false } })
+    }
+}
+
+final class LogTextTests: XCTestCase {
+    func testPeerStringsCannotForgeLogLines() {
+        let forged = LogText.escape("w1\ncoordinator: done: step 100\u{1b}[2J")
+        XCTAssertFalse(forged.contains("\n"))
+        XCTAssertFalse(forged.contains("\u{1b}"))
+        XCTAssertEqual(forged, "w1\\x0acoordinator: done: step 100\\x1b[2J")
+        XCTAssertEqual(LogText.escape(String(repeating: "y", count: 300)).count, 203)
+    }
+}
