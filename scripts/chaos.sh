@@ -25,6 +25,9 @@
 # The table at the end gives per kind: injected, survived, how many led to an eviction, and the slowest recovery
 # (seconds from the fault until that step).
 #
+# Then the hostile peers (section 3 below): a silent peer, a poisoning peer, a flooding peer and a name thief, each
+# against a real run with CURVE keys; the table says what each cost.
+#
 # Both runs keep the default --step-timeout (60 s): a worker killed and restarted at once under the same name
 # registers again and is sent its step anew, so no fault should ever need that timeout.
 #
@@ -317,7 +320,61 @@ for w in "${workers[@]}"; do
     [[ $status == 0 ]] || die "worker chaos-$w did not exit 0 after the end of training (status $status)"
 done
 
-# --- 3. verdict ------------------------------------------------------------------------------------------------
+# --- 3. hostile peers -------------------------------------------------------------------------------------------
+# A third run, with CURVE keys, two honest workers and scripts/hostile-peer.py (an outsider's implementation of the
+# protocol) as each kind of hostile peer in turn, HOSTILE_SECONDS (default 15) each, after a baseline of the same
+# length. Each row says what the peer cost: steps/s against the baseline, quarantines, rejected and dropped
+# messages, and the coordinator's peak memory. The run must keep going through all of them, on its own math.
+python3 -c 'import zmq' 2>/dev/null || python3 -m pip install -q pyzmq >/dev/null
+hostile_seconds=${HOSTILE_SECONDS:-15}
+hout=$tmp/hostile hkeys=$tmp/keys
+"$bard" keys generate --out "$hkeys" >/dev/null
+"$bard" keys generate --out "$hkeys" --client thief >/dev/null
+hport=$(free_port)
+"$bard" coordinator --data "$data" --bind "tcp://127.0.0.1:$hport" --keys "$hkeys" --workers 2 --min-workers 1 \
+    --out "$hout" --steps 10000000 "${model[@]}" --checkpoint-every 1000 >"$tmp/hostile-coordinator.log" 2>"$tmp/hostile-coordinator.err" &
+coordinator=$!
+for w in h1 h2; do
+    "$bard" worker --connect "tcp://127.0.0.1:$hport" --keys "$hkeys" --name "hostile-run-$w" --data "$data" 2>>"$tmp/hostile-$w.log" &
+    wpid[$w]=$!
+done
+hstep() { local s; s=$(metric "$hout" step); echo "${s:-0}"; }
+peak_mb() { awk '/VmHWM/ { printf "%d", $2 / 1024 }' "/proc/$coordinator/status"; }
+for _ in $(seq 600); do (($(hstep) >= 20)) && break; sleep 0.1; done
+(($(hstep) >= 20)) || die "hostile run: training did not start ($(tail -n 1 "$tmp/hostile-coordinator.err"))"
+s0=$(hstep); sleep "$hostile_seconds"; base_rate=$(awk -v a="$s0" -v b="$(hstep)" -v t="$hostile_seconds" 'BEGIN { printf "%.1f", (b - a) / t }')
+base_peak=$(peak_mb)
+echo
+printf '%-10s %-62s %9s %7s %11s %9s %8s %8s\n' peer "what it does" "steps/s" "x base" quarantines rejected dropped "peak MB"
+printf '%-10s %-62s %9s %7s %11s %9s %8s %8s\n' none "(baseline: two honest workers)" "$base_rate" 1.00 0 0 0 "$base_peak"
+declare -A hwhat=([silent]="registers, heartbeats, never answers a step"
+    [poisoning]="answers every step with refuse(diverged)"
+    [flooding]="unregistered: 6 x 8 MiB frames, 1 MiB names, garbage"
+    [thief]="says hello with an honest worker's name, with its own key")
+hostile_ok=1
+for b in silent poisoning flooding thief; do
+    key=$hkeys/client.key name=$b
+    [[ $b == thief ]] && key=$hkeys/thief.key name=hostile-run-h1
+    s0=$(hstep)
+    python3 scripts/hostile-peer.py --connect "tcp://127.0.0.1:$hport" --behaviour "$b" --name "$name" \
+        --seconds "$hostile_seconds" --keys "$hkeys" --key-file "$key" >>"$tmp/hostile-peers.log" 2>&1 || true
+    s1=$(hstep)
+    alive "$coordinator" || die "hostile run: the coordinator died during the $b peer ($(tail -n 1 "$tmp/hostile-coordinator.err"))"
+    rate=$(awk -v a="$s0" -v b="$s1" -v t="$hostile_seconds" 'BEGIN { printf "%.1f", (b - a) / t }')
+    ratio=$(awk -v r="$rate" -v b="$base_rate" 'BEGIN { printf "%.2f", b > 0 ? r / b : 0 }')
+    printf '%-10s %-62s %9s %7s %11s %9s %8s %8s\n' "$b" "${hwhat[$b]}" "$rate" "$ratio" "$(metric "$hout" quarantines)" \
+        "$(metric "$hout" rejected)" "$(metric "$hout" dropped_messages)" "$(peak_mb)"
+    ((s1 > s0)) || { hostile_ok=0; echo "$me: the $b peer stalled the run"; }
+done
+((peak_mb_delta = $(peak_mb) - base_peak)) || true
+((peak_mb_delta < 100)) || { hostile_ok=0; echo "$me: the hostile peers grew the coordinator by $peak_mb_delta MB"; }
+grep -q 'name hostile-run-h1 is registered by another key' "$tmp/hostile-coordinator.err" ||
+    { hostile_ok=0; echo "$me: the name thief was not refused and logged"; }
+kill -TERM "$coordinator"; wait "$coordinator" || true; coordinator=
+for w in h1 h2; do kill -TERM "${wpid[$w]}" 2>/dev/null; wait "${wpid[$w]}" 2>/dev/null || true; unset "wpid[$w]"; done
+echo "$me: hostile peers' own reports in $tmp/hostile-peers.log"
+
+# --- 4. verdict ------------------------------------------------------------------------------------------------
 ok=1
 problems=()
 base_ckpt=$tmp/undisturbed/model.safetensors chaos_ckpt=$out/model.safetensors
@@ -344,6 +401,7 @@ for k in "${kinds[@]}"; do
     total=$((total + injected[$k])) total_ok=$((total_ok + survived[$k]))
     if ((survived[$k] < injected[$k])); then ok=0; problems+=("$((injected[$k] - survived[$k])) $k fault(s) not survived"); fi
 done
+((hostile_ok)) || { ok=0; problems+=("a hostile peer stalled the run, grew the coordinator or went unrefused (table above)"); }
 ((injected[coordinator] == 1)) || { ok=0; problems+=("the coordinator fault was not injected (run too short: try more MINUTES)"); }
 for k in kill-restart stop-resume kill-now; do
     ((injected[$k] > 0)) || echo "$me: note: no $k fault was injected (run too short for three worker faults)"

@@ -38,6 +38,7 @@ public final class Coordinator: GradientComputer {
     static let maxStrangers = 1024
     var deniedSeen = 0
     var lastDeniedLog = -Double.infinity
+    var lastSecurityLog = -Double.infinity
     /// Recomputes a shard here when a worker reports a divergence.
     lazy var verifier = ShardComputer(model: model, threads: 1)
 
@@ -217,6 +218,11 @@ public final class Coordinator: GradientComputer {
             switch registration {
             case .refused(let code, let why):
                 send(peer, .refuse(code, reason: why))
+                if code == .nameTaken || code == .wrongRole, clock() - lastSecurityLog >= 1 {
+                    // What an operator must see, however many other rejections flood the log: at most once a second.
+                    lastSecurityLog = clock()
+                    log("refused a hello from \(LogText.escape(name))\(e.credential.map { " (key \(LogText.escape(String($0.key.prefix(8))))...)" } ?? ""): \(why)")
+                }
                 reject("refused a hello from \(LogText.escape(name))\(e.credential.map { " (key \(LogText.escape(String($0.key.prefix(8))))...)" } ?? ""): \(why)")
                 return registration
             case .joined:

@@ -4,7 +4,9 @@ import Foundation
 /// `bard fetch`: downloads the coordinator's latest (or, with `wait`, final) checkpoint in chunks, checks the
 /// announced sha256 and writes it atomically.
 public func fetchCheckpoint(transport: ClientTransport, to path: String, wait: Bool, timeout: Double,
-                            log: (String) -> Void) throws -> (step: Int, bytes: Int) {
+                            maxCheckpointBytes: Int = 16 << 30, log: (String) -> Void) throws -> (step: Int, bytes: Int) {
+    // Chunks of 1 MiB and a header.
+    transport.limits = ReceiveLimits(maxFrames: 2, maxBytes: CheckpointServer.chunkBytes + 4096)
     let deadline = Date().addingTimeInterval(timeout)
     var lastNote = Date.distantPast
     while true {
@@ -13,8 +15,14 @@ public func fetchCheckpoint(transport: ClientTransport, to path: String, wait: B
         while true {
             guard Date() < deadline else { throw BardError.io("no complete checkpoint from the coordinator within \(Int(timeout)) s (is it running and reachable, and do --keys match its own?)") }
             _ = transport.send(Message.fetch(offset: bytes.count, final: wait).encode())
-            guard let frames = try transport.receive(timeout: 2) else { continue }
-            guard case .chunk(let c) = try Message.decode(frames) else { continue }
+            guard let frames = try transport.receive(timeout: 2), let message = try? Message.decode(frames) else { continue }
+            if case .refuse(let code, let reason) = message, code.isFinal || code == .wrongRole {
+                throw BardError.refused("the coordinator refused this fetch: \(LogText.escape(reason))")
+            }
+            guard case .chunk(let c) = message else { continue }
+            guard c.totalBytes <= maxCheckpointBytes else {
+                throw BardError.badInput("the coordinator announced a checkpoint of \(c.totalBytes) bytes, more than \(maxCheckpointBytes)")
+            }
             if c.totalBytes == 0 || (wait && !c.final) {
                 if Date().timeIntervalSince(lastNote) > 30 {
                     log(c.totalBytes == 0 ? "no checkpoint yet; waiting" : "training still running (checkpoint at step \(c.step)); waiting for the final one")

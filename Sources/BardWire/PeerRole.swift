@@ -7,13 +7,4 @@ public enum PeerRole: String, Sendable, CaseIterable, Codable {
     case fetch
     /// Holds a slice of the parameters (sharded coordinators).
     case shard
-
-    /// Whether a key of this role may send a message of `type`.
-    public func mayAsk(_ type: MessageType) -> Bool {
-        switch self {
-        case .worker: return true
-        case .fetch: return type == .fetch || type == .heartbeat
-        case .shard: return false
-        }
-    }
 }

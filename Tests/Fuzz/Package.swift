@@ -9,7 +9,7 @@ let package = Package(
     name: "BardFuzz",
     dependencies: [.package(name: "Bard", path: "../..")],
     targets: [
-        .executableTarget(name: "FuzzFrames", dependencies: [.product(name: "BardCluster", package: "Bard")],
+        .executableTarget(name: "FuzzFrames", dependencies: [.product(name: "BardWire", package: "Bard")],
                           swiftSettings: fuzzerEntry),
         .executableTarget(name: "FuzzSafetensors", dependencies: [.product(name: "BardModel", package: "Bard")],
                           swiftSettings: fuzzerEntry),

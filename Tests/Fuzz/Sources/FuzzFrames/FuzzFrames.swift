@@ -1,10 +1,11 @@
-import BardCluster
+import BardWire
 
 /// Valid messages of every kind: the fuzzer mutates these as well as raw bytes, to get past the magic and version.
 let templates: [[[UInt8]]] = [
     Message.hello(name: "w0", fingerprint: "abc").encode(),
-    Message.welcome(configJSON: "{}", vocabularySize: 65, fingerprint: "f").encode(),
-    Message.refuse(reason: "no").encode(),
+    Message.welcome(ModelShape(cell: "lstm", activation: "tanh", layers: 2, embed: 8, hidden: 16, dropout: 0.25,
+                               outputBias: true, vocabularySize: 65, steps: 10, columns: 4), fingerprint: "f").encode(),
+    Message.refuse(.nameTaken, reason: "no").encode(),
     Message.heartbeat.encode(),
     Message.fetch(offset: 10, final: true).encode(),
     Message.chunk(Chunk(step: 3, final: false, totalBytes: 8, offset: 4, sha256: "00", bytes: [1, 2, 3, 4])).encode(),
