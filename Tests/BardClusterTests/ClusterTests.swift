@@ -194,6 +194,59 @@ final class InMemoryClusterTests: XCTestCase {
         return (diff / norm).squareRoot()
     }
 
+    /// A clock the test moves by hand.
+    final class FakeClock: @unchecked Sendable {
+        let lock = NSLock()
+        var value = 1000.0
+        var now: Double { lock.lock(); defer { lock.unlock() }; return value }
+        func advance(_ seconds: Double) { lock.lock(); value += seconds; lock.unlock() }
+    }
+
+    /// The driver on a fake clock: one of two workers goes silent mid-step; when the clock passes its heartbeat
+    /// timeout it is evicted and the step is redone over the other, with the single process's result.
+    func testSilentWorkerIsEvictedOnTheClockAndTheStepRedone() throws {
+        let base = NSTemporaryDirectory() + "bard-cluster-clock-\(getpid())"
+        defer { try? FileManager.default.removeItem(atPath: base) }
+        func oneStep(_ dir: String) throws -> Trainer {
+            var o = TrainOptions(config: config(), dataPath: "mem")
+            o.config.steps = 1; o.outDir = dir; o.logInterval = 1e9; o.sampleLength = 5
+            return try Trainer(options: o, corpus: Corpus(text: text()), log: { _ in })
+        }
+        let single = try oneStep(base + "/single")
+        try single.run()
+        let t = try oneStep(base + "/cluster")
+        let clock = FakeClock(), hub = InMemoryHub()
+        let coordinator = Coordinator(transport: hub.server(), model: t.model, fingerprint: "fp", minWorkers: 1,
+                                      clock: { clock.now }, log: { _ in })
+        let honest = WorkerCore(transport: hub.client(id: "a.1"), name: "a", fingerprint: "", threads: 1, log: { _ in })
+        honest.heartbeatInterval = 0.02
+        Thread { try? honest.run() }.start()
+        let silent = hub.client(id: "b.1")
+        _ = silent.send(Message.hello(name: "b", fingerprint: "").encode())
+        try coordinator.waitForWorkers(2, timeout: 10)
+        let done = DispatchSemaphore(value: 0)
+        let outcome = WorkerOutcome()
+        Thread {
+            do { try t.run(computer: coordinator) } catch { outcome.error = error }
+            done.signal()
+        }.start()
+        // b got its share of the step and says nothing more; the clock moves 0.25 s every 50 ms of real time.
+        var requested = false
+        let end = Date().addingTimeInterval(30)
+        while done.wait(timeout: .now() + 0.05) == .timedOut {
+            if !requested, let frames = try silent.receive(timeout: 0), case .step = try? Message.decode(frames) { requested = true }
+            if requested { clock.advance(0.25) }
+            guard Date() < end else { return XCTFail("the step was not redone within 30 s") }
+        }
+        XCTAssertNil(outcome.error)
+        XCTAssertTrue(requested)
+        XCTAssertEqual(coordinator.evictions, 1)
+        XCTAssertEqual(coordinator.redone, 1)
+        XCTAssertEqual(coordinator.workerNames, ["a"])
+        XCTAssertLessThan(relativeDifference(single.params.array, t.params.array), 1e-6)
+        try coordinator.finish(linger: 0)
+    }
+
     func testCorpusMismatchIsRefusedWithBothFingerprints() throws {
         let t = try trainer(NSTemporaryDirectory() + "bard-cluster-mm-\(getpid())")
         let hub = InMemoryHub()
