@@ -103,36 +103,3 @@ public enum Safetensors {
         try AtomicFile.write(encode(tensors, metadata: metadata), to: path)
     }
 }
-
-/// Writes a file so that readers see either the old or the new contents, never a part: temporary file in the same
-/// directory, fsync, rename over the target, fsync the directory.
-public enum AtomicFile {
-    public static func write(_ bytes: [UInt8], to path: String) throws {
-        let dir = (path as NSString).deletingLastPathComponent.isEmpty ? "." : (path as NSString).deletingLastPathComponent
-        let tmp = "\(path).tmp-\(getpid())"
-        let fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC, 0o644)
-        guard fd >= 0 else { throw BardError.io("cannot write \(tmp): \(String(cString: strerror(errno)))") }
-        var written = 0
-        let ok: Bool = bytes.withUnsafeBytes { buf in
-            while written < buf.count {
-                guard let base = buf.baseAddress else { return false }
-                let r = Foundation.write(fd, base + written, buf.count - written)
-                if r < 0 { if errno == EINTR { continue }; return false }
-                written += r
-            }
-            return true
-        }
-        let synced = fsync(fd) == 0
-        close(fd)
-        guard ok, synced else {
-            unlink(tmp)
-            throw BardError.io("cannot write \(path): \(String(cString: strerror(errno)))")
-        }
-        guard rename(tmp, path) == 0 else {
-            unlink(tmp)
-            throw BardError.io("cannot rename \(tmp) to \(path): \(String(cString: strerror(errno)))")
-        }
-        let dfd = open(dir, O_RDONLY)
-        if dfd >= 0 { fsync(dfd); close(dfd) }
-    }
-}

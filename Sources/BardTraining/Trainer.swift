@@ -117,6 +117,9 @@ public final class Trainer {
         self.corpus = corpus
         self.log = log
         var resumed: (ModelCheckpoint, TrainingState)?
+        // Before anything slow (a coordinator waits for its workers after this): a bad --out is a one-line error now,
+        // not a Foundation error at the first checkpoint. A resume needs the directory as it is; a new run creates it.
+        try AtomicFile.prepareDirectory(options.outDir, create: !options.resume)
         if options.resume {
             let ckpt = try ModelCheckpoint.load(path: options.outDir + "/model.safetensors")
             let ts = try Trainer.trainingState(matching: ckpt.step, in: options.outDir)
@@ -175,12 +178,14 @@ public final class Trainer {
     public func run(computer: GradientComputer? = nil) throws -> TrainResult {
         let cfg = config, B = cfg.batch, T = cfg.bptt
         let computer = computer ?? ColumnParallel(model: model, steps: T, columns: 0..<B, threads: cfg.threads)
-        try FileManager.default.createDirectory(atPath: options.outDir, withIntermediateDirectories: true)
+        try AtomicFile.prepareDirectory(options.outDir)
         let metrics = try MetricsLog(path: options.outDir + "/metrics.jsonl", keepThroughStep: step)
         let progress = Progress(total: totalSteps, windowsPerEpoch: windowsPerEpoch, interval: options.logInterval)
         log(cfg.summary)
         log("data: \(options.dataPath) \(corpus.tokens.count) chars, vocabulary \(corpus.vocabulary.count); \(windowsPerEpoch) windows per epoch, \(totalSteps) steps; \(model.parameterCount) parameters; BLAS \(BLAS.coreName)")
         if step > 0 { log("resumed at step \(step) (epoch \(epoch + 1), window \(window))") }
+        // Temporary files of a run killed mid-write; this run is now the directory's only writer.
+        for name in AtomicFile.removeLeftovers(in: options.outDir) { log("removed \(options.outDir)/\(name), left by an interrupted write") }
         var tokens = [Int32](repeating: 0, count: (T + 1) * B)
         let start = Date()
         var lastLoss = Double.nan

@@ -189,6 +189,53 @@ final class TrainerTests: XCTestCase {
             try assertCheckpointsFinite(o.outDir)
         }
     }
+
+    /// An --out that cannot be a directory fails in init (before a coordinator waits for workers), in one line
+    /// naming it, without Foundation's wording.
+    func testBadOutDirectoryIsAOneLineErrorAtInit() throws {
+        let corpus = Corpus(text: syntheticText(3000))
+        let file = dir + "/plain-file"
+        XCTAssertTrue(FileManager.default.createFile(atPath: file, contents: Data("x".utf8)))
+        for out in [file, file + "/run"] {
+            XCTAssertThrowsError(try trainer(smallConfig(), corpus: corpus, out: out)) { e in
+                let m = "\(e)"
+                XCTAssertEqual(e as? BardError, .io(m), m)
+                XCTAssertTrue(m.contains(out), m)
+                XCTAssertFalse(m.contains("\n") || m.contains("NSCocoaErrorDomain") || m.contains("couldn"), m)
+            }
+        }
+        XCTAssertThrowsError(try trainer(smallConfig(), corpus: corpus, out: dir + "/never-made", resume: true)) { e in
+            XCTAssertTrue("\(e)".contains(self.dir + "/never-made"), "\(e)")
+        }
+        XCTAssertFalse(FileManager.default.fileExists(atPath: dir + "/never-made"), "a failed resume creates nothing")
+        // A good one is created with its parents.
+        XCTAssertNoThrow(try trainer(smallConfig(), corpus: corpus, out: dir + "/a/b/c"))
+        var isDirectory: ObjCBool = false
+        XCTAssertTrue(FileManager.default.fileExists(atPath: dir + "/a/b/c", isDirectory: &isDirectory) && isDirectory.boolValue)
+    }
+
+    /// Temporary files a killed run left in the out dir are gone once training starts; others stay.
+    func testTrainingRemovesLeftoverTemporaryFiles() throws {
+        let out = dir + "/left"
+        try FileManager.default.createDirectory(atPath: out, withIntermediateDirectories: true)
+        let orphan = out + "/.model.safetensors.00000000deadbeef.bard-tmp", notes = out + "/notes.txt"
+        XCTAssertTrue(FileManager.default.createFile(atPath: orphan, contents: Data(count: 100)))
+        XCTAssertTrue(FileManager.default.createFile(atPath: notes, contents: Data("mine".utf8)))
+        var cfg = smallConfig()
+        cfg.steps = 2
+        var lines: [String] = []
+        var o = TrainOptions(config: cfg, dataPath: "synthetic")
+        o.outDir = out; o.logInterval = 1e9; o.sampleLength = 5
+        try Trainer(options: o, corpus: Corpus(text: syntheticText(3000)), log: { lines.append($0) }).run()
+        XCTAssertFalse(FileManager.default.fileExists(atPath: orphan))
+        XCTAssertTrue(FileManager.default.fileExists(atPath: notes))
+        XCTAssertTrue(lines.contains { $0.contains(".model.safetensors.00000000deadbeef.bard-tmp") }, "\(lines)")
+        let names = try FileManager.default.contentsOfDirectory(atPath: out)
+        XCTAssertFalse(names.contains { AtomicFile.isTemporaryName($0) }, "\(names)")
+        var st = stat()
+        XCTAssertEqual(stat(out + "/model.safetensors", &st), 0)
+        XCTAssertEqual(st.st_mode & 0o777, 0o600)
+    }
 }
 
 /// A gradient computer that ignores the model: every step's mean loss is 1 and every gradient value is the step's
