@@ -3,12 +3,19 @@ import Foundation
 
 /// Global-norm clipping as torch.nn.utils.clip_grad_norm_: scale by max_norm / (norm + 1e-6) when that is < 1.
 /// Returns the norm before clipping.
+///
+/// The norm is summed in Double (`sumOfSquares`): a single Float value above 1.8e19 already squares to infinity, and a
+/// finite gradient must clip, not be called diverged. The scaling is done in Double too, because for gradients near
+/// Float's maximum the factor itself (max_norm / 1e38) is below Float's normal range and would lose its precision.
 @discardableResult
 public func clipGradientNorm(_ grads: FloatBuffer, maxNorm: Double) -> Double {
     let norm = grads.sumOfSquares().squareRoot()
     if maxNorm > 0 {
         let coef = maxNorm / (norm + 1e-6)
-        if coef < 1 { grads.scale(by: Float(coef)) }
+        if coef < 1 {
+            let g = grads.pointer
+            for i in 0..<grads.count { g[i] = Float(Double(g[i]) * coef) }
+        }
     }
     return norm
 }

@@ -54,18 +54,19 @@ public final class FloatBuffer: @unchecked Sendable {
         for i in 0..<count { pointer[i] *= s }
     }
 
-    /// Sum of squares in Double, for norms that must not lose precision over millions of terms.
+    /// Sum of squares in Double, for norms that must neither lose precision over millions of terms nor overflow:
+    /// each value is widened before it is squared, since a Float square or partial sum is infinite above 1.8e19.
+    /// Four accumulators, so the additions do not wait on each other (a strict Double sum does not vectorise).
     public func sumOfSquares() -> Double {
-        var total = 0.0
+        var s0 = 0.0, s1 = 0.0, s2 = 0.0, s3 = 0.0
         var i = 0
-        while i < count {
-            let end = min(i + 4096, count)
-            var partial: Float = 0
-            for j in i..<end { partial += pointer[j] * pointer[j] }
-            total += Double(partial)
-            i = end
+        while i + 4 <= count {
+            let a = Double(pointer[i]), b = Double(pointer[i + 1]), c = Double(pointer[i + 2]), d = Double(pointer[i + 3])
+            s0 += a * a; s1 += b * b; s2 += c * c; s3 += d * d
+            i += 4
         }
-        return total
+        while i < count { let a = Double(pointer[i]); s0 += a * a; i += 1 }
+        return (s0 + s1) + (s2 + s3)
     }
 
     public var allFinite: Bool { Kernels.allFinite(pointer, count: count) }

@@ -117,6 +117,9 @@ public final class Trainer {
         self.corpus = corpus
         self.log = log
         var resumed: (ModelCheckpoint, TrainingState)?
+        // Before anything slow (a coordinator waits for its workers after this): a bad --out is a one-line error now,
+        // not a Foundation error at the first checkpoint. A resume needs the directory as it is; a new run creates it.
+        try AtomicFile.prepareDirectory(options.outDir, create: !options.resume)
         if options.resume {
             let ckpt = try ModelCheckpoint.load(path: options.outDir + "/model.safetensors")
             let ts = try Trainer.trainingState(matching: ckpt.step, in: options.outDir)
@@ -175,12 +178,14 @@ public final class Trainer {
     public func run(computer: GradientComputer? = nil) throws -> TrainResult {
         let cfg = config, B = cfg.batch, T = cfg.bptt
         let computer = computer ?? ColumnParallel(model: model, steps: T, columns: 0..<B, threads: cfg.threads)
-        try FileManager.default.createDirectory(atPath: options.outDir, withIntermediateDirectories: true)
+        try AtomicFile.prepareDirectory(options.outDir)
         let metrics = try MetricsLog(path: options.outDir + "/metrics.jsonl", keepThroughStep: step)
         let progress = Progress(total: totalSteps, windowsPerEpoch: windowsPerEpoch, interval: options.logInterval)
         log(cfg.summary)
         log("data: \(options.dataPath) \(corpus.tokens.count) chars, vocabulary \(corpus.vocabulary.count); \(windowsPerEpoch) windows per epoch, \(totalSteps) steps; \(model.parameterCount) parameters; BLAS \(BLAS.coreName)")
         if step > 0 { log("resumed at step \(step) (epoch \(epoch + 1), window \(window))") }
+        // Temporary files of a run killed mid-write; this run is now the directory's only writer.
+        for name in AtomicFile.removeLeftovers(in: options.outDir) { log("removed \(options.outDir)/\(name), left by an interrupted write") }
         var tokens = [Int32](repeating: 0, count: (T + 1) * B)
         let start = Date()
         var lastLoss = Double.nan
@@ -209,12 +214,16 @@ public final class Trainer {
             grads.scale(by: Float(1 / n))
             let norm = clipGradientNorm(grads, maxNorm: cfg.clip)
             guard loss.isFinite, norm.isFinite else {
-                // A fresh run that has not checkpointed yet has no good checkpoint (out/ may hold an older run's).
-                let kept = lastCheckpointStep > 0 ? "the last good checkpoint is \(modelPath) (step \(lastCheckpointStep))"
-                    : "no checkpoint was written before it" + (options.checkpointEvery == 0 ? " (--checkpoint-every N keeps one every N steps)" : "")
-                throw BardError.diverged("training diverged at step \(step + 1) (loss \(loss), gradient norm \(norm)); \(kept); lower --lr or set --clip")
+                throw BardError.diverged("training diverged at step \(step + 1) (loss \(loss), gradient norm \(norm)); \(keptCheckpoint(lastCheckpointStep)); lower --lr or set --clip")
             }
             optimizer.apply(params: params, grads: grads)
+            // A finite loss and gradient do not make a finite update (lr * g, or Adam's g^2, can overflow): this step is
+            // the diverged one, and nothing it produced may reach a checkpoint.
+            let paramsFinite = params.allFinite
+            guard paramsFinite, optimizer.m.allFinite, optimizer.v.allFinite else {
+                let what = paramsFinite ? "the optimiser moments" : "the parameters"
+                throw BardError.diverged("training diverged at step \(step + 1) (loss \(loss), gradient norm \(norm), but the update made \(what) overflow); \(keptCheckpoint(lastCheckpointStep)); lower --lr or set --clip")
+            }
             step += 1; window += 1; chars += B * T
             lastLoss = loss
             minLoss = min(minLoss, loss)
@@ -267,6 +276,13 @@ public final class Trainer {
         return TrainResult(step: step, trainLoss: lastLoss, valLoss: lastValLoss)
     }
 
+    /// Where a diverged run's last good state is, for its error message.
+    func keptCheckpoint(_ lastCheckpointStep: Int) -> String {
+        // A fresh run that has not checkpointed yet has no good checkpoint (out/ may hold an older run's).
+        lastCheckpointStep > 0 ? "the last good checkpoint is \(modelPath) (step \(lastCheckpointStep))"
+            : "no checkpoint was written before it" + (options.checkpointEvery == 0 ? " (--checkpoint-every N keeps one every N steps)" : "")
+    }
+
     /// Validation loss over the held-out part, in `batch` columns with carried state from the initial state.
     public func validate() -> Double? {
         let v = evaluate(model: model, params: params, tokens: valTokens, columns: config.batch, bptt: config.bptt,
@@ -283,6 +299,10 @@ public final class Trainer {
     }
 
     public func saveCheckpoint(elapsed: Double) throws {
+        // The last line of defence for "the last good checkpoint": never replace a good one with non-finite numbers.
+        guard params.allFinite, optimizer.m.allFinite, optimizer.v.allFinite else {
+            throw BardError.diverged("not writing a checkpoint at step \(step): the parameters or optimiser moments are not finite; lower --lr or set --clip")
+        }
         let ts = TrainingState(step: step, epoch: epoch, window: window, lr: optimizer.lr, optimizerStep: optimizer.step,
                                m: optimizer.m.array, v: optimizer.v.array, h: state.h.array, c: state.c.array, rng: rng,
                                chars: chars, minLoss: minLoss, elapsed: elapsed, corpusSHA256: corpus.sha256)

@@ -1,3 +1,4 @@
+import BardModel
 import CZMQ
 import Foundation
 #if canImport(Glibc)
@@ -191,42 +192,12 @@ public struct CurveKeyPair: Sendable, Equatable {
 
     /// temp file in the same directory + fsync + rename + directory fsync; mode 0600. Also writes authorized_keys.
     static func atomicWrite(_ text: String, to path: String) throws {
-        let directory: String
-        if let slash = path.lastIndex(of: "/") {
-            directory = slash == path.startIndex ? "/" : String(path[..<slash])
-        } else {
-            directory = "."
-        }
-        let temporary = "\(path).tmp-\(getpid())-\(UInt32.random(in: .min ... .max))"
-        let fd = open(temporary, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o600)
-        guard fd >= 0 else { throw systemError(temporary, "cannot create") }
-        var isOpen = true
-        var renamed = false
-        defer {
-            if isOpen { _ = posixClose(fd) }
-            if !renamed { unlink(temporary) }
-        }
-        // The umask can only remove bits; make the mode exactly 0600.
-        guard fchmod(fd, 0o600) == 0 else { throw systemError(temporary, "cannot chmod") }
-        let bytes = Array(text.utf8)
-        var offset = 0
-        while offset < bytes.count {
-            let count = bytes[offset...].withUnsafeBytes { posixWrite(fd, $0.baseAddress, $0.count) }
-            if count < 0 {
-                if errno == EINTR { continue }
-                throw systemError(temporary, "cannot write")
-            }
-            offset += count
-        }
-        guard fsync(fd) == 0 else { throw systemError(temporary, "cannot fsync") }
-        isOpen = false
-        guard posixClose(fd) == 0 else { throw systemError(temporary, "cannot close") }
-        guard rename(temporary, path) == 0 else { throw systemError(path, "cannot rename temporary file into place") }
-        renamed = true
-        let directoryFD = open(directory, O_RDONLY | O_CLOEXEC)
-        if directoryFD >= 0 {
-            _ = fsync(directoryFD)
-            _ = posixClose(directoryFD)
+        // One implementation of replacing a file for the whole program (BardModel's AtomicFile: a random temporary
+        // name opened O_EXCL|O_NOFOLLOW, full writes, fsync, rename, directory fsync), reported as a key-file error.
+        do throws(AtomicFile.Failure) {
+            try AtomicFile.replace(Array(text.utf8), at: path, permissions: 0o600)
+        } catch {
+            throw ZMQError.keyFile(path: path, reason: error.reason)
         }
     }
 }

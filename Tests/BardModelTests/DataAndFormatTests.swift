@@ -149,6 +149,19 @@ final class OptimizerTests: XCTestCase {
         clipGradientNorm(small, maxNorm: 1)
         XCTAssertEqual(small.array, [0.3, 0.4])
     }
+
+    /// Finite gradients near Float's maximum clip to the max norm: their squares overflow a Float sum, not a Double.
+    func testClipOfHugeFiniteGradientsStaysFinite() {
+        let g = FloatBuffer(count: 10_000)
+        for i in 0..<g.count { g[i] = i % 2 == 0 ? 3e38 : -3e38 }
+        let norm = clipGradientNorm(g, maxNorm: 5)
+        XCTAssertTrue(norm.isFinite, "norm \(norm)")
+        XCTAssertEqual(norm, 3e38 * 100, accuracy: 3e38 * 100 * 1e-6)
+        XCTAssertTrue(g.allFinite)
+        XCTAssertEqual(g.sumOfSquares().squareRoot(), 5, accuracy: 1e-4)
+        XCTAssertEqual(Double(g[0]), 0.05, accuracy: 1e-7)
+        XCTAssertEqual(Double(g[1]), -0.05, accuracy: 1e-7)
+    }
 }
 
 final class SamplerTests: XCTestCase {

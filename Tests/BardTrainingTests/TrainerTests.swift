@@ -127,7 +127,19 @@ final class TrainerTests: XCTestCase {
         }
     }
 
-    /// A diverging run stops with a clear error and leaves the last good checkpoint readable.
+    /// Every checkpoint file in `out` holds finite numbers only (model, training state, previous training state).
+    func assertCheckpointsFinite(_ out: String, file: StaticString = #filePath, line: UInt = #line) throws {
+        let names = try FileManager.default.contentsOfDirectory(atPath: out).filter { $0.hasSuffix(".safetensors") }
+        XCTAssertTrue(names.contains("model.safetensors"), "\(names)", file: file, line: line)
+        for name in names {
+            for t in try Safetensors.read(path: out + "/" + name).tensors {
+                XCTAssertTrue(t.values.allSatisfy(\.isFinite), "\(name): \(t.name) is not finite", file: file, line: line)
+            }
+        }
+    }
+
+    /// A diverging run stops with a clear error and leaves the last good checkpoint readable. Checkpointing every step,
+    /// the diverged step is the one after the last checkpoint, whether the loss or the update overflowed first.
     func testDivergenceKeepsLastGoodCheckpoint() throws {
         let corpus = Corpus(text: syntheticText(3000))
         var cfg = smallConfig()
@@ -137,8 +149,11 @@ final class TrainerTests: XCTestCase {
         let t = try Trainer(options: o, corpus: corpus, log: { _ in })
         XCTAssertThrowsError(try t.run()) { e in
             guard case BardError.diverged(let m) = e else { return XCTFail("\(e)") }
-                XCTAssertTrue(m.contains("the last good checkpoint is \(self.dir)/d/model.safetensors (step "), m)
+            XCTAssertTrue(m.contains("the last good checkpoint is \(self.dir)/d/model.safetensors (step "), m)
+            guard let good = try? ModelCheckpoint.load(path: self.dir + "/d/model.safetensors").step else { return XCTFail("no checkpoint") }
+            XCTAssertTrue(m.hasPrefix("training diverged at step \(good + 1) ") && m.contains("(step \(good))"), m)
         }
+        try assertCheckpointsFinite(dir + "/d")
         let ck = try ModelCheckpoint.load(path: dir + "/d/model.safetensors")
         XCTAssertTrue(ck.params.allFinite)
         // Without checkpoints, the message does not point at a file this run never wrote.
@@ -147,5 +162,96 @@ final class TrainerTests: XCTestCase {
             guard case BardError.diverged(let m) = e else { return XCTFail("\(e)") }
             XCTAssertTrue(m.contains("no checkpoint was written before it"), m)
         }
+    }
+
+    /// The step whose update overflows is the diverged one, although its loss and gradient were finite: SGD at lr 1e30
+    /// with a gradient of 1e10 at step 3 puts -inf into the parameters, and no checkpoint may hold it. With Adam the
+    /// parameters stay finite but the second moment (g^2 of 1e30) does not, which is as fatal.
+    func testOverflowingUpdateIsTheDivergedStep() throws {
+        let corpus = Corpus(text: syntheticText(3000))
+        for (kind, gradients, what) in [(OptimizerKind.sgd, [Float(1e-3), 1e-3, 1e10], "the parameters"),
+                                        (.adam, [1e-3, 1e-3, 1e30], "the optimiser moments")] {
+            var cfg = smallConfig()
+            cfg.optimizer = kind; cfg.clip = 0; cfg.lr = kind == .sgd ? 1e30 : 0.01; cfg.steps = 10
+            var o = TrainOptions(config: cfg, dataPath: "synthetic")
+            o.outDir = dir + "/\(kind)"; o.checkpointEvery = 1; o.logInterval = 1e9
+            let t = try Trainer(options: o, corpus: corpus, log: { _ in })
+            XCTAssertThrowsError(try t.run(computer: ScriptedGradients(gradients)), "\(kind)") { e in
+                guard case BardError.diverged(let m) = e else { return XCTFail("\(e)") }
+                XCTAssertTrue(m.hasPrefix("training diverged at step 3 (loss 1.0, "), m)
+                XCTAssertTrue(m.contains("update made \(what) overflow") && m.contains("model.safetensors (step 2)"), m)
+                XCTAssertFalse(m.contains("\n"), m)
+            }
+            XCTAssertEqual(try ModelCheckpoint.load(path: o.outDir + "/model.safetensors").step, 2)
+            try assertCheckpointsFinite(o.outDir)
+            // Nothing else writes the overflowed state either.
+            XCTAssertThrowsError(try t.saveCheckpoint(elapsed: 0))
+            try assertCheckpointsFinite(o.outDir)
+        }
+    }
+
+    /// An --out that cannot be a directory fails in init (before a coordinator waits for workers), in one line
+    /// naming it, without Foundation's wording.
+    func testBadOutDirectoryIsAOneLineErrorAtInit() throws {
+        let corpus = Corpus(text: syntheticText(3000))
+        let file = dir + "/plain-file"
+        XCTAssertTrue(FileManager.default.createFile(atPath: file, contents: Data("x".utf8)))
+        for out in [file, file + "/run"] {
+            XCTAssertThrowsError(try trainer(smallConfig(), corpus: corpus, out: out)) { e in
+                let m = "\(e)"
+                XCTAssertEqual(e as? BardError, .io(m), m)
+                XCTAssertTrue(m.contains(out), m)
+                XCTAssertFalse(m.contains("\n") || m.contains("NSCocoaErrorDomain") || m.contains("couldn"), m)
+            }
+        }
+        XCTAssertThrowsError(try trainer(smallConfig(), corpus: corpus, out: dir + "/never-made", resume: true)) { e in
+            XCTAssertTrue("\(e)".contains(self.dir + "/never-made"), "\(e)")
+        }
+        XCTAssertFalse(FileManager.default.fileExists(atPath: dir + "/never-made"), "a failed resume creates nothing")
+        // A good one is created with its parents.
+        XCTAssertNoThrow(try trainer(smallConfig(), corpus: corpus, out: dir + "/a/b/c"))
+        var isDirectory: ObjCBool = false
+        XCTAssertTrue(FileManager.default.fileExists(atPath: dir + "/a/b/c", isDirectory: &isDirectory) && isDirectory.boolValue)
+    }
+
+    /// Temporary files a killed run left in the out dir are gone once training starts; others stay.
+    func testTrainingRemovesLeftoverTemporaryFiles() throws {
+        let out = dir + "/left"
+        try FileManager.default.createDirectory(atPath: out, withIntermediateDirectories: true)
+        let orphan = out + "/.model.safetensors.00000000deadbeef.bard-tmp", notes = out + "/notes.txt"
+        XCTAssertTrue(FileManager.default.createFile(atPath: orphan, contents: Data(count: 100)))
+        XCTAssertTrue(FileManager.default.createFile(atPath: notes, contents: Data("mine".utf8)))
+        var cfg = smallConfig()
+        cfg.steps = 2
+        var lines: [String] = []
+        var o = TrainOptions(config: cfg, dataPath: "synthetic")
+        o.outDir = out; o.logInterval = 1e9; o.sampleLength = 5
+        try Trainer(options: o, corpus: Corpus(text: syntheticText(3000)), log: { lines.append($0) }).run()
+        XCTAssertFalse(FileManager.default.fileExists(atPath: orphan))
+        XCTAssertTrue(FileManager.default.fileExists(atPath: notes))
+        XCTAssertTrue(lines.contains { $0.contains(".model.safetensors.00000000deadbeef.bard-tmp") }, "\(lines)")
+        let names = try FileManager.default.contentsOfDirectory(atPath: out)
+        XCTAssertFalse(names.contains { AtomicFile.isTemporaryName($0) }, "\(names)")
+        var st = stat()
+        XCTAssertEqual(stat(out + "/model.safetensors", &st), 0)
+        XCTAssertEqual(st.st_mode & 0o777, 0o600)
+    }
+}
+
+/// A gradient computer that ignores the model: every step's mean loss is 1 and every gradient value is the step's
+/// entry in `gradients` (the last repeated), so a test can choose exactly when an update overflows.
+final class ScriptedGradients: GradientComputer {
+    let gradients: [Float]
+    var calls = 0
+    init(_ gradients: [Float]) { self.gradients = gradients }
+
+    func computeGradients(params: FloatBuffer, grads: FloatBuffer, window: UnsafePointer<Int32>, steps: Int,
+                          totalColumns: Int, state: RecurrentState, dropout: DropoutKey?) throws -> Double {
+        let g = gradients[min(calls, gradients.count - 1)]
+        calls += 1
+        // The trainer divides the sums by the number of targets, as for a real loss sum.
+        let n = Float(steps * totalColumns)
+        for i in 0..<grads.count { grads[i] += g * n }
+        return Double(steps * totalColumns)
     }
 }

@@ -1,9 +1,10 @@
 """An independent numpy reading of a Bard checkpoint: trains tiny models with
-the built `bard`, re-computes `bard eval`'s loss here and compares (1e-4 abs).
+the built `bard`, re-computes `bard eval`'s loss here and compares (1e-4 abs),
+and verifies the whole-file sha256 as README's Checkpoints section defines it.
 
 BARD_BIN names the binary (default .build/release/bard). Without one the
 end-to-end tests skip, unless CI is set, where they fail."""
-import json, math, os, random, struct, subprocess
+import hashlib, json, math, os, random, shutil, struct, subprocess
 from pathlib import Path
 
 import numpy as np
@@ -133,8 +134,11 @@ def bard():
     return str(BARD)
 
 
-def run(*args):
+def run(*args, expect_failure=False):
     r = subprocess.run([bard(), *map(str, args)], capture_output=True, text=True, timeout=600)
+    if expect_failure:
+        assert r.returncode != 0, f"bard {' '.join(map(str, args))} succeeded; it should have failed"
+        return r.stderr
     assert r.returncode == 0, f"bard {' '.join(map(str, args))} failed:\n{r.stderr}"
     return r.stdout
 
@@ -197,3 +201,62 @@ def test_safetensors_layout_by_hand(checkpoint):
         start, end = e["data_offsets"]
         assert end - start == 4 * math.prod(e["shape"]), key
     assert len(blob) - 8 - n == max(e["data_offsets"][1] for e in entries.values())
+
+
+# ---- the whole-file checksum, computed here from its definition ----
+CHECKSUM_KEY = "bard.file_sha256"
+
+
+def checksum_field(blob):
+    """(offset, value) of bard.file_sha256: the 64 bytes after the one `"bard.file_sha256":"` in the header (compact
+    JSON, as Bard writes it)."""
+    (n,) = struct.unpack("<Q", blob[:8])
+    header = blob[8 : 8 + n]
+    value = json.loads(header.decode("utf-8"))["__metadata__"][CHECKSUM_KEY]
+    assert len(value) == 64 and all(ch in "0123456789abcdef" for ch in value)
+    marker = b'"' + CHECKSUM_KEY.encode() + b'":"'
+    assert header.count(marker) == 1, "the checksum field must occur once"
+    at = 8 + header.index(marker) + len(marker)
+    assert blob[at : at + 64] == value.encode()
+    return at, value
+
+
+def masked_sha256(blob, at):
+    """sha256 of the whole file with the 64 bytes at `at` (the checksum's own digits) hashed as '0's."""
+    return hashlib.sha256(blob[:at] + b"0" * 64 + blob[at + 64 :]).hexdigest()
+
+
+def test_every_file_carries_a_whole_file_sha256(checkpoint):
+    out = checkpoint[1].parent
+    files = sorted(out.glob("*.safetensors"))
+    assert {p.name for p in files} >= {"model.safetensors", "training-state.safetensors"}
+    for path in files:
+        blob = path.read_bytes()
+        at, value = checksum_field(blob)
+        assert masked_sha256(blob, at) == value, path
+        # Any edit outside the digits breaks it: the length prefix, a header byte, a data byte.
+        (n,) = struct.unpack("<Q", blob[:8])
+        for edit in (0, 8, at - 1, at + 65, 8 + n - 1, 8 + n, len(blob) - 1):
+            edited = bytearray(blob)
+            edited[edit] ^= 0x01
+            assert masked_sha256(bytes(edited), at) != value, (path, edit)
+        # The hash is only a metadata string to the safetensors package.
+        with safe_open(str(path), "np") as f:
+            assert CHECKSUM_KEY in f.metadata() and "bard.data_sha256" not in f.metadata()
+        assert load_file(str(path))
+
+
+def test_edited_learning_rate_refuses_to_resume(checkpoint, corpus, tmp_path):
+    out = tmp_path / "run"
+    shutil.copytree(checkpoint[1].parent, out)
+    state = out / "training-state.safetensors"
+    blob = state.read_bytes()
+    (n,) = struct.unpack("<Q", blob[:8])
+    meta = json.loads(blob[8 : 8 + n].decode("utf-8"))["__metadata__"]
+    old = f'"lr":"{meta["lr"]}"'.encode()
+    assert blob.count(old) == 1
+    new = f'"lr":"{"9" * len(meta["lr"])}"'.encode()
+    state.write_bytes(blob.replace(old, new))
+    err = run("train", "--resume", out, "--data", corpus, "--steps", 31, expect_failure=True)
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and "checksum mismatch" in lines[0] and str(state) in lines[0], err
