@@ -126,7 +126,7 @@ public final class Coordinator: GradientComputer {
             }
             keepAlive()
             evictSilent()
-            if let (peer, frames) = try transport.receive(timeout: max(0.001, min(0.2, untilNextEviction()))) { handleIdle(peer, frames) }
+            if let envelope = try transport.receive(timeout: max(0.001, min(0.2, untilNextEviction()))) { handleIdle(envelope.peer, envelope.frames) }
         }
     }
 
@@ -252,7 +252,8 @@ public final class Coordinator: GradientComputer {
                 lost = evictSilent().contains { pending[$0] != nil }
                 if lost { break }
                 let wait = min(0.5, deadline.timeIntervalSinceNow, untilNextEviction())
-                guard let (peer, frames) = try transport.receive(timeout: max(0.001, wait)) else { continue }
+                guard let envelope = try transport.receive(timeout: max(0.001, wait)) else { continue }
+                let (peer, frames) = (envelope.peer, envelope.frames)
                 bytesMoved += frames.reduce(0) { $0 + $1.count }
                 let message: Message
                 do { message = try Message.decode(frames) } catch {
@@ -394,7 +395,8 @@ public final class Coordinator: GradientComputer {
         let deadline = Date().addingTimeInterval(linger)
         if linger > 0 { log("serving the final checkpoint for \(Int(linger)) s (bard fetch --wait); Ctrl-C ends it") }
         while Date() < deadline && stopRequested == 0 {
-            if let (peer, frames) = try transport.receive(timeout: min(0.5, max(0.001, deadline.timeIntervalSinceNow))) {
+            if let envelope = try transport.receive(timeout: min(0.5, max(0.001, deadline.timeIntervalSinceNow))) {
+                let (peer, frames) = (envelope.peer, envelope.frames)
                 if case .some(.hello) = try? Message.decode(frames) {
                     _ = transport.send(to: peer, Message.done.encode())
                     continue

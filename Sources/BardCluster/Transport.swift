@@ -85,6 +85,10 @@ public final class InMemoryHub: @unchecked Sendable {
 
 final class InMemoryServer: ServerTransport {
     let hub: InMemoryHub
+    var limits = ReceiveLimits.control
+    let droppedMessages = 0
+    let deniedHandshakes = 0
+    let authenticationHealthy = true
     init(hub: InMemoryHub) { self.hub = hub }
     func send(to peer: PeerID, _ frames: [[UInt8]]) -> Bool {
         hub.lock.lock(); defer { hub.lock.unlock(); hub.lock.broadcast() }
@@ -92,13 +96,14 @@ final class InMemoryServer: ServerTransport {
         hub.clientQueues[peer]?.append(frames)
         return true
     }
-    func receive(timeout: Double) throws -> (peer: PeerID, frames: [[UInt8]])? {
-        hub.pop({ hub.serverQueue.isEmpty ? nil : hub.serverQueue.removeFirst() }, timeout: timeout).map { (peer: $0.0, frames: $0.1) }
+    func receive(timeout: Double) throws -> Envelope? {
+        hub.pop({ hub.serverQueue.isEmpty ? nil : hub.serverQueue.removeFirst() }, timeout: timeout).map { Envelope(peer: $0.0, frames: $0.1) }
     }
 }
 
 final class InMemoryClient: ClientTransport {
     let hub: InMemoryHub, id: PeerID
+    var limits = ReceiveLimits.control
     init(hub: InMemoryHub, id: PeerID) { self.hub = hub; self.id = id }
     func send(_ frames: [[UInt8]]) -> Bool {
         hub.lock.lock(); defer { hub.lock.unlock(); hub.lock.broadcast() }

@@ -126,7 +126,7 @@ final class HostileInputTests: ProcessTestCase {
         var reply: StepResult?
         let deadline = Date().addingTimeInterval(30)
         while reply == nil && Date() < deadline {
-            guard let (_, frames) = try server.receive(timeout: 0.5), let m = try? Message.decode(frames) else { continue }
+            guard let frames = try server.receive(timeout: 0.5)?.frames, let m = try? Message.decode(frames) else { continue }
             if case .result(let r) = m { reply = r }
         }
         guard let reply else { return XCTFail("no result from the worker: " + read(dir + "/w.log")) }

@@ -154,7 +154,7 @@ final class InMemoryClusterTests: XCTestCase {
         let server = hub2.server()
         let worker = WorkerCore(transport: hub2.client(id: "w"), name: "w", fingerprint: "", threads: 1, log: { _ in })
         let box = runInBackground(worker)
-        guard let (peer, _) = try server.receive(timeout: 3) else { return XCTFail("the worker never said hello") }
+        guard let peer = try server.receive(timeout: 3)?.peer else { return XCTFail("the worker never said hello") }
         var refusal = Message.refuse(reason: "protocol version 1 is not this coordinator's (2)").encode()
         refusal[0][4] = UInt8(truncatingIfNeeded: Wire.version + 1)
         XCTAssertTrue(server.send(to: peer, refusal))
