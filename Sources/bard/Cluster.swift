@@ -15,27 +15,6 @@ func loadKeys<T>(_ body: () throws -> T) throws -> T {
     do { return try body() } catch let error as ZMQError { throw BardError.badInput("\(error)") }
 }
 
-struct Keys: ParsableCommand {
-    static let configuration = CommandConfiguration(
-        abstract: "Manage the CURVE keys that authenticate and encrypt cluster traffic.", subcommands: [Generate.self])
-
-    struct Generate: ParsableCommand {
-        static let configuration = CommandConfiguration(
-            abstract: "Write a coordinator key pair, a client key pair and authorized_keys into DIR (or, with --client, add a client).",
-            discussion: """
-            The coordinator host needs coordinator.key and authorized_keys; worker and fetch hosts need coordinator.pub \
-            and client.key (or NAME.key). Every file is written with mode 0600; existing keys are never overwritten.
-            """)
-        @Option(help: "Directory to write the keys into.") var out: String
-        @Option(help: "Add a client key pair NAME.key/NAME.pub and admit it in authorized_keys.") var client: String?
-
-        func run() throws {
-            let files = try loadKeys { try KeyDirectory.generate(in: out, client: client) }
-            for f in files { say("wrote \(f)") }
-        }
-    }
-}
-
 struct CoordinatorCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "coordinator",
@@ -76,6 +55,7 @@ struct CoordinatorCommand: ParsableCommand {
         let options = try flags.makeOptions(out: out, resume: resumeDir, initFile: initFile, checkpointEvery: checkpointEvery,
                                             sampleLength: sampleLength)
         let security = try keys.map { dir in try loadKeys { try KeyDirectory.serverSecurity(dir: dir) } }
+        for warning in security?.warnings ?? [] { stderrLog("coordinator: warning: ")(warning) }
         let corpus = try Corpus.load(path: flags.data)
         let trainer = try Trainer(options: options, corpus: corpus, log: say)
         let context = try ZMQContext()
