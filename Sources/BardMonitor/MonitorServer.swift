@@ -123,6 +123,7 @@ public final class MonitorServer: @unchecked Sendable {
 
 /// A metrics server that could not start; one line.
 public struct MonitorError: Error, CustomStringConvertible {
+    /// The message, naming the flag's value where there is one.
     public let description: String
     init(_ d: String) { description = d }
 }
