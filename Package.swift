@@ -18,7 +18,6 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
         .package(url: "https://github.com/apple/swift-crypto", from: "3.12.0"),
         .package(url: "https://github.com/swift-server/swift-prometheus", from: "2.4.1"),
-        .package(url: "https://github.com/swhitty/FlyingFox", from: "0.27.1"),
     ],
     targets: [
         .systemLibrary(name: "CBLAS", path: "Sources/CBLAS", pkgConfig: "openblas",
@@ -36,7 +35,7 @@ let package = Package(
         .target(name: "BardTransport", dependencies: ["CZMQ", "BardCluster"]),
         .target(name: "BardPlot"),
         .target(name: "BardMonitor", dependencies: [
-            "BardPlot", .product(name: "Prometheus", package: "swift-prometheus"), .product(name: "FlyingFox", package: "FlyingFox"),
+            "BardPlot", .product(name: "Prometheus", package: "swift-prometheus"),
         ]),
         .executableTarget(name: "bard", dependencies: [
             "BardTraining", "BardModel", "BardNumerics", "BardCluster", "BardTransport", "BardPlot", "BardMonitor",

@@ -36,8 +36,6 @@ public final class Coordinator: GradientComputer {
     /// and this table stays bounded.
     var toldToRegister: [PeerID: Double] = [:]
     static let maxStrangers = 1024
-    var deniedSeen = 0
-    var lastDeniedLog = -Double.infinity
     var lastSecurityLog = -Double.infinity
     /// Recomputes a shard here when a worker reports a divergence.
     lazy var verifier = ShardComputer(model: model, threads: 1)
@@ -74,6 +72,7 @@ public final class Coordinator: GradientComputer {
     }
 
     public var workersAlive: Int { membership.members.count }
+    public var quarantinedCount: Int { membership.quarantined(now: clock()).count }
     public var workerNames: [String] { membership.members.map(\.name) }
 
     /// The workers as the dashboard shows them.
@@ -115,11 +114,6 @@ public final class Coordinator: GradientComputer {
         let now = clock()
         guard transport.authenticationHealthy else {
             throw BardError.io("the CURVE authentication handler stopped, so the socket could admit anyone; stopping (restart the coordinator with --resume)")
-        }
-        let denied = transport.deniedHandshakes
-        if denied > deniedSeen && now - lastDeniedLog >= 10 {
-            log("denied \(denied - deniedSeen) handshake(s) with keys not in authorized_keys (\(denied) in all)")
-            deniedSeen = denied; lastDeniedLog = now
         }
         if let last = lastListen, now - last > heartbeatInterval { membership.excuse(gap: now - last, now: now) }
         lastListen = now
@@ -205,10 +199,6 @@ public final class Coordinator: GradientComputer {
         membership.heard(peer, now: clock())
         switch message {
         case .hello(let name, let theirs):
-            if finished {
-                send(peer, .done)
-                return nil
-            }
             if !theirs.isEmpty && theirs != fingerprint {
                 send(peer, .refuse(.corpusMismatch, reason: "corpus mismatch: this worker's --data has fingerprint \(theirs.prefix(12)), the coordinator's corpus has \(fingerprint.prefix(12)); give both the same file"))
                 log("refused worker \(LogText.escape(name)): corpus fingerprint \(LogText.escape(String(theirs.prefix(12)))) differs from \(fingerprint.prefix(12))")
@@ -225,13 +215,15 @@ public final class Coordinator: GradientComputer {
                 }
                 reject("refused a hello from \(LogText.escape(name))\(e.credential.map { " (key \(LogText.escape(String($0.key.prefix(8))))...)" } ?? ""): \(why)")
                 return registration
-            case .joined:
+            case .joined where !finished:
                 log("worker \(LogText.escape(name)) joined (\(membership.members.count) registered); it takes columns from the next step")
+            case .joined: break
             case .restarted(let previous):
                 log("worker \(LogText.escape(name)) registered again (restarted)" + (previous != peer ? " on a new connection" : ""))
             }
             toldToRegister[peer] = nil
-            send(peer, .welcome(shape, fingerprint: fingerprint))
+            // After the run, the same checks of name, key and role, and then the news that it is over.
+            send(peer, finished ? .done : .welcome(shape, fingerprint: fingerprint))
             return registration
         case .fetch(let offset, let wantFinal):
             if let c = e.credential, c.role != .fetch && c.role != .worker {

@@ -13,6 +13,28 @@ public struct WorkerRow: Sendable, Codable {
     }
 }
 
+/// Numbers the coordinator publishes from its transport and bookkeeping, outside the per-step records, each under a
+/// fixed Prometheus name. All are present (0) from the start, so an alert need not wait for the first event.
+public enum ClusterMetric: String, CaseIterable, Sendable {
+    /// `bard_denied_handshakes_total` (counter): CURVE handshakes the ZAP handler denied (keys not in authorized_keys).
+    case deniedHandshakes = "bard_denied_handshakes_total"
+    /// `bard_dropped_messages_total` (counter): messages dropped unread for exceeding the receive limits.
+    case droppedMessages = "bard_dropped_messages_total"
+    /// `bard_quarantined_workers` (gauge): workers currently quarantined for misbehaving.
+    case quarantinedWorkers = "bard_quarantined_workers"
+
+    /// Whether the value is a running total (a counter) rather than a level (a gauge).
+    public var isCounter: Bool { self != .quarantinedWorkers }
+
+    var help: String {
+        switch self {
+        case .deniedHandshakes: return "CURVE handshakes denied by the ZAP handler (client keys not in authorized_keys)."
+        case .droppedMessages: return "Messages dropped unread for exceeding the receive limits (too many frames or bytes)."
+        case .quarantinedWorkers: return "Workers currently quarantined for misbehaving."
+        }
+    }
+}
+
 /// What the trainer reports, kept for the metrics endpoint and the dashboard. Written from the training thread,
 /// read from the HTTP server's tasks: everything goes through the lock.
 public final class RunMonitor: @unchecked Sendable {
@@ -35,6 +57,10 @@ public final class RunMonitor: @unchecked Sendable {
     let phase: [String: Gauge]
 
     let charsPerEpoch: Double?
+    let clusterCounters: [ClusterMetric: Counter]
+    let clusterGauges: [ClusterMetric: Gauge]
+    /// Last published running total of each counter.
+    var published: [ClusterMetric: Double] = [:]
 
     public init(title: String, totalSteps: Int, charsPerEpoch: Double? = nil, reference: ReferenceCurves? = nil) {
         self.title = title; self.totalSteps = totalSteps; self.reference = reference; self.charsPerEpoch = charsPerEpoch
@@ -53,6 +79,26 @@ public final class RunMonitor: @unchecked Sendable {
                                           help: "Seconds of the last step: slowest worker's compute, other waiting (communication), sending, reduction, and the coordinator's update between steps.")
         }
         self.phase = phase
+        var counters: [ClusterMetric: Counter] = [:], gauges: [ClusterMetric: Gauge] = [:]
+        for m in ClusterMetric.allCases {
+            if m.isCounter { counters[m] = registry.makeCounter(name: m.rawValue, help: m.help) } else {
+                gauges[m] = registry.makeGauge(name: m.rawValue, help: m.help)
+            }
+        }
+        clusterCounters = counters; clusterGauges = gauges
+    }
+
+    /// Publishes a cluster number: for a counter its running total (the metric rises by the increase; a total that
+    /// went down, from a restarted source, counts afresh from 0), for a gauge its current value. Any thread.
+    public func publish(_ metric: ClusterMetric, _ value: Double) {
+        guard value.isFinite, value >= 0 else { return }
+        lock.lock(); defer { lock.unlock() }
+        if let gauge = clusterGauges[metric] { return gauge.set(value) }
+        guard let counter = clusterCounters[metric] else { return }
+        let last = published[metric] ?? 0
+        let increase = value >= last ? value - last : value
+        if increase > 0 { counter.increment(by: increase) }
+        published[metric] = value
     }
 
     /// One step's metrics record (the trainer's `onRecord`), and the coordinator's workers after it.

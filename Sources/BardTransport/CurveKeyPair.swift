@@ -8,7 +8,6 @@ import Darwin
 #endif
 
 // File-scope wrappers so that members named `write`/`close` cannot shadow the POSIX calls.
-private func posixWrite(_ fd: Int32, _ buffer: UnsafeRawPointer?, _ count: Int) -> Int { write(fd, buffer, count) }
 private func posixClose(_ fd: Int32) -> Int32 { close(fd) }
 
 /// Z85 helpers for 32-byte CURVE keys (40 Z85 characters).

@@ -1,3 +1,4 @@
+import BardCluster
 import CZMQ
 import Foundation
 
@@ -252,6 +253,14 @@ public final class ZMQSocket {
         try setCurveSecretKey(keyPair.secretKey)
     }
 
+    /// `ZMQ_ZAP_ENFORCE_DOMAIN` (option 93; a draft option, but built into Debian's libzmq 4.3 and most others):
+    /// with a ZAP domain set, a server denies every handshake while no ZAP handler is bound, where libzmq otherwise
+    /// admits any client that knows the server key. Throws (EINVAL) on a libzmq built without draft options.
+    public func setZAPEnforceDomain(_ enabled: Bool) throws {
+        // The header declares the constant only under ZMQ_BUILD_DRAFT_API; the library may still honour it.
+        try set(93, "ZMQ_ZAP_ENFORCE_DOMAIN", int: enabled ? 1 : 0)
+    }
+
     /// `ZMQ_ZAP_DOMAIN`: domain sent in ZAP requests. CURVE servers consult ZAP whether or not
     /// this is set; for the NULL mechanism ZAP is only consulted when it is non-empty.
     public func setZAPDomain(_ domain: String) throws {
@@ -290,9 +299,41 @@ public final class ZMQSocket {
     /// Waits up to `timeoutMilliseconds` (negative = forever, 0 = just check) for a message
     /// and returns all of its frames, or nil on timeout.
     ///
+    /// Keeps the whole message however large: for trusted peers only (the ZAP handler's inproc socket, tests).
+    /// Anything a remote peer sends goes through ``receive(timeoutMilliseconds:limits:)``.
+    ///
     /// The wait is a `zmq_poll`; a signal arriving during it throws
     /// ``ZMQError/interrupted(operation:)`` so the caller can react (e.g. check a stop flag).
     public func receive(timeoutMilliseconds: Int) throws -> [[UInt8]]? {
+        try wait(timeoutMilliseconds: timeoutMilliseconds, then: readMessage)
+    }
+
+    /// The outcome of ``receive(timeoutMilliseconds:limits:)``.
+    public enum BoundedMessage: Equatable, Sendable {
+        /// A message within the limits, every frame kept; on a router `frames[0]` is the sender's routing id.
+        /// `userID` is the connection's ZAP `User-Id` (a CURVE client's Z85 public key), nil without ZAP.
+        case message(frames: [[UInt8]], userID: String?)
+        /// A message over the limits, read to its end and not kept. `frames` and `bytes` count the whole message
+        /// (saturating), the routing id excluded; `routingID` is the sender's on a router, else nil.
+        case dropped(routingID: [UInt8]?, userID: String?, frames: Int, bytes: Int)
+    }
+
+    /// Like ``receive(timeoutMilliseconds:)``, but reads the message frame by frame and keeps at most `limits`:
+    /// once the frame count or the total size would pass them, the frames kept so far are released, the rest are
+    /// read and closed without being copied, and the message is reported as ``BoundedMessage/dropped``.
+    ///
+    /// On a router the first frame is the routing id libzmq adds; it is kept and not counted.
+    ///
+    /// This bounds what *this process copies*. libzmq itself makes a multipart message readable only once all of
+    /// its frames have arrived, so it may hold a whole message (each frame bounded by ``setMaxMessageSize(bytes:)``,
+    /// the number of frames by nothing) before this sees the first frame; only authentication (CURVE with ZAP)
+    /// keeps strangers from sending one.
+    public func receive(timeoutMilliseconds: Int, limits: ReceiveLimits) throws -> BoundedMessage? {
+        try wait(timeoutMilliseconds: timeoutMilliseconds) { try readBoundedMessage($0, limits: limits) }
+    }
+
+    /// Polls for input up to `timeoutMilliseconds`, then lets `read` take one message without blocking.
+    private func wait<T>(timeoutMilliseconds: Int, then read: (UnsafeMutableRawPointer) throws -> T?) throws -> T? {
         let socket = try live("zmq_poll")
         let start = DispatchTime.now().uptimeNanoseconds
         var budget: UInt64?
@@ -309,8 +350,8 @@ public final class ZMQSocket {
             var item = zmq_pollitem_t(socket: socket, fd: 0, events: Int16(ZMQ_POLLIN), revents: 0)
             let rc = zmq_poll(&item, 1, remaining)
             if rc < 0 { throw ZMQError.last("zmq_poll") }
-            if rc > 0, item.revents & Int16(ZMQ_POLLIN) != 0, let frames = try readMessage(socket) {
-                return frames
+            if rc > 0, item.revents & Int16(ZMQ_POLLIN) != 0, let message = try read(socket) {
+                return message
             }
             // Timed out, or a spurious wake-up (readiness without a message).
             if remaining == 0 { return nil }
@@ -331,10 +372,70 @@ public final class ZMQSocket {
                 if code == EAGAIN && frames.isEmpty { return nil }
                 throw ZMQError.last("zmq_msg_recv", code: code)
             }
-            let size = zmq_msg_size(&message)
-            frames.append(Array(UnsafeRawBufferPointer(start: zmq_msg_data(&message), count: size)))
+            frames.append(ZMQSocket.bytes(of: &message))
             if zmq_msg_more(&message) == 0 { return frames }
         }
+    }
+
+    /// Reads one message frame by frame without blocking, keeping at most `limits`; nil if none is pending.
+    private func readBoundedMessage(_ socket: UnsafeMutableRawPointer, limits: ReceiveLimits) throws -> BoundedMessage? {
+        let routed = kind == .router
+        var routingID: [UInt8]?
+        var kept: [[UInt8]] = []
+        var userID: String?
+        var index = 0
+        // The whole message, routing id excluded; `bytes` saturates (a drained message is never copied, so its
+        // announced size is only reported).
+        var frames = 0, bytes = 0
+        var over = false
+        while true {
+            var message = zmq_msg_t()
+            guard zmq_msg_init(&message) == 0 else { throw ZMQError.last("zmq_msg_init") }
+            defer { zmq_msg_close(&message) }
+            if zmq_msg_recv(&message, socket, ZMQ_DONTWAIT) < 0 {
+                let code = zmq_errno()
+                if code == EINTR { continue }
+                // Parts of a multipart message arrive together, so EAGAIN only happens before the first.
+                if code == EAGAIN && index == 0 { return nil }
+                throw ZMQError.last("zmq_msg_recv", code: code)
+            }
+            // libzmq attaches the connection's metadata to every frame (the routing id frame included); the first
+            // frame that has a User-Id names the sender.
+            if userID == nil { userID = ZMQSocket.userID(of: &message) }
+            let size = zmq_msg_size(&message)
+            let more = zmq_msg_more(&message) != 0
+            if routed && index == 0 {
+                routingID = ZMQSocket.bytes(of: &message)
+            } else {
+                frames += 1
+                let (sum, overflow) = bytes.addingReportingOverflow(size)
+                bytes = overflow ? .max : sum
+                // Checked before copying: what is kept never passes the limits.
+                if !over && (frames > limits.maxFrames || bytes > limits.maxBytes) {
+                    over = true
+                    kept = []
+                }
+                if !over { kept.append(ZMQSocket.bytes(of: &message)) }
+            }
+            index += 1
+            if !more { break }
+        }
+        if over { return .dropped(routingID: routingID, userID: userID, frames: frames, bytes: bytes) }
+        return .message(frames: (routingID.map { [$0] } ?? []) + kept, userID: userID)
+    }
+
+    /// A copy of a frame's bytes.
+    private static func bytes(of message: inout zmq_msg_t) -> [UInt8] {
+        let size = zmq_msg_size(&message)
+        guard size > 0, let data = zmq_msg_data(&message) else { return [] }
+        return Array(UnsafeRawBufferPointer(start: data, count: size))
+    }
+
+    /// The frame's `User-Id` property (set from the ZAP handler's reply), nil if there is none.
+    private static func userID(of message: inout zmq_msg_t) -> String? {
+        guard let value = zmq_msg_gets(&message, "User-Id") else { return nil }
+        let text = String(cString: value)
+        return text.isEmpty ? nil : text
     }
 }
 

@@ -15,27 +15,6 @@ func loadKeys<T>(_ body: () throws -> T) throws -> T {
     do { return try body() } catch let error as ZMQError { throw BardError.badInput("\(error)") }
 }
 
-struct Keys: ParsableCommand {
-    static let configuration = CommandConfiguration(
-        abstract: "Manage the CURVE keys that authenticate and encrypt cluster traffic.", subcommands: [Generate.self])
-
-    struct Generate: ParsableCommand {
-        static let configuration = CommandConfiguration(
-            abstract: "Write a coordinator key pair, a client key pair and authorized_keys into DIR (or, with --client, add a client).",
-            discussion: """
-            The coordinator host needs coordinator.key and authorized_keys; worker and fetch hosts need coordinator.pub \
-            and client.key (or NAME.key). Every file is written with mode 0600; existing keys are never overwritten.
-            """)
-        @Option(help: "Directory to write the keys into.") var out: String
-        @Option(help: "Add a client key pair NAME.key/NAME.pub and admit it in authorized_keys.") var client: String?
-
-        func run() throws {
-            let files = try loadKeys { try KeyDirectory.generate(in: out, client: client) }
-            for f in files { say("wrote \(f)") }
-        }
-    }
-}
-
 struct CoordinatorCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "coordinator",
@@ -78,11 +57,19 @@ struct CoordinatorCommand: ParsableCommand {
         let options = try flags.makeOptions(out: out, resume: resumeDir, initFile: initFile, checkpointEvery: checkpointEvery,
                                             sampleLength: sampleLength)
         let security = try keys.map { dir in try loadKeys { try KeyDirectory.serverSecurity(dir: dir) } }
+        for warning in security?.warnings ?? [] { stderrLog("coordinator: warning: ")(warning) }
         let corpus = try Corpus.load(path: flags.data)
         let trainer = try Trainer(options: options, corpus: corpus, log: say)
         let context = try ZMQContext()
         let server: ZMQServerTransport
-        do { server = try ZMQServerTransport(context: context, bind: bind, security: security) } catch {
+        // Denials are logged here (they come on the authentication thread), at most one line in 10 s.
+        let denials = DenialLog(log: stderrLog("coordinator: "))
+        do {
+            // No legitimate frame is larger than a gradient of this model.
+            server = try ZMQServerTransport(context: context, bind: bind, security: security,
+                                            maxFrameBytes: 4 * trainer.model.parameterCount + 4096,
+                                            onDenial: { denials.record($0) })
+        } catch {
             throw BardError.io("cannot bind \(bind): \(error)")
         }
         let coordinator = Coordinator(transport: server, model: trainer.model, fingerprint: corpus.fingerprint,
@@ -90,12 +77,15 @@ struct CoordinatorCommand: ParsableCommand {
         coordinator.deadline.override = stepTimeout
         coordinator.membership.policy.heartbeatTimeout = heartbeatTimeout
         coordinator.membership.policy.maxWorkers = maxWorkers
-        let monitor = try monitoring.start(trainer: trainer, title: "bard coordinator: " + options.outDir) {
+        let monitor = try monitoring.start(trainer: trainer, title: "bard coordinator: " + options.outDir, workers: {
             coordinator.workerStatus.map {
                 WorkerRow(name: $0.name, columns: $0.columns.map { "\($0.lowerBound)..<\($0.upperBound)" } ?? "-", steps: $0.steps,
                           secondsSinceHeard: $0.secondsSinceHeard)
             }
-        }
+        }, cluster: {
+            [.deniedHandshakes: Double(server.deniedHandshakes), .droppedMessages: Double(server.droppedMessages),
+             .quarantinedWorkers: Double(coordinator.quarantinedCount)]
+        })
         defer { monitor?.stop() }
         coordinator.checkpoints.path = trainer.modelPath
         installStopHandlers()
@@ -157,7 +147,9 @@ struct WorkerCommand: ParsableCommand {
         // The routing identity is the name and a random suffix, unique per process: a restarted worker (or a thief
         // of its name) gets a connection of its own, and the coordinator decides by name and key who is who.
         let routing = identity + "." + String(UInt32.random(in: 0...UInt32.max), radix: 16)
-        let client = try ZMQClientTransport(context: context, connect: connect, identity: routing, security: security)
+        // Before the welcome, no frame is legitimately larger than the parameters of the largest model we accept.
+        let client = try ZMQClientTransport(context: context, connect: connect, identity: routing, security: security,
+                                            maxFrameBytes: 4 * maxParameters + 4096)
         let worker = WorkerCore(transport: client, name: identity, fingerprint: fingerprint, threads: threads,
                                 maxParameters: maxParameters, log: stderrLog("worker \(identity): "))
         worker.idleTimeout = idleTimeout
@@ -251,5 +243,22 @@ struct Fetch: ParsableCommand {
         let (step, bytes) = try fetchCheckpoint(transport: client, to: path, wait: wait, timeout: timeout, log: stderrLog("fetch: "))
         say("fetched the checkpoint of step \(step) (\(bytes) bytes, sha256 verified) to \(path)")
         client.close()
+    }
+}
+
+/// Handshake denials, as the authentication thread reports them: logged at most once in 10 s, with the count since.
+final class DenialLog: @unchecked Sendable {
+    let lock = NSLock()
+    let log: (String) -> Void
+    var last = Date.distantPast
+    var unlogged = 0
+    init(log: @escaping (String) -> Void) { self.log = log }
+
+    func record(_ denial: HandshakeDenial) {
+        lock.lock(); defer { lock.unlock() }
+        unlogged += 1
+        guard Date().timeIntervalSince(last) >= 10 else { return }
+        log("denied \(unlogged) handshake(s) since the last report; latest: \(LogText.escape(denial.description))")
+        last = Date(); unlogged = 0
     }
 }

@@ -7,15 +7,18 @@ import Foundation
 
 /// `--metrics` and the reference overlay, shared by `bard train` and `bard coordinator`.
 struct MonitorFlags: ParsableArguments {
-    @Option(help: "Serve Prometheus metrics at /metrics and a live dashboard at / on HOST:PORT (e.g. 127.0.0.1:9464).")
+    @Option(help: "Serve Prometheus metrics at /metrics and a live dashboard at / on HOST:PORT (e.g. 127.0.0.1:9464 for this host only; :PORT or 0.0.0.0:PORT for all interfaces).")
     var metrics: String?
     @Option(help: "Overlay these reference validation curves (JSON lines with cfg, epoch, val) on the dashboard's chart.")
     var reference: String?
     @Option(name: .customLong("reference-config"), help: "Only this reference configuration (repeatable).")
     var referenceConfig: [String] = []
 
-    /// Starts the server and hooks it to the trainer; `workers` is read on the training thread after each step.
-    func start(trainer: Trainer, title: String, workers: (() -> [WorkerRow])? = nil) throws -> MonitorServer? {
+    /// Starts the server and hooks it to the trainer; `workers` and `cluster` (running totals and levels such as
+    /// denied handshakes, see `ClusterMetric`) are read on the training thread after each step. Between steps, publish
+    /// through the returned server's `monitor`.
+    func start(trainer: Trainer, title: String, workers: (() -> [WorkerRow])? = nil,
+               cluster: (() -> [ClusterMetric: Double])? = nil) throws -> MonitorServer? {
         guard let metrics else { return nil }
         let ref: ReferenceCurves?
         do { ref = try reference.map { try ReferenceCurves.load(path: $0, only: referenceConfig) } } catch let e as PlotError {
@@ -24,13 +27,18 @@ struct MonitorFlags: ParsableArguments {
         let monitor = RunMonitor(title: title, totalSteps: trainer.totalSteps,
                                  charsPerEpoch: Double(trainer.windowsPerEpoch * trainer.config.batch * trainer.config.bptt),
                                  reference: ref)
-        trainer.onRecord = { monitor.record($0, workers: workers?()) }
+        trainer.onRecord = {
+            monitor.record($0, workers: workers?())
+            for (metric, value) in cluster?() ?? [:] { monitor.publish(metric, value) }
+        }
         trainer.onSample = { monitor.setSample($0) }
         let server: MonitorServer
         do { server = try MonitorServer(address: metrics, monitor: monitor) } catch let e as MonitorError {
             throw ValidationError(e.description)
         }
-        say("metrics on \(server.url)metrics, dashboard on \(server.url)")
+        // The address really bound comes first: `:PORT` is every interface, and says so.
+        say("metrics server listening on \(server.boundAddress)\(server.listensOnAllInterfaces ? " (all interfaces)" : ""): "
+            + "metrics at \(server.url)metrics, dashboard on \(server.url)")
         return server
     }
 }

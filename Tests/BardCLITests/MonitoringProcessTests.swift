@@ -31,6 +31,9 @@ final class MonitoringProcessTests: ProcessTestCase {
         _ = try launch(["worker", "--connect", endpoint, "--name", "wb"], log: dir + "/wb.log")
         XCTAssertNotNil(waitFor(30) { read(clog).contains("dashboard on http") }, read(clog))
         let url = try XCTUnwrap(read(clog).components(separatedBy: "dashboard on ").last?.split(separator: "\n").first.map(String.init))
+        // The address really bound is printed, and a loopback address is loopback only.
+        XCTAssertTrue(read(clog).contains("metrics server listening on 127.0.0.1:"), read(clog))
+        XCTAssertFalse(read(clog).contains("(all interfaces)"), read(clog))
 
         var metrics = ""
         XCTAssertNotNil(waitFor(60) {
@@ -39,7 +42,8 @@ final class MonitoringProcessTests: ProcessTestCase {
         }, "metrics never showed two workers and a validation loss:\n\(metrics)\n\(read(clog))")
         for name in ["bard_steps_total", "bard_train_loss", "bard_chars_per_second", "bard_evictions_total 0",
                      "bard_rejected_messages_total 0", "bard_bytes_moved_total", "bard_step_seconds{phase=\"compute\"}",
-                     "bard_step_seconds{phase=\"communication\"}", "bard_step_seconds{phase=\"update\"}"] {
+                     "bard_step_seconds{phase=\"communication\"}", "bard_step_seconds{phase=\"update\"}",
+                     "bard_denied_handshakes_total", "bard_dropped_messages_total", "bard_quarantined_workers"] {
             XCTAssertTrue(metrics.contains(name), "missing \(name) in\n\(metrics)")
         }
         let steps = metrics.split(separator: "\n").first { $0.hasPrefix("bard_steps_total ") }.flatMap { Double($0.split(separator: " ")[1]) }

@@ -131,6 +131,12 @@ final class ReliabilityTests: ProcessTestCase {
             let g = try launch(["keys", "generate", "--out", d], log: dir + "/keys.log")
             XCTAssertTrue(waitExit(g, timeout: 10)); XCTAssertEqual(g.terminationStatus, 0, read(dir + "/keys.log"))
         }
+        // A laptop's key that may only fetch, and a second worker key.
+        for (client, role) in [("laptop", "fetch"), ("other", "worker")] {
+            let g = try launch(["keys", "generate", "--out", keys, "--client", client, "--role", role], log: dir + "/keys.log")
+            XCTAssertTrue(waitExit(g, timeout: 10)); XCTAssertEqual(g.terminationStatus, 0, read(dir + "/keys.log"))
+        }
+        XCTAssertTrue(read(keys + "/authorized_keys").contains(" fetch laptop"), read(keys + "/authorized_keys"))
         let endpoint = "tcp://127.0.0.1:\(Self.freePort())"
         let out = dir + "/c", clog = dir + "/c.log"
         let coordinator = try launch(["coordinator"] + flags + ["--steps", "60", "--init", initFile, "--out", out, "--keys", keys,
@@ -157,9 +163,23 @@ final class ReliabilityTests: ProcessTestCase {
         XCTAssertFalse(read(clog).contains("joined"), read(clog))
         XCTAssertFalse(FileManager.default.fileExists(atPath: dir + "/f1/model.safetensors"))
 
+        // The fetch-only key cannot register as a worker: refused, exit 77, whatever name it takes.
+        let laptop = try launch(["worker", "--connect", endpoint, "--keys", keys, "--key-file", keys + "/laptop.key", "--name", "laptop"],
+                                log: dir + "/laptop.log")
+        XCTAssertTrue(waitExit(laptop, timeout: 30))
+        XCTAssertEqual(laptop.terminationStatus, 77, read(dir + "/laptop.log"))
+        XCTAssertTrue(read(dir + "/laptop.log").contains("role is fetch"), read(dir + "/laptop.log"))
+
         _ = try launch(["worker", "--connect", endpoint, "--keys", keys, "--name", "friend"], log: dir + "/friend.log")
-        let fetch = try launch(["fetch", "--from", endpoint, "--keys", keys, "--out", dir + "/f3", "--wait", "--timeout", "120"],
-                               log: dir + "/f3.log")
+        XCTAssertNotNil(waitFor(30) { read(clog).contains("worker friend joined") }, read(clog))
+        // Another worker key claiming friend's name is refused and logged; friend keeps its place.
+        let thief = try launch(["worker", "--connect", endpoint, "--keys", keys, "--key-file", keys + "/other.key", "--name", "friend"],
+                               log: dir + "/thief.log")
+        XCTAssertTrue(waitExit(thief, timeout: 30))
+        XCTAssertEqual(thief.terminationStatus, 77, read(dir + "/thief.log"))
+        XCTAssertTrue(read(dir + "/thief.log").contains("registered by another key"), read(dir + "/thief.log"))
+        let fetch = try launch(["fetch", "--from", endpoint, "--keys", keys, "--key-file", keys + "/laptop.key", "--out", dir + "/f3",
+                                "--wait", "--timeout", "120"], log: dir + "/f3.log")
         XCTAssertTrue(waitExit(fetch, timeout: 150))
         XCTAssertEqual(fetch.terminationStatus, 0, read(dir + "/f3.log") + read(clog))
         let fetched = try ModelCheckpoint.load(path: dir + "/f3/model.safetensors")
@@ -169,6 +189,8 @@ final class ReliabilityTests: ProcessTestCase {
         XCTAssertTrue(waitExit(coordinator, timeout: 10))
         let log = read(clog)
         XCTAssertTrue(log.contains("worker friend joined"), log)
+        XCTAssertTrue(log.contains("refused a hello from friend"), log)
+        XCTAssertFalse(log.contains("evicting friend"), "the name thief disturbed the owner: " + log)
         XCTAssertFalse(log.contains("stranger joined") || log.contains("plain joined"), log)
     }
 

@@ -1,5 +1,6 @@
 import Foundation
 import XCTest
+import BardCluster
 import BardTransport
 
 private func bytes(_ text: String) -> [UInt8] { Array(text.utf8) }
@@ -309,5 +310,244 @@ final class KeyFileTests: XCTestCase {
         let commented = directory + "/commented.key"
         try "# worker 3\n\npublic=\(pair.publicKey)\nsecret=\(pair.secretKey)\n".write(toFile: commented, atomically: false, encoding: .utf8)
         XCTAssertEqual(try CurveKeyPair.load(from: commented), pair)
+    }
+}
+
+/// Polls `condition` until it holds or `seconds` pass.
+private func eventually(_ seconds: Double, _ condition: () throws -> Bool) rethrows -> Bool {
+    let deadline = Date().addingTimeInterval(seconds)
+    while Date() < deadline {
+        if try condition() { return true }
+        usleep(10_000)
+    }
+    return try condition()
+}
+
+final class BoundedReceiveTests: XCTestCase {
+    /// A message over the frame or byte limit is read to its end and reported, never delivered; the next one is.
+    func testSocketDropsMessagesOverTheLimitsAndKeepsServing() throws {
+        let context = try ZMQContext()
+        let router = try ZMQSocket(context: context, kind: .router)
+        try router.bind("tcp://127.0.0.1:*")
+        let dealer = try ZMQSocket(context: context, kind: .dealer)
+        try dealer.setRoutingID("big")
+        try dealer.connect(try router.lastEndpoint)
+        let limits = ReceiveLimits(maxFrames: 4, maxBytes: 1000)
+
+        // Too many bytes: 6 frames of 300 (the routing id is not counted).
+        XCTAssertEqual(try dealer.send(frames: Array(repeating: [UInt8](repeating: 1, count: 300), count: 6)), .sent)
+        XCTAssertEqual(try router.receive(timeoutMilliseconds: 2000, limits: limits),
+                       .dropped(routingID: bytes("big"), userID: nil, frames: 6, bytes: 1800))
+        // Too many frames, each tiny.
+        XCTAssertEqual(try dealer.send(frames: Array(repeating: [7], count: 100)), .sent)
+        XCTAssertEqual(try router.receive(timeoutMilliseconds: 2000, limits: limits),
+                       .dropped(routingID: bytes("big"), userID: nil, frames: 100, bytes: 100))
+        // Exactly at the limits: delivered whole, routing id first; nothing of the dropped messages is left over.
+        let fitting = [[UInt8](repeating: 2, count: 250), [UInt8](repeating: 3, count: 250), [UInt8](repeating: 4, count: 250), [UInt8](repeating: 5, count: 250)]
+        XCTAssertEqual(try dealer.send(frames: fitting), .sent)
+        XCTAssertEqual(try router.receive(timeoutMilliseconds: 2000, limits: limits), .message(frames: [bytes("big")] + fitting, userID: nil))
+        XCTAssertNil(try router.receive(timeoutMilliseconds: 50, limits: limits))
+
+        // A dealer has no routing id frame: every frame counts.
+        XCTAssertEqual(try router.send(frames: [bytes("big")] + Array(repeating: [9], count: 5)), .sent)
+        XCTAssertEqual(try dealer.receive(timeoutMilliseconds: 2000, limits: limits),
+                       .dropped(routingID: nil, userID: nil, frames: 5, bytes: 5))
+    }
+
+    /// The transports apply `limits` (changeable), count what they drop and deliver what follows within one wait.
+    func testTransportsCountDroppedMessagesAndDeliverTheNext() throws {
+        let context = try ZMQContext()
+        let server = try ZMQServerTransport(context: context, bind: "tcp://127.0.0.1:0",
+                                            limits: ReceiveLimits(maxFrames: 3, maxBytes: 4096))
+        defer { server.close() }
+        let client = try ZMQClientTransport(context: context, connect: server.endpoint, identity: "w1",
+                                            limits: ReceiveLimits(maxFrames: 2, maxBytes: 100))
+        defer { client.close() }
+        XCTAssertTrue(client.send([bytes("hello")]))
+        let hello = try XCTUnwrap(server.receive(timeout: 2))
+        XCTAssertEqual(hello.peer, bytes("w1"))
+        XCTAssertEqual(hello.frames, [bytes("hello")])
+        XCTAssertNil(hello.credential, "a plaintext socket authenticates nobody")
+
+        XCTAssertTrue(client.send([[UInt8](repeating: 0, count: 5000)]))
+        XCTAssertTrue(client.send([bytes("a"), bytes("b"), bytes("c"), bytes("d")]))
+        XCTAssertTrue(client.send([bytes("after")]))
+        XCTAssertEqual(try server.receive(timeout: 2)?.frames, [bytes("after")])
+        XCTAssertEqual(server.droppedMessages, 2)
+
+        server.limits = ReceiveLimits(maxFrames: 8, maxBytes: 1 << 20)
+        XCTAssertTrue(client.send([[UInt8](repeating: 0, count: 5000)]))
+        XCTAssertEqual(try server.receive(timeout: 2)?.frames.first?.count, 5000)
+        XCTAssertEqual(server.droppedMessages, 2)
+
+        XCTAssertTrue(server.send(to: bytes("w1"), [[UInt8](repeating: 1, count: 101)]))
+        XCTAssertTrue(server.send(to: bytes("w1"), [bytes("ok")]))
+        XCTAssertEqual(try client.receive(timeout: 2), [bytes("ok")])
+        XCTAssertEqual(client.droppedMessages, 1)
+        XCTAssertNil(try server.receive(timeout: 0.05))
+    }
+
+    /// `maxFrameBytes` becomes ZMQ_MAXMSGSIZE before binding: a larger frame costs the sender its connection.
+    func testMaxFrameBytesIsSetBeforeBinding() throws {
+        let context = try ZMQContext()
+        let server = try ZMQServerTransport(context: context, bind: "tcp://127.0.0.1:0", maxFrameBytes: 1024)
+        defer { server.close() }
+        let client = try ZMQClientTransport(context: context, connect: server.endpoint, identity: "w1")
+        defer { client.close() }
+        XCTAssertTrue(client.send([[UInt8](repeating: 0, count: 1024)]))
+        XCTAssertEqual(try server.receive(timeout: 2)?.frames.first?.count, 1024)
+        XCTAssertTrue(client.send([[UInt8](repeating: 0, count: 1025)]))
+        XCTAssertNil(try server.receive(timeout: 0.3))
+        XCTAssertEqual(server.droppedMessages, 0, "libzmq refused the frame; it never reached the receive limits")
+        XCTAssertThrowsError(try ZMQServerTransport(context: context, bind: "tcp://127.0.0.1:0", maxFrameBytes: 0))
+    }
+}
+
+final class AuthenticatedTransportTests: XCTestCase {
+    final class Denials: @unchecked Sendable {
+        let lock = NSLock()
+        var list: [HandshakeDenial] = []
+        func add(_ d: HandshakeDenial) { lock.lock(); list.append(d); lock.unlock() }
+        var all: [HandshakeDenial] { lock.lock(); defer { lock.unlock() }; return list }
+    }
+
+    func client(_ context: ZMQContext, _ server: ZMQServerTransport, _ pair: CurveKeyPair, _ serverKey: String, _ id: String) throws -> ZMQClientTransport {
+        try ZMQClientTransport(context: context, connect: server.endpoint, identity: id,
+                               security: ClientSecurity(keyPair: pair, serverPublicKey: serverKey))
+    }
+
+    /// Each message carries its sender's key and role; an unlisted key is denied, counted and reported with its key
+    /// and address.
+    func testEnvelopesCarryKeyAndRoleAndDenialsAreReported() throws {
+        try XCTSkipUnless(ZMQContext.hasCurve, "libzmq built without CURVE")
+        let context = try ZMQContext()
+        let serverPair = try CurveKeyPair.generate(), worker = try CurveKeyPair.generate()
+        let fetcher = try CurveKeyPair.generate(), stranger = try CurveKeyPair.generate()
+        let denials = Denials()
+        let security = ServerSecurity(keyPair: serverPair, clients: [worker.publicKey: .worker, fetcher.publicKey: .fetch])
+        let server = try ZMQServerTransport(context: context, bind: "tcp://127.0.0.1:0", security: security,
+                                            onDenial: { denials.add($0) })
+        defer { server.close() }
+        XCTAssertTrue(server.authenticationHealthy)
+
+        let w = try client(context, server, worker, serverPair.publicKey, "w")
+        let f = try client(context, server, fetcher, serverPair.publicKey, "f")
+        XCTAssertTrue(w.send([bytes("from w")]))
+        XCTAssertTrue(f.send([bytes("from f")]))
+        var seen: [String: Credential] = [:]
+        XCTAssertTrue(try eventually(3) {
+            if let e = try server.receive(timeout: 0.2) { seen[String(decoding: e.frames[0], as: UTF8.self)] = e.credential }
+            return seen.count == 2
+        })
+        XCTAssertEqual(seen["from w"], Credential(key: worker.publicKey, role: .worker))
+        XCTAssertEqual(seen["from f"], Credential(key: fetcher.publicKey, role: .fetch))
+
+        let s = try client(context, server, stranger, serverPair.publicKey, "s")
+        XCTAssertTrue(s.send([bytes("let me in")]))
+        XCTAssertNil(try server.receive(timeout: 0.5))
+        XCTAssertTrue(eventually(3) { server.deniedHandshakes >= 1 })
+        let denial = try XCTUnwrap(denials.all.first)
+        XCTAssertEqual(denial.status, 400)
+        XCTAssertEqual(denial.mechanism, "CURVE")
+        XCTAssertEqual(denial.key, stranger.publicKey)
+        XCTAssertEqual(denial.address, "127.0.0.1")
+        XCTAssertEqual(server.deniedHandshakes, denials.all.count)
+        XCTAssertFalse(denial.description.contains("\n"))
+        XCTAssertTrue(denial.description.contains(stranger.publicKey), denial.description)
+        XCTAssertEqual(server.droppedMessages, 0)
+        [w, f, s].forEach { $0.close() }
+    }
+
+    /// With the ZAP handler gone libzmq would admit anyone knowing the server key: the transport says so, and
+    /// (where libzmq can enforce the ZAP domain) even a listed client is no longer let in.
+    func testStoppingTheAuthenticatorUnderALiveServerFailsClosed() throws {
+        try XCTSkipUnless(ZMQContext.hasCurve, "libzmq built without CURVE")
+        let context = try ZMQContext()
+        let serverPair = try CurveKeyPair.generate(), worker = try CurveKeyPair.generate()
+        let server = try ZMQServerTransport(context: context, bind: "tcp://127.0.0.1:0",
+                                            security: ServerSecurity(keyPair: serverPair, clients: [worker.publicKey: .worker]))
+        defer { server.close() }
+        let before = try client(context, server, worker, serverPair.publicKey, "before")
+        XCTAssertTrue(before.send([bytes("hi")]))
+        XCTAssertEqual(try server.receive(timeout: 2)?.credential?.role, .worker)
+        XCTAssertTrue(server.authenticationHealthy)
+
+        server.authenticator?.stop()
+        XCTAssertFalse(server.authenticationHealthy)
+        XCTAssertNil(server.authenticator?.failure, "a requested stop is no failure")
+        if server.failsClosedWithoutAuthenticator {
+            let after = try client(context, server, worker, serverPair.publicKey, "after")
+            XCTAssertTrue(after.send([bytes("now?")]))
+            XCTAssertNil(try server.receive(timeout: 0.5), "with no ZAP handler the handshake must be denied")
+            after.close()
+        }
+        before.close()
+    }
+
+    /// A handler whose socket fails ends flagged, with the reason.
+    func testAuthenticatorWhoseSocketFailsReportsIt() throws {
+        let context = try ZMQContext()
+        let authenticator = try ZAPAuthenticator(context: context, allowedPublicKeys: [], pollIntervalMilliseconds: 20)
+        XCTAssertTrue(authenticator.isServing)
+        context.shutdown()
+        XCTAssertTrue(eventually(3) { !authenticator.isServing })
+        XCTAssertTrue(authenticator.failure?.contains("ETERM") ?? false, "\(authenticator.failure ?? "nil")")
+    }
+}
+
+final class AuthorizedKeysTests: XCTestCase {
+    var directory = ""
+
+    override func setUpWithError() throws {
+        directory = NSTemporaryDirectory() + "bard-roles-" + UUID().uuidString
+    }
+
+    override func tearDownWithError() throws {
+        try? FileManager.default.removeItem(atPath: directory)
+    }
+
+    func testGenerateWritesRolesAndServerSecurityReadsThem() throws {
+        try KeyDirectory.generate(in: directory)
+        try KeyDirectory.generate(in: directory, client: "laptop", role: .fetch)
+        let client = try CurveKeyPair.load(from: directory + "/client.key")
+        let laptop = try CurveKeyPair.load(from: directory + "/laptop.key")
+        let text = try String(contentsOfFile: directory + "/" + KeyDirectory.authorizedKeys, encoding: .utf8)
+        XCTAssertEqual(text, "\(client.publicKey) worker client\n\(laptop.publicKey) fetch laptop\n")
+        let security = try KeyDirectory.serverSecurity(dir: directory)
+        XCTAssertEqual(security.clients, [client.publicKey: .worker, laptop.publicKey: .fetch])
+        XCTAssertEqual(security.warnings, [])
+        // The default pair is a worker; a role needs a named client.
+        XCTAssertThrowsError(try KeyDirectory.generate(in: directory + "-2", role: .shard)) { XCTAssertTrue("\($0)".contains("--client")) }
+        try? FileManager.default.removeItem(atPath: directory + "-2")
+    }
+
+    func testOldLinesLoadAsWorkersWithOneWarningAndUnknownRolesAreErrors() throws {
+        let keys = try (0..<5).map { _ in try CurveKeyPair.generate().publicKey }
+        let path = "/etc/bard/authorized_keys"
+        let parsed = try KeyDirectory.parseAuthorizedKeys("""
+            # old and new lines side by side
+            \(keys[0]) client
+            \(keys[1])
+            \(keys[2]) fetch laptop
+            \(keys[3]) shard
+            \(keys[4])\tworker  w4\r
+
+            """, path: path)
+        XCTAssertEqual(parsed.clients, [keys[0]: .worker, keys[1]: .worker, keys[2]: .fetch, keys[3]: .shard, keys[4]: .worker])
+        XCTAssertEqual(parsed.warnings.count, 1)
+        let warning = try XCTUnwrap(parsed.warnings.first)
+        XCTAssertTrue(warning.contains(path) && warning.contains("lines 2, 3") && warning.contains("worker, fetch or shard"), warning)
+        XCTAssertFalse(warning.contains("\n"))
+
+        for (text, expected) in [("\(keys[0]) admin laptop\n", "line 1: unknown role 'admin'"),
+                                 ("# c\n\(keys[0]) worker a\n\(keys[0]) fetch b\n", "line 3 lists a key again with another role"),
+                                 ("not-a-key worker\n", "line 1 is not a 40-character Z85 public key")] {
+            XCTAssertThrowsError(try KeyDirectory.parseAuthorizedKeys(text, path: path)) { error in
+                guard case let ZMQError.keyFile(errorPath, reason)? = error as? ZMQError else { return XCTFail("\(error)") }
+                XCTAssertEqual(errorPath, path)
+                XCTAssertTrue(reason.contains(expected), reason)
+                XCTAssertFalse("\(error)".contains("\n"))
+            }
+        }
     }
 }
