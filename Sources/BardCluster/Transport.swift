@@ -65,6 +65,12 @@ public final class InMemoryHub: @unchecked Sendable {
     var credentials: [PeerID: Credential] = [:]
     /// Peers whose messages are dropped (a vanished worker).
     public var severed: Set<PeerID> = []
+    /// What the server reports as its authentication's health (false: as if the ZAP handler had died).
+    public var authenticationHealthy: Bool {
+        get { lock.lock(); defer { lock.unlock() }; return healthy }
+        set { lock.lock(); healthy = newValue; lock.unlock() }
+    }
+    var healthy = true
 
     public init() {}
 
@@ -95,7 +101,7 @@ final class InMemoryServer: ServerTransport {
     var limits = ReceiveLimits.control
     var droppedMessages = 0
     var deniedHandshakes: Int { 0 }
-    var authenticationHealthy: Bool { true }
+    var authenticationHealthy: Bool { hub.authenticationHealthy }
     init(hub: InMemoryHub) { self.hub = hub }
     func send(to peer: PeerID, _ frames: [[UInt8]]) -> Bool {
         hub.lock.lock(); defer { hub.lock.unlock(); hub.lock.broadcast() }

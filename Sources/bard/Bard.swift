@@ -21,10 +21,35 @@ struct Bard: ParsableCommand {
         } catch let error as BardError {
             FileHandle.standardError.write(Data("bard: error: \(error.description)\n".utf8))
             Foundation.exit(error.exitCode)
+        } catch let error as CocoaError {
+            // Foundation's file errors print as "Error Domain=NSCocoaErrorDomain Code=..."; a user gets the path and
+            // the system's reason instead.
+            FileHandle.standardError.write(Data("bard: error: \(plainDescription(error))\n".utf8))
+            Foundation.exit(74)
         } catch {
             exit(withError: error)
         }
     }
+}
+
+/// A Foundation file error as one plain line: the path and the operating system's reason.
+func plainDescription(_ error: CocoaError) -> String {
+    let path = error.filePath ?? (error.userInfo[NSURLErrorKey] as? URL)?.path
+    var reason = "file operation failed"
+    if let underlying = error.underlying as? POSIXError {
+        reason = String(cString: strerror(underlying.code.rawValue))
+    } else if let underlying = error.userInfo[NSUnderlyingErrorKey] as? NSError, underlying.domain == NSPOSIXErrorDomain {
+        reason = String(cString: strerror(Int32(underlying.code)))
+    } else {
+        switch error.code {
+        case .fileNoSuchFile, .fileReadNoSuchFile: reason = "no such file or directory"
+        case .fileReadNoPermission, .fileWriteNoPermission: reason = "permission denied"
+        case .fileWriteOutOfSpace: reason = "no space left on device"
+        case .fileWriteFileExists: reason = "it already exists"
+        default: break
+        }
+    }
+    return path.map { "\($0): \(reason)" } ?? reason
 }
 
 extension BardError {

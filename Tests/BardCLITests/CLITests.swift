@@ -78,6 +78,17 @@ final class CLITests: XCTestCase {
         let tooMany = try bard(["coordinator", "--data", ok, "--workers", "2", "--min-workers", "3"])
         XCTAssertNotEqual(tooMany.status, 0)
         XCTAssertTrue(tooMany.err.contains("--min-workers must be 1...--workers"), tooMany.err)
+        // Foundation's file errors reach the user as the path and the system's reason, not NSCocoaErrorDomain.
+        let cannot = try bard(["keys", "generate", "--out", "/proc/no-such-dir/keys"])
+        assertOneLineError(cannot, contains: "/proc/no-such-dir")
+        XCTAssertFalse(cannot.err.contains("Domain"), cannot.err)
+        // An --out that is a file is refused before anything else happens (a coordinator would wait for workers).
+        let file = write("a-file", [1])
+        assertOneLineError(try bard(["coordinator", "--data", ok, "--out", file, "--workers", "1"]), contains: file)
+        // Worker names are what a log line can show.
+        let badName = try bard(["worker", "--name", "two words"])
+        XCTAssertNotEqual(badName.status, 0)
+        XCTAssertTrue(badName.err.contains("--name must be 1-64 printable"), badName.err)
     }
 
     func testTrainSampleEvalInspect() throws {

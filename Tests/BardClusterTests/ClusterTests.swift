@@ -247,6 +247,22 @@ final class InMemoryClusterTests: XCTestCase {
         try coordinator.finish(linger: 0)
     }
 
+    /// If authentication can no longer be enforced (the ZAP handler died, so libzmq would admit anyone who knows the
+    /// server key), the coordinator stops with an error instead of training on.
+    func testCoordinatorStopsWhenAuthenticationFails() throws {
+        let t = try trainer(NSTemporaryDirectory() + "bard-cluster-zap-\(getpid())")
+        let hub = InMemoryHub()
+        let coordinator = Coordinator(transport: hub.server(), model: t.model, fingerprint: "fp", minWorkers: 1, log: { _ in })
+        let w = WorkerCore(transport: hub.client(id: "w.1"), name: "w", fingerprint: "", threads: 1, log: { _ in })
+        Thread { try? w.run() }.start()
+        try coordinator.waitForWorkers(1, timeout: 10)
+        hub.authenticationHealthy = false
+        XCTAssertThrowsError(try t.run(computer: coordinator)) { error in
+            XCTAssertTrue("\(error)".contains("authentication"), "\(error)")
+        }
+        XCTAssertEqual(t.step, 0)
+    }
+
     func testCorpusMismatchIsRefusedWithBothFingerprints() throws {
         let t = try trainer(NSTemporaryDirectory() + "bard-cluster-mm-\(getpid())")
         let hub = InMemoryHub()
