@@ -325,7 +325,7 @@ done
 # protocol) as each kind of hostile peer in turn, HOSTILE_SECONDS (default 15) each, after a baseline of the same
 # length. Each row says what the peer cost: steps/s against the baseline, quarantines, rejected and dropped
 # messages, and the coordinator's peak memory. The run must keep going through all of them, on its own math.
-python3 -c 'import zmq' 2>/dev/null || python3 -m pip install -q pyzmq >/dev/null
+python3 -c 'import zmq' 2>/dev/null || python3 -m pip install -q --root-user-action=ignore pyzmq >/dev/null
 hostile_seconds=${HOSTILE_SECONDS:-15}
 hout=$tmp/hostile hkeys=$tmp/keys
 "$bard" keys generate --out "$hkeys" >/dev/null
@@ -361,7 +361,7 @@ for b in silent poisoning flooding thief; do
     s1=$(hstep)
     alive "$coordinator" || die "hostile run: the coordinator died during the $b peer ($(tail -n 1 "$tmp/hostile-coordinator.err"))"
     rate=$(awk -v a="$s0" -v b="$s1" -v t="$hostile_seconds" 'BEGIN { printf "%.1f", (b - a) / t }')
-    ratio=$(awk -v r="$rate" -v b="$base_rate" 'BEGIN { printf "%.2f", b > 0 ? r / b : 0 }')
+    ratio=$(awk -v r="$rate" -v b="$base_rate" 'BEGIN { printf "%.2f", (b > 0 ? r / b : 0) }')
     printf '%-10s %-62s %9s %7s %11s %9s %8s %8s\n' "$b" "${hwhat[$b]}" "$rate" "$ratio" "$(metric "$hout" quarantines)" \
         "$(metric "$hout" rejected)" "$(metric "$hout" dropped_messages)" "$(peak_mb)"
     ((s1 > s0)) || { hostile_ok=0; echo "$me: the $b peer stalled the run"; }

@@ -101,6 +101,8 @@ public struct TrainingState {
     public var elapsed: Double
     /// sha256 of the corpus trained on ("" in older states), so --resume refuses another text.
     public var corpusSHA256: String
+    /// Absolute path of the corpus when the run started ("" in older states), so `--resume DIR` alone finds it.
+    public var corpusPath: String = ""
 
     public init(step: Int, epoch: Int, window: Int, lr: Double, optimizerStep: Int, m: [Float], v: [Float],
                 h: [Float], c: [Float], rng: RNG, chars: Int, minLoss: Double, elapsed: Double, corpusSHA256: String = "") {
@@ -113,7 +115,8 @@ public struct TrainingState {
         let meta = ["format": "bard-state-1", "step": String(step), "epoch": String(epoch), "window": String(window),
                     "lr": String(lr), "optimizer_step": String(optimizerStep),
                     "rng": [rng.s0, rng.s1, rng.s2, rng.s3].map { String($0) }.joined(separator: ","),
-                    "chars": String(chars), "min_loss": String(minLoss), "elapsed": String(elapsed), "corpus_sha256": corpusSHA256]
+                    "chars": String(chars), "min_loss": String(minLoss), "elapsed": String(elapsed), "corpus_sha256": corpusSHA256,
+                    "corpus_path": corpusPath]
         try Safetensors.write([Tensor(name: "optimizer.m", shape: [m.count], values: m),
                                Tensor(name: "optimizer.v", shape: [v.count], values: v),
                                Tensor(name: "state.h", shape: [h.count], values: h),
@@ -136,10 +139,12 @@ public struct TrainingState {
         var rng = RNG(seed: 0)
         rng.s0 = words[0]; rng.s1 = words[1]; rng.s2 = words[2]; rng.s3 = words[3]
         let t = Dictionary(tensors.map { ($0.name, $0.values) }, uniquingKeysWith: { a, _ in a })
-        return TrainingState(step: try int("step"), epoch: try int("epoch"), window: try int("window"), lr: try double("lr"),
+        var ts = TrainingState(step: try int("step"), epoch: try int("epoch"), window: try int("window"), lr: try double("lr"),
                              optimizerStep: try int("optimizer_step"), m: t["optimizer.m"] ?? [], v: t["optimizer.v"] ?? [],
                              h: t["state.h"] ?? [], c: t["state.c"] ?? [], rng: rng, chars: try int("chars"),
                              minLoss: try double("min_loss"), elapsed: try double("elapsed"),
                              corpusSHA256: meta["corpus_sha256"] ?? "")
+        ts.corpusPath = meta["corpus_path"] ?? ""
+        return ts
     }
 }

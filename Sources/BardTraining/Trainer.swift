@@ -49,6 +49,8 @@ public struct TrainOptions {
     /// On resume, the run length comes from the checkpoint unless given here (flags given on the command line).
     public var explicitSteps: Int?
     public var explicitEpochs: Int?
+    /// On resume, called with the checkpoint's configuration: throws if a flag given now conflicts with it.
+    public var checkResume: ((Config) throws -> Void)?
     public var checkpointEvery: Int = 0
     public var sampleLength: Int = 200
     /// Seconds between progress lines when stdout is not a terminal.
@@ -99,6 +101,16 @@ public final class Trainer {
         FileManager.default.fileExists(atPath: dir + "/model.safetensors")
     }
 
+    /// The corpus a run in `dir` was started on: its path then and its sha256 (for `--resume DIR` without --data).
+    public static func recordedCorpus(in dir: String) throws -> (path: String, sha256: String) {
+        let ckpt = try ModelCheckpoint.load(path: dir + "/model.safetensors")
+        let ts = try trainingState(matching: ckpt.step, in: dir)
+        guard !ts.corpusPath.isEmpty else {
+            throw BardError.badInput("the checkpoint in \(dir) does not record its corpus (an older run): give --data")
+        }
+        return (ts.corpusPath, ts.corpusSHA256)
+    }
+
     /// The training state saved with the model of `step`: the current file, or the previous one when a crash came
     /// between writing the state and the model.
     static func trainingState(matching step: Int, in dir: String) throws -> TrainingState {
@@ -126,7 +138,9 @@ public final class Trainer {
             guard ckpt.vocabulary == corpus.vocabulary else {
                 throw BardError.badInput("--data has a different vocabulary (\(corpus.vocabulary.count) characters) than the checkpoint in \(options.outDir) (\(ckpt.vocabulary.count))")
             }
-            // The checkpoint's recipe wins; only the run length and threads may change on resume.
+            // The checkpoint's recipe wins; only the run length and threads may change on resume, and a flag that says
+            // otherwise is an error rather than silently dropped.
+            try options.checkResume?(ckpt.config)
             let saved = config
             config = ckpt.config
             config.steps = options.explicitSteps ?? ckpt.config.steps
@@ -303,9 +317,10 @@ public final class Trainer {
         guard params.allFinite, optimizer.m.allFinite, optimizer.v.allFinite else {
             throw BardError.diverged("not writing a checkpoint at step \(step): the parameters or optimiser moments are not finite; lower --lr or set --clip")
         }
-        let ts = TrainingState(step: step, epoch: epoch, window: window, lr: optimizer.lr, optimizerStep: optimizer.step,
+        var ts = TrainingState(step: step, epoch: epoch, window: window, lr: optimizer.lr, optimizerStep: optimizer.step,
                                m: optimizer.m.array, v: optimizer.v.array, h: state.h.array, c: state.c.array, rng: rng,
                                chars: chars, minLoss: minLoss, elapsed: elapsed, corpusSHA256: corpus.sha256)
+        ts.corpusPath = URL(fileURLWithPath: options.dataPath).standardizedFileURL.path
         // The previous state is kept until the new model is in place, so whenever a crash strikes, one of the two
         // state files matches model.safetensors (see `trainingState(matching:in:)`). Each file is replaced atomically.
         if FileManager.default.fileExists(atPath: statePath) {

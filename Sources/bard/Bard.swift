@@ -74,9 +74,9 @@ func say(_ s: String) {
 
 /// The training flags shared by `bard train` (and the cluster coordinator): each maps one to one onto `Config`.
 struct TrainingFlags: ParsableArguments {
-    @Option(help: "Recipe whose settings are the defaults: \(Config.recipeNames.joined(separator: ", ")).")
-    var recipe: String = "default"
-    @Option(help: "UTF-8 text to train on.") var data: String = "data/tinyshakespeare.txt"
+    @Option(help: "Recipe whose settings are the defaults: \(Config.recipeNames.joined(separator: ", ")) (default: default).")
+    var recipe: String?
+    @Option(help: "UTF-8 text to train on (default data/tinyshakespeare.txt; on --resume, the run's own corpus).") var data: String?
     @Option(help: "Recurrent cell: lstm, rnn or gru.") var cell: CellKind?
     @Option(help: "RNN activation: tanh or sigmoid (--cell rnn only).") var activation: Activation?
     @Option(help: "Recurrent layers.") var layers: Int?
@@ -97,7 +97,7 @@ struct TrainingFlags: ParsableArguments {
     @Flag(name: .customLong("carry-state"), help: "Keep the hidden state across epochs instead of resetting it.") var carryState = false
 
     func makeConfig() throws -> Config {
-        var c = try Config.recipe(recipe)
+        var c = try Config.recipe(recipe ?? "default")
         if let cell { c.cell = cell }
         if let activation { c.activation = activation }
         if let layers { c.layers = layers }
@@ -124,12 +124,57 @@ struct TrainingFlags: ParsableArguments {
         return c
     }
 
+    /// Flags that may differ from the checkpoint on --resume; every other flag given must agree with it.
+    static let changeableOnResume = "--steps, --epochs, --threads and --data"
+
+    /// The corpus to train on: --data, else on resume the one the run recorded (checked by sha256 when loaded),
+    /// else the default.
+    func corpusPath(resume: String?) throws -> String {
+        if let data { return data }
+        guard let resume else { return "data/tinyshakespeare.txt" }
+        let recorded = try Trainer.recordedCorpus(in: resume)
+        guard FileManager.default.fileExists(atPath: recorded.path) else {
+            throw BardError.badInput("the corpus this run was trained on, \(recorded.path), is gone: give --data PATH to a copy (its sha256 must be \(recorded.sha256.prefix(12))...)")
+        }
+        return recorded.path
+    }
+
+    /// The flags given on the command line whose values differ from `saved`, as "--flag given (checkpoint: saved)".
+    func conflicts(with saved: Config) -> [String] {
+        var out: [String] = []
+        func check<T: Equatable>(_ name: String, _ given: T?, _ savedValue: T) {
+            if let given, given != savedValue { out.append("--\(name) \(given) (the checkpoint has \(savedValue))") }
+        }
+        check("cell", cell, saved.cell); check("activation", activation, saved.activation)
+        check("layers", layers, saved.layers); check("embed", embed, saved.embed); check("hidden", hidden, saved.hidden)
+        check("dropout", dropout, saved.dropout); check("optimizer", optimizer, saved.optimizer); check("lr", lr, saved.lr)
+        check("lr-decay", lrDecay, saved.lrDecay); check("clip", clip, saved.clip); check("batch", batch, saved.batch)
+        check("bptt", bptt, saved.bptt); check("seed", seed, saved.seed); check("val-fraction", valFraction, saved.valFraction)
+        // Recipe names compared as Config.recipe spells them, with the default recipe's two names as one.
+        func canonical(_ r: String) -> String {
+            let name = (try? Config.recipe(r))?.recipe ?? r
+            return name == "adam_2x512_do25_b32_t50" ? "default" : name
+        }
+        if let recipe, canonical(recipe) != canonical(saved.recipe) {
+            out.append("--recipe \(recipe) (the checkpoint has \(saved.recipe))")
+        }
+        if carryState && !saved.carryState { out.append("--carry-state (the checkpoint runs without it)") }
+        return out
+    }
+
     /// The run's options, shared by `bard train` and `bard coordinator`.
     func makeOptions(out: String, resume: String?, initFile: String?, checkpointEvery: Int, sampleLength: Int) throws -> TrainOptions {
         if resume != nil && initFile != nil { throw BardError.invalidArgument("--init and --resume exclude each other") }
         guard sampleLength >= 0 else { throw BardError.invalidArgument("--sample-length must be >= 0, got \(sampleLength)") }
         guard checkpointEvery >= 0 else { throw BardError.invalidArgument("--checkpoint-every must be >= 0, got \(checkpointEvery)") }
-        var options = TrainOptions(config: try makeConfig(), dataPath: data)
+        var options = TrainOptions(config: try makeConfig(), dataPath: try corpusPath(resume: resume))
+        let flags = self
+        options.checkResume = { saved in
+            let conflicts = flags.conflicts(with: saved)
+            guard conflicts.isEmpty else {
+                throw BardError.invalidArgument("--resume: \(conflicts.joined(separator: ", ")) conflicts with the checkpoint; only \(TrainingFlags.changeableOnResume) may change on resume")
+            }
+        }
         options.outDir = resume ?? out
         options.resume = resume != nil
         options.explicitSteps = steps
@@ -150,7 +195,7 @@ struct Train: ParsableCommand {
     @OptionGroup var flags: TrainingFlags
     @Option(help: "Output directory for checkpoints and metrics.") var out: String = "out"
     @Option(name: .customLong("init"), help: "Start from the weights of a safetensors file with Bard's tensor names.") var initFile: String?
-    @Option(help: "Continue the run whose checkpoint is in this directory.") var resume: String?
+    @Option(help: "Continue the run whose checkpoint is in this directory (its corpus too, unless --data is given); only \(TrainingFlags.changeableOnResume) may differ from its settings.") var resume: String?
     @Option(name: .customLong("checkpoint-every"), help: "Also checkpoint every N steps (0 = at epoch ends and the end only).") var checkpointEvery: Int = 0
     @Option(name: .customLong("sample-length"), help: "Characters of the sample printed after each epoch.") var sampleLength: Int = 200
     @OptionGroup var monitoring: MonitorFlags
@@ -158,7 +203,7 @@ struct Train: ParsableCommand {
     func run() throws {
         let options = try flags.makeOptions(out: out, resume: resume, initFile: initFile, checkpointEvery: checkpointEvery,
                                             sampleLength: sampleLength)
-        let corpus = try Corpus.load(path: flags.data)
+        let corpus = try Corpus.load(path: options.dataPath)
         let trainer = try Trainer(options: options, corpus: corpus, log: say)
         let monitor = try monitoring.start(trainer: trainer, title: "bard train: " + options.outDir)
         defer { monitor?.stop() }

@@ -27,7 +27,7 @@ struct CoordinatorCommand: ParsableCommand {
     var startWorkers: Int { workers ?? minWorkers ?? 1 }
     @Option(help: "Output directory for checkpoints and metrics.") var out: String = "out"
     @Option(name: .customLong("init"), help: "Start from the weights of a safetensors file.") var initFile: String?
-    @Option(help: "Continue the run whose checkpoint is in this directory.") var resume: String?
+    @Option(help: "Continue the run whose checkpoint is in this directory (its corpus too, unless --data is given); only \(TrainingFlags.changeableOnResume) may differ from its settings.") var resume: String?
     @Option(name: .customLong("checkpoint-every"), help: "Checkpoint every N steps (and at epoch ends and the end).") var checkpointEvery: Int = 100
     @Option(help: "After training, keep serving the final checkpoint this many seconds.") var linger: Double = 0
     @Option(name: .customLong("step-timeout"), help: "Quarantine a worker that has not answered a step in this many seconds (default: 5x the measured median step, 10 to 60 s).") var stepTimeout: Double?
@@ -58,7 +58,7 @@ struct CoordinatorCommand: ParsableCommand {
                                             sampleLength: sampleLength)
         let security = try keys.map { dir in try loadKeys { try KeyDirectory.serverSecurity(dir: dir) } }
         for warning in security?.warnings ?? [] { stderrLog("coordinator: warning: ")(warning) }
-        let corpus = try Corpus.load(path: flags.data)
+        let corpus = try Corpus.load(path: options.dataPath)
         let trainer = try Trainer(options: options, corpus: corpus, log: say)
         let context = try ZMQContext()
         let server: ZMQServerTransport

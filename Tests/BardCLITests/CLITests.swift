@@ -91,6 +91,33 @@ final class CLITests: XCTestCase {
         XCTAssertTrue(badName.err.contains("--name must be 1-64 printable"), badName.err)
     }
 
+    /// `--resume DIR` alone finds the run's corpus (by the path recorded at its start, checked by sha256); a moved
+    /// corpus is found with --data; a flag that conflicts with the checkpoint is a one-line error naming it.
+    func testResumeFindsItsCorpusAndRefusesConflictingFlags() throws {
+        let data = write("resume.txt", Array(corpusText().utf8))
+        let out = dir + "/resume-out"
+        let first = try bard(["train", "--data", data, "--out", out, "--layers", "1", "--embed", "8", "--hidden", "16",
+                              "--batch", "4", "--bptt", "10", "--steps", "20", "--dropout", "0"])
+        XCTAssertEqual(first.status, 0, first.err)
+        let conflict = try bard(["train", "--resume", out, "--steps", "30", "--hidden", "128"])
+        assertOneLineError(conflict, contains: "--hidden 128 (the checkpoint has 16)")
+        XCTAssertTrue(conflict.err.contains("only --steps, --epochs, --threads and --data may change"), conflict.err)
+        // The same values as the checkpoint's are no conflict.
+        let same = try bard(["train", "--resume", out, "--steps", "25", "--hidden", "16", "--layers", "1"])
+        XCTAssertEqual(same.status, 0, same.err)
+        let alone = try bard(["train", "--resume", out, "--steps", "30"])
+        XCTAssertEqual(alone.status, 0, alone.err)
+        XCTAssertTrue(alone.out.contains("done: step 30"), alone.out)
+        let moved = dir + "/moved.txt"
+        try FileManager.default.moveItem(atPath: data, toPath: moved)
+        assertOneLineError(try bard(["train", "--resume", out, "--steps", "35"]), contains: "give --data PATH to a copy")
+        let found = try bard(["train", "--resume", out, "--steps", "35", "--data", moved])
+        XCTAssertEqual(found.status, 0, found.err)
+        XCTAssertTrue(found.out.contains("done: step 35"), found.out)
+        let other = write("other.txt", Array(String(corpusText().reversed()).utf8))  // same characters, another text
+        assertOneLineError(try bard(["train", "--resume", out, "--steps", "40", "--data", other]), contains: "not the corpus")
+    }
+
     func testTrainSampleEvalInspect() throws {
         let data = write("c.txt", Array(corpusText().utf8))
         let out = dir + "/out"
