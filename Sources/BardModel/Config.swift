@@ -37,6 +37,10 @@ public struct Config: Codable, Equatable, Sendable {
     public var optimizer: OptimizerKind = .adam
     public var lr = 2e-3
     public var lrDecay = 0.95
+    /// nil in checkpoints older than schedules: `.exp`.
+    public var schedule: Schedule?
+    /// Steps of linear warmup (nil: 0).
+    public var warmup: Int?
     public var clip = 5.0
     public var batch = 32
     public var bptt = 50
@@ -53,6 +57,10 @@ public struct Config: Codable, Equatable, Sendable {
     /// The recipes of ../shared/reference: `default` is adam_2x512_do25_b32_t50.
     public static let recipeNames = ["default", "adam_2x512_do25_b32_t50", "adam_1x512_b32_t50", "book"]
 
+    /// The chapter's alpha, 0.05, applies to the window loss summed over bptt steps; on the mean loss Bard minimises
+    /// that is 0.05 x bptt. The book recipe's one rule, for its default window and any other.
+    public static func bookLearningRate(bptt: Int) -> Double { 0.05 * Double(bptt) }
+
     public static func recipe(_ name: String) throws -> Config {
         var c = Config()
         c.recipe = name
@@ -62,10 +70,10 @@ public struct Config: Codable, Equatable, Sendable {
         case "adam_1x512_b32_t50":
             c.layers = 1; c.dropout = 0; c.epochs = 7
         case "book", "book_sgd_b16_t25":
-            // The chapter's alpha 0.05 applies to the window loss summed over bptt steps; on the mean loss that is 0.05 * bptt.
             c.recipe = "book"
             c.layers = 1; c.dropout = 0; c.outputBias = false; c.initialState = .book; c.initScheme = .book
-            c.optimizer = .sgd; c.lr = 0.05 * 25; c.lrDecay = 0.99; c.clip = 0; c.batch = 16; c.bptt = 25; c.epochs = 6
+            c.optimizer = .sgd; c.lrDecay = 0.99; c.clip = 0; c.batch = 16; c.bptt = 25; c.epochs = 6
+            c.lr = Config.bookLearningRate(bptt: c.bptt)
         default:
             throw BardError.invalidArgument("unknown recipe '\(name)' (known: \(recipeNames.joined(separator: ", ")))")
         }
@@ -80,6 +88,7 @@ public struct Config: Codable, Equatable, Sendable {
         try check(dropout >= 0 && dropout < 1, "--dropout must be in [0, 1) (got \(dropout))")
         try check(lr > 0 && lr.isFinite, "--lr must be positive (got \(lr))")
         try check(lrDecay > 0 && lrDecay <= 1, "--lr-decay must be in (0, 1] (got \(lrDecay))")
+        try check((warmup ?? 0) >= 0, "--warmup must be >= 0 (got \(warmup ?? 0))")
         try check(clip >= 0 && clip.isFinite, "--clip must be >= 0 (got \(clip))")
         try check(batch >= 1 && batch <= 65536, "--batch must be 1...65536 (got \(batch))")
         try check(bptt >= 1 && bptt <= 10000, "--bptt must be 1...10000 (got \(bptt))")
@@ -94,7 +103,10 @@ public struct Config: Codable, Equatable, Sendable {
     public var summary: String {
         var s = "model: \(cell)\(cell == .rnn ? "(\(activation))" : "") layers \(layers) embed \(embed) hidden \(hidden) "
         s += "dropout \(dropout) output-bias \(outputBias) init \(initScheme) initial-state \(initialState)\n"
-        s += "train: recipe \(recipe) \(optimizer) lr \(lr) decay \(lrDecay) clip \(clip) batch \(batch) bptt \(bptt) "
+        s += "train: recipe \(recipe) \(optimizer) lr \(lr) schedule \((schedule ?? .exp).rawValue)"
+        s += (schedule ?? .exp) == .exp ? " decay \(lrDecay)" : ""
+        s += (warmup ?? 0) > 0 ? " warmup \(warmup ?? 0)" : ""
+        s += " clip \(clip) batch \(batch) bptt \(bptt) "
         s += steps.map { "steps \($0)" } ?? "epochs \(epochs)"
         s += " seed \(seed) val-fraction \(valFraction) threads \(threads)\(carryState ? " carry-state" : "")"
         return s

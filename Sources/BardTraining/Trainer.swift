@@ -91,6 +91,8 @@ public final class Trainer {
     /// Observers for monitoring (the metrics server and dashboard): each step's metrics record, each epoch's sample.
     public var onRecord: (([String: Any]) -> Void)?
     public var onSample: ((String) -> Void)?
+    /// Stop after this step as a signal would (checkpoint, then return); for tests and tools.
+    public var stopAfter: Int?
 
     public var modelPath: String { options.outDir + "/model.safetensors" }
     public var statePath: String { options.outDir + "/training-state.safetensors" }
@@ -170,7 +172,8 @@ public final class Trainer {
 
         if let (ckpt, ts) = resumed {
             params = ckpt.params
-            try optimizer.restore(step: ts.optimizerStep, lr: ts.lr, m: ts.m, v: ts.v)
+            // The rate is not restored: it is a function of the step (LearningRate), set before every update.
+            try optimizer.restore(step: ts.optimizerStep, lr: config.lr, m: ts.m, v: ts.v)
             guard ts.h.count == state.h.count, ts.c.count == state.c.count else {
                 throw BardError.badCheckpoint("\(statePath): hidden state has the wrong size")
             }
@@ -230,6 +233,7 @@ public final class Trainer {
             guard loss.isFinite, norm.isFinite else {
                 throw BardError.diverged("training diverged at step \(step + 1) (loss \(loss), gradient norm \(norm)); \(keptCheckpoint(lastCheckpointStep)); lower --lr or set --clip")
             }
+            optimizer.lr = LearningRate.at(step: step, epoch: epoch, totalSteps: totalSteps, config: cfg)
             optimizer.apply(params: params, grads: grads)
             // A finite loss and gradient do not make a finite update (lr * g, or Adam's g^2, can overflow): this step is
             // the diverged one, and nothing it produced may reach a checkpoint.
@@ -256,7 +260,6 @@ public final class Trainer {
             }
             if epochEnds {
                 epoch += 1; window = 0
-                optimizer.lr *= cfg.lrDecay
                 if !cfg.carryState { state.reset(cfg.initialState) }
                 if let v = validate() {
                     lastValLoss = v
@@ -279,7 +282,7 @@ public final class Trainer {
                 try saveCheckpoint(elapsed: elapsed)
                 lastCheckpointStep = step
             }
-            if stopRequested != 0 {
+            if stopRequested != 0 || stopAfter == step {
                 if lastCheckpointStep != step { try saveCheckpoint(elapsed: elapsed) }
                 progress.finishLine()
                 log("stopped by signal at step \(step); resume with --resume \(options.outDir)")

@@ -85,7 +85,9 @@ struct TrainingFlags: ParsableArguments {
     @Option(help: "Dropout between layers and before the output (0 = off).") var dropout: Float?
     @Option(help: "Optimiser: sgd or adam (PyTorch's defaults).") var optimizer: OptimizerKind?
     @Option(help: "Learning rate (on the mean loss of a window).") var lr: Double?
-    @Option(name: .customLong("lr-decay"), help: "Multiply the learning rate by this after every epoch.") var lrDecay: Double?
+    @Option(name: .customLong("lr-decay"), help: "Multiply the learning rate by this after every epoch (--schedule exp).") var lrDecay: Double?
+    @Option(help: "Learning-rate schedule: exp (per-epoch --lr-decay), cosine (to lr/10 at the last step) or linear (to 0 at the last step).") var schedule: Schedule?
+    @Option(help: "Steps of linear learning-rate warmup.") var warmup: Int?
     @Option(help: "Clip the global gradient norm to this (0 = off).") var clip: Double?
     @Option(help: "Batch columns.") var batch: Int?
     @Option(help: "Truncated BPTT window in characters.") var bptt: Int?
@@ -107,12 +109,14 @@ struct TrainingFlags: ParsableArguments {
         if let optimizer { c.optimizer = optimizer }
         if let lr { c.lr = lr }
         if let lrDecay { c.lrDecay = lrDecay }
+        if let schedule { c.schedule = schedule }
+        if let warmup { c.warmup = warmup }
         if let clip { c.clip = clip }
         if let batch { c.batch = batch }
         if let bptt {
             c.bptt = bptt
             // The book's alpha is per step of the summed window loss: keep it per step when the window changes.
-            if c.recipe == "book" && lr == nil && c.optimizer == .sgd { c.lr = 0.05 * Double(bptt) }
+            if c.recipe == "book" && lr == nil && c.optimizer == .sgd { c.lr = Config.bookLearningRate(bptt: bptt) }
         }
         if let epochs { c.epochs = epochs }
         if let steps { c.steps = steps }
@@ -148,7 +152,8 @@ struct TrainingFlags: ParsableArguments {
         check("cell", cell, saved.cell); check("activation", activation, saved.activation)
         check("layers", layers, saved.layers); check("embed", embed, saved.embed); check("hidden", hidden, saved.hidden)
         check("dropout", dropout, saved.dropout); check("optimizer", optimizer, saved.optimizer); check("lr", lr, saved.lr)
-        check("lr-decay", lrDecay, saved.lrDecay); check("clip", clip, saved.clip); check("batch", batch, saved.batch)
+        check("lr-decay", lrDecay, saved.lrDecay); check("schedule", schedule, saved.schedule ?? .exp)
+        check("warmup", warmup, saved.warmup ?? 0); check("clip", clip, saved.clip); check("batch", batch, saved.batch)
         check("bptt", bptt, saved.bptt); check("seed", seed, saved.seed); check("val-fraction", valFraction, saved.valFraction)
         // Recipe names compared as Config.recipe spells them, with the default recipe's two names as one.
         func canonical(_ r: String) -> String {
@@ -189,6 +194,7 @@ struct TrainingFlags: ParsableArguments {
 extension CellKind: ExpressibleByArgument {}
 extension Activation: ExpressibleByArgument {}
 extension OptimizerKind: ExpressibleByArgument {}
+extension Schedule: ExpressibleByArgument {}
 
 struct Train: ParsableCommand {
     static let configuration = CommandConfiguration(abstract: "Train a model with truncated BPTT.")

@@ -33,6 +33,51 @@ final class TrainerTests: XCTestCase {
         return try Trainer(options: o, corpus: corpus, log: { _ in })
     }
 
+    /// The learning rate is a function of the step: exp decays per epoch, cosine ends at lr/10 and linear at 0 on
+    /// the last step, warmup ramps up first.
+    func testLearningRateSchedules() {
+        var c = smallConfig()
+        c.lr = 1; c.lrDecay = 0.5
+        XCTAssertEqual(LearningRate.at(step: 7, epoch: 0, totalSteps: 100, config: c), 1)
+        XCTAssertEqual(LearningRate.at(step: 7, epoch: 2, totalSteps: 100, config: c), 0.25)
+        c.schedule = .cosine
+        XCTAssertEqual(LearningRate.at(step: 0, epoch: 0, totalSteps: 101, config: c), 1, accuracy: 1e-12)
+        XCTAssertEqual(LearningRate.at(step: 50, epoch: 3, totalSteps: 101, config: c), 0.55, accuracy: 1e-12)
+        XCTAssertEqual(LearningRate.at(step: 100, epoch: 9, totalSteps: 101, config: c), 0.1, accuracy: 1e-12)
+        c.schedule = .linear
+        XCTAssertEqual(LearningRate.at(step: 25, epoch: 0, totalSteps: 101, config: c), 0.75, accuracy: 1e-12)
+        XCTAssertEqual(LearningRate.at(step: 100, epoch: 0, totalSteps: 101, config: c), 0, accuracy: 1e-12)
+        c.warmup = 10
+        XCTAssertEqual(LearningRate.at(step: 0, epoch: 0, totalSteps: 111, config: c), 0.1, accuracy: 1e-12)
+        XCTAssertEqual(LearningRate.at(step: 4, epoch: 0, totalSteps: 111, config: c), 0.5, accuracy: 1e-12)
+        XCTAssertEqual(LearningRate.at(step: 10, epoch: 0, totalSteps: 111, config: c), 1, accuracy: 1e-12)
+        XCTAssertEqual(LearningRate.at(step: 110, epoch: 0, totalSteps: 111, config: c), 0, accuracy: 1e-12)
+    }
+
+    /// A cosine schedule with warmup resumes exactly: the rate comes from the step, not from a stored value.
+    func testScheduledRunResumesExactly() throws {
+        let corpus = Corpus(text: syntheticText(3000))
+        var cfg = smallConfig()
+        cfg.schedule = .cosine; cfg.warmup = 20
+        let straight = try trainer({ cfg.steps = 120; return cfg }(), corpus: corpus, out: dir + "/a")
+        try straight.run()
+        var half = cfg
+        half.steps = 120
+        // Stop halfway through the same 120-step run (as a signal would), then resume it.
+        let first = try trainer(half, corpus: corpus, out: dir + "/b")
+        first.stopAfter = 60
+        try first.run()
+        let resumed = try trainer(half, corpus: corpus, out: dir + "/b", resume: true)
+        XCTAssertEqual(resumed.step, 60)
+        try resumed.run()
+        XCTAssertEqual(resumed.params.array, straight.params.array)
+        let lrs = try String(contentsOfFile: dir + "/a/metrics.jsonl", encoding: .utf8).split(separator: "\n").map {
+            (try JSONSerialization.jsonObject(with: Data($0.utf8)) as? [String: Any])?["lr"] as? Double ?? -1
+        }
+        XCTAssertEqual(lrs.first ?? 0, cfg.lr / 20, accuracy: 1e-12)
+        XCTAssertEqual(lrs.last ?? 0, cfg.lr / 10, accuracy: 1e-12)
+    }
+
     /// N steps straight equal N/2, a checkpoint, a resume and N/2 more, bit for bit, across an epoch boundary
     /// (state reset, lr decay) with dropout and Adam.
     func testResumeContinuesExactly() throws {
