@@ -168,7 +168,9 @@ struct TrainingFlags: ParsableArguments {
     }
 
     /// The run's options, shared by `bard train` and `bard coordinator`.
-    func makeOptions(out: String, resume: String?, initFile: String?, checkpointEvery: Int, sampleLength: Int) throws -> TrainOptions {
+    func makeOptions(_ output: OutputFlags, resume: String?, defaultCheckpointEvery: Int) throws -> TrainOptions {
+        let out = output.out, initFile = output.initFile, sampleLength = output.sampleLength
+        let checkpointEvery = output.checkpointEvery ?? defaultCheckpointEvery
         if resume != nil && initFile != nil { throw BardError.invalidArgument("--init and --resume exclude each other") }
         guard sampleLength >= 0 else { throw BardError.invalidArgument("--sample-length must be >= 0, got \(sampleLength)") }
         guard checkpointEvery >= 0 else { throw BardError.invalidArgument("--checkpoint-every must be >= 0, got \(checkpointEvery)") }
@@ -196,19 +198,23 @@ extension Activation: ExpressibleByArgument {}
 extension OptimizerKind: ExpressibleByArgument {}
 extension Schedule: ExpressibleByArgument {}
 
-struct Train: ParsableCommand {
-    static let configuration = CommandConfiguration(abstract: "Train a model with truncated BPTT.")
-    @OptionGroup var flags: TrainingFlags
+/// Where a run writes and what it starts from: shared by `bard train` and `bard coordinator`.
+struct OutputFlags: ParsableArguments {
     @Option(help: "Output directory for checkpoints and metrics.") var out: String = "out"
     @Option(name: .customLong("init"), help: "Start from the weights of a safetensors file with Bard's tensor names.") var initFile: String?
     @Option(help: "Continue the run whose checkpoint is in this directory (its corpus too, unless --data is given); only \(TrainingFlags.changeableOnResume) may differ from its settings.") var resume: String?
-    @Option(name: .customLong("checkpoint-every"), help: "Also checkpoint every N steps (0 = at epoch ends and the end only).") var checkpointEvery: Int = 0
+    @Option(name: .customLong("checkpoint-every"), help: "Also checkpoint every N steps, besides epoch ends and the end (0 = only those; default: 0 for train, 100 for coordinator).") var checkpointEvery: Int?
     @Option(name: .customLong("sample-length"), help: "Characters of the sample printed after each epoch.") var sampleLength: Int = 200
+}
+
+struct Train: ParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Train a model with truncated BPTT.")
+    @OptionGroup var flags: TrainingFlags
+    @OptionGroup var output: OutputFlags
     @OptionGroup var monitoring: MonitorFlags
 
     func run() throws {
-        let options = try flags.makeOptions(out: out, resume: resume, initFile: initFile, checkpointEvery: checkpointEvery,
-                                            sampleLength: sampleLength)
+        let options = try flags.makeOptions(output, resume: output.resume, defaultCheckpointEvery: 0)
         let corpus = try Corpus.load(path: options.dataPath)
         let trainer = try Trainer(options: options, corpus: corpus, log: say)
         let monitor = try monitoring.start(trainer: trainer, title: "bard train: " + options.outDir)

@@ -15,6 +15,19 @@ func loadKeys<T>(_ body: () throws -> T) throws -> T {
     do { return try body() } catch let error as ZMQError { throw BardError.badInput("\(error)") }
 }
 
+/// A client's CURVE keys, shared by `bard worker` and `bard fetch`.
+struct ClientKeyFlags: ParsableArguments {
+    @Option(help: "Key directory: use its client.key and trust its coordinator.pub (CURVE).") var keys: String?
+    @Option(name: .customLong("key-file"), help: "This client's key pair, instead of client.key in --keys.") var keyFile: String?
+
+    func security() throws -> ClientSecurity? {
+        try keys.map { dir in try loadKeys { try KeyDirectory.clientSecurity(dir: dir, keyFile: keyFile) } }
+    }
+
+    /// The same flags for a child process.
+    var arguments: [String] { (keys.map { ["--keys", $0] } ?? []) + (keyFile.map { ["--key-file", $0] } ?? []) }
+}
+
 struct CoordinatorCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "coordinator",
@@ -25,14 +38,10 @@ struct CoordinatorCommand: ParsableCommand {
     @Option(name: .customLong("min-workers"), help: "Keep training while at least this many are alive (default: --workers).") var minWorkers: Int?
     /// Workers to wait for: --workers, or --min-workers when only that is given.
     var startWorkers: Int { workers ?? minWorkers ?? 1 }
-    @Option(help: "Output directory for checkpoints and metrics.") var out: String = "out"
-    @Option(name: .customLong("init"), help: "Start from the weights of a safetensors file.") var initFile: String?
-    @Option(help: "Continue the run whose checkpoint is in this directory (its corpus too, unless --data is given); only \(TrainingFlags.changeableOnResume) may differ from its settings.") var resume: String?
-    @Option(name: .customLong("checkpoint-every"), help: "Checkpoint every N steps (and at epoch ends and the end).") var checkpointEvery: Int = 100
+    @OptionGroup var output: OutputFlags
     @Option(help: "After training, keep serving the final checkpoint this many seconds.") var linger: Double = 0
     @Option(name: .customLong("step-timeout"), help: "Quarantine a worker that has not answered a step in this many seconds (default: 5x the measured median step, 10 to 60 s).") var stepTimeout: Double?
     @Option(name: .customLong("max-workers"), help: "Admit at most this many workers at once.") var maxWorkers: Int = 256
-    @Option(name: .customLong("sample-length"), help: "Characters of the sample printed after each epoch.") var sampleLength: Int = 200
     @Option(name: .customLong("heartbeat-timeout"), help: "Evict a worker not heard from (heartbeats are sent every second) for this many seconds.") var heartbeatTimeout: Double = 3
     @Flag(name: .customLong("auto-resume"), help: "Continue from the checkpoint in --out if there is one, else start afresh (for service managers that restart the coordinator).") var autoResume = false
     @Option(help: "Key directory (bard keys generate): CURVE-encrypt the socket and admit only the clients in its authorized_keys.") var keys: String?
@@ -43,7 +52,7 @@ struct CoordinatorCommand: ParsableCommand {
         if let m = minWorkers, m < 1 { throw ValidationError("--min-workers must be >= 1") }
         guard startWorkers >= 1 else { throw ValidationError("--workers must be >= 1") }
         guard heartbeatTimeout > 0 else { throw ValidationError("--heartbeat-timeout must be > 0") }
-        if autoResume && (resume != nil || initFile != nil) { throw ValidationError("--auto-resume excludes --resume and --init") }
+        if autoResume && (output.resume != nil || output.initFile != nil) { throw ValidationError("--auto-resume excludes --resume and --init") }
         if keys == nil && !insecure && !KeyDirectory.isLocal(endpoint: bind) {
             throw ValidationError("--bind \(bind) is reachable from other hosts: give --keys DIR (bard keys generate --out DIR) or, on a trusted network, --insecure")
         }
@@ -53,9 +62,9 @@ struct CoordinatorCommand: ParsableCommand {
     }
 
     func run() throws {
-        let resumeDir = resume ?? (autoResume && Trainer.hasCheckpoint(in: out) ? out : nil)
-        let options = try flags.makeOptions(out: out, resume: resumeDir, initFile: initFile, checkpointEvery: checkpointEvery,
-                                            sampleLength: sampleLength)
+        let out = output.out
+        let resumeDir = output.resume ?? (autoResume && Trainer.hasCheckpoint(in: out) ? out : nil)
+        let options = try flags.makeOptions(output, resume: resumeDir, defaultCheckpointEvery: 100)
         let security = try keys.map { dir in try loadKeys { try KeyDirectory.serverSecurity(dir: dir) } }
         for warning in security?.warnings ?? [] { stderrLog("coordinator: warning: ")(warning) }
         let corpus = try Corpus.load(path: options.dataPath)
@@ -125,8 +134,7 @@ struct WorkerCommand: ParsableCommand {
     @Option(help: "The corpus, if this host has it: its fingerprint is checked against the coordinator's.") var data: String?
     @Option(help: "This worker's name (routing identity); default host-pid.") var name: String?
     @Option(name: .customLong("idle-timeout"), help: "Give up after this many seconds without a word from the coordinator.") var idleTimeout: Double = 120
-    @Option(help: "Key directory: use its client.key and trust its coordinator.pub (CURVE).") var keys: String?
-    @Option(name: .customLong("key-file"), help: "This client's key pair, instead of client.key in --keys.") var keyFile: String?
+    @OptionGroup var clientKeys: ClientKeyFlags
     @Option(name: .customLong("max-parameters"), help: "Refuse a coordinator's model with more parameters than this (checked before allocating).") var maxParameters: Int = WorkerCore.defaultMaxParameters
 
     func validate() throws {
@@ -142,7 +150,7 @@ struct WorkerCommand: ParsableCommand {
         let host = ProcessInfo.processInfo.hostName
         let identity = name ?? "\(host)-\(getpid())"
         let fingerprint = try data.map { try Corpus.load(path: $0).fingerprint } ?? ""
-        let security = try keys.map { dir in try loadKeys { try KeyDirectory.clientSecurity(dir: dir, keyFile: keyFile) } }
+        let security = try clientKeys.security()
         let context = try ZMQContext()
         // The routing identity is the name and a random suffix, unique per process: a restarted worker (or a thief
         // of its name) gets a connection of its own, and the coordinator decides by name and key who is who.
@@ -184,8 +192,7 @@ struct WorkerCommand: ParsableCommand {
             var args = ["worker", "--connect", connect, "--threads", String(threads), "--idle-timeout", String(idleTimeout),
                         "--name", "\(name ?? ProcessInfo.processInfo.hostName)-w\(i)", "--max-parameters", String(maxParameters)]
             if let data { args += ["--data", data] }
-            if let keys { args += ["--keys", keys] }
-            if let keyFile { args += ["--key-file", keyFile] }
+            args += clientKeys.arguments
             p.arguments = args
             try p.run()
             return p
@@ -230,11 +237,10 @@ struct Fetch: ParsableCommand {
     @Option(help: "Directory to write model.safetensors into.") var out: String = "out"
     @Flag(help: "Wait for the end of training and fetch the final checkpoint.") var wait = false
     @Option(help: "Give up after this many seconds.") var timeout: Double = 3600
-    @Option(help: "Key directory: use its client.key and trust its coordinator.pub (CURVE).") var keys: String?
-    @Option(name: .customLong("key-file"), help: "This client's key pair, instead of client.key in --keys.") var keyFile: String?
+    @OptionGroup var clientKeys: ClientKeyFlags
 
     func run() throws {
-        let security = try keys.map { dir in try loadKeys { try KeyDirectory.clientSecurity(dir: dir, keyFile: keyFile) } }
+        let security = try clientKeys.security()
         try FileManager.default.createDirectory(atPath: out, withIntermediateDirectories: true)
         let context = try ZMQContext()
         let client = try ZMQClientTransport(context: context, connect: from, identity: "fetch-\(getpid())-\(UInt32.random(in: 0...UInt32.max))",
