@@ -28,17 +28,19 @@ let package = Package(
                 swiftSettings: [.unsafeFlags(["-Ounchecked"])]),
         .target(name: "BardModel", dependencies: ["BardNumerics", .product(name: "Crypto", package: "swift-crypto")],
                 swiftSettings: [.unsafeFlags(["-Ounchecked"])]),
-        .target(name: "BardTraining", dependencies: ["BardModel"]),
+        // A step's metrics record: written by the trainer, shown by the monitor, read by plot (no dependencies).
+        .target(name: "BardMetrics"),
+        .target(name: "BardTraining", dependencies: ["BardModel", "BardMetrics"]),
         // The wire format: what peers send each other, and nothing else (numerics only).
         .target(name: "BardWire", dependencies: ["BardNumerics"]),
         .target(name: "BardCluster", dependencies: ["BardWire", "BardTraining", "BardModel"]),
         .target(name: "BardTransport", dependencies: ["CZMQ", "BardCluster"]),
-        .target(name: "BardPlot"),
+        .target(name: "BardPlot", dependencies: ["BardMetrics"]),
         .target(name: "BardMonitor", dependencies: [
             "BardPlot", .product(name: "Prometheus", package: "swift-prometheus"),
         ]),
         .executableTarget(name: "bard", dependencies: [
-            "BardTraining", "BardModel", "BardNumerics", "BardCluster", "BardTransport", "BardPlot", "BardMonitor",
+            "BardTraining", "BardModel", "BardNumerics", "BardMetrics", "BardCluster", "BardTransport", "BardPlot", "BardMonitor",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ]),
         .testTarget(name: "BardNumericsTests", dependencies: ["BardNumerics"]),
@@ -47,7 +49,7 @@ let package = Package(
         .testTarget(name: "BardClusterTests", dependencies: ["BardCluster", "BardTraining"]),
         .testTarget(name: "BardCLITests", dependencies: ["BardModel", "BardTraining", "BardCluster", "BardTransport"]),
         .testTarget(name: "BardTransportTests", dependencies: ["BardTransport"]),
-        .testTarget(name: "BardMonitorTests", dependencies: ["BardMonitor", "BardPlot"]),
+        .testTarget(name: "BardMonitorTests", dependencies: ["BardMonitor", "BardPlot", "BardMetrics"]),
     ],
     swiftLanguageModes: [.v5]
 )

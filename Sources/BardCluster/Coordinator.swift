@@ -1,3 +1,4 @@
+import BardMetrics
 import BardModel
 import BardNumerics
 import BardTraining
@@ -389,12 +390,14 @@ public final class Coordinator: GradientComputer {
                timing.reduce * 1000, timing.update * 1000)
     }
 
-    public var metricsFields: [String: Any] {
-        ["workers": membership.members.count, "compute_s": timing.compute, "communication_s": timing.communication,
-         "send_s": timing.send, "reduce_s": timing.reduce, "update_s": timing.update, "bytes_moved": bytesMoved,
-         "evictions": evictions, "rejected": rejected, "redone": redone, "quarantines": quarantines,
-         "quarantined": membership.quarantined(now: clock()).count, "dropped_messages": transport.droppedMessages,
-         "denied_handshakes": transport.deniedHandshakes, "step_deadline_s": deadline.seconds]
+    public func annotate(_ r: inout MetricsRecord) {
+        r.workers = membership.members.count
+        r.computeS = timing.compute; r.communicationS = timing.communication; r.sendS = timing.send
+        r.reduceS = timing.reduce; r.updateS = timing.update
+        r.bytesMoved = bytesMoved; r.evictions = evictions; r.rejected = rejected; r.redone = redone
+        r.quarantines = quarantines; r.quarantined = membership.quarantined(now: clock()).count
+        r.droppedMessages = transport.droppedMessages; r.deniedHandshakes = transport.deniedHandshakes
+        r.stepDeadlineS = deadline.seconds
     }
 
     // MARK: - The end

@@ -1,3 +1,4 @@
+import BardMetrics
 import BardPlot
 import Foundation
 import Prometheus
@@ -41,7 +42,7 @@ public final class RunMonitor: @unchecked Sendable {
     let lock = NSLock()
     let registry = PrometheusCollectorRegistry()
     var curves = RunCurves(name: "this run")
-    var latest: [String: Double] = [:]
+    var latest = MetricsRecord()
     var workers: [WorkerRow] = []
     var sample = ""
     var evictionLog: [String] = []
@@ -102,26 +103,27 @@ public final class RunMonitor: @unchecked Sendable {
     }
 
     /// One step's metrics record (the trainer's `onRecord`), and the coordinator's workers after it.
-    public func record(_ record: [String: Any], workers: [WorkerRow]? = nil) {
+    public func record(_ record: MetricsRecord, workers: [WorkerRow]? = nil) {
         lock.lock(); defer { lock.unlock() }
         curves.add(record)
-        for (k, v) in record { if let n = v as? NSNumber { latest[k] = n.doubleValue } }
+        latest = record
         if let workers { self.workers = workers }
         steps.increment()
-        func number(_ k: String) -> Double? { (record[k] as? NSNumber)?.doubleValue }
-        if let v = number("train_loss") { trainLoss.set(v) }
-        if let v = number("val_loss") {
+        if let v = record.trainLoss { trainLoss.set(v) }
+        if let v = record.valLoss {
             if valLoss == nil { valLoss = registry.makeGauge(name: "bard_validation_loss", help: "Last validation loss (nats/char).") }
             valLoss?.set(v)
         }
-        if let v = number("chars_per_s") { charsPerSecond.set(v) }
-        if let v = number("step") { stepGauge.set(v) }
-        if let v = number("epoch") { epochGauge.set(v) }
-        workersAlive.set(Double(workers?.count ?? Int(number("workers") ?? 0)))
-        for (p, g) in phase { if let v = number(p + "_s") { g.set(v) } }
+        if let v = record.charsPerS { charsPerSecond.set(v) }
+        if let v = record.step { stepGauge.set(Double(v)) }
+        if let v = record.epoch { epochGauge.set(Double(v)) }
+        workersAlive.set(Double(workers?.count ?? record.workers ?? 0))
+        let seconds = record.phaseSeconds
+        for (p, g) in phase { if let v = seconds[p] { g.set(v) } }
         // The coordinator reports running totals; counters take the increase.
-        for (key, counter) in [("evictions", evictions), ("rejected", rejected), ("bytes_moved", bytes)] {
-            guard let total = number(key) else { continue }
+        for (key, counter, value) in [("evictions", evictions, record.evictions), ("rejected", rejected, record.rejected),
+                                      ("bytes_moved", bytes, record.bytesMoved)] {
+            guard let total = value.map(Double.init) else { continue }
             let increase = total - (counted[key] ?? 0)
             if increase > 0 { counter.increment(by: increase) }
             counted[key] = max(total, counted[key] ?? 0)
@@ -155,13 +157,11 @@ public final class RunMonitor: @unchecked Sendable {
 
     public func statusJSON() -> Data {
         lock.lock(); defer { lock.unlock() }
-        func v(_ k: String) -> Double? { latest[k] }
-        var phases: [String: Double] = [:]
-        for p in ["compute", "communication", "send", "reduce", "update"] { if let x = v(p + "_s") { phases[p] = x } }
-        let status = Status(title: title, step: Int(v("step") ?? 0), totalSteps: totalSteps, epoch: Int(v("epoch") ?? 0),
-                            trainLoss: v("train_loss"), valLoss: curves.validation.last?.y, charsPerSecond: v("chars_per_s"),
-                            evictions: Int(v("evictions") ?? 0), rejected: Int(v("rejected") ?? 0), redone: Int(v("redone") ?? 0),
-                            bytesMoved: v("bytes_moved") ?? 0, stepSeconds: phases, workers: workers, sample: sample)
+        let r = latest
+        let status = Status(title: title, step: r.step ?? 0, totalSteps: totalSteps, epoch: r.epoch ?? 0,
+                            trainLoss: r.trainLoss, valLoss: curves.validation.last?.y, charsPerSecond: r.charsPerS,
+                            evictions: r.evictions ?? 0, rejected: r.rejected ?? 0, redone: r.redone ?? 0,
+                            bytesMoved: Double(r.bytesMoved ?? 0), stepSeconds: r.phaseSeconds, workers: workers, sample: sample)
         return (try? JSONEncoder().encode(status)) ?? Data("{}".utf8)
     }
 

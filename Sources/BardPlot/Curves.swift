@@ -1,3 +1,4 @@
+import BardMetrics
 import Foundation
 
 /// A run's loss curves against characters seen.
@@ -11,12 +12,12 @@ public struct RunCurves: Sendable {
     public init(name: String) { self.name = name }
 
     /// Adds one metrics record (a line of metrics.jsonl, or a live step).
-    public mutating func add(_ record: [String: Any]) {
-        guard let chars = (record["chars"] as? NSNumber)?.doubleValue else { return }
-        if let t = (record["train_loss"] as? NSNumber)?.doubleValue { train.append((chars, t)) }
-        if let v = (record["val_loss"] as? NSNumber)?.doubleValue {
+    public mutating func add(_ record: MetricsRecord) {
+        guard let chars = record.chars.map(Double.init) else { return }
+        if let t = record.trainLoss { train.append((chars, t)) }
+        if let v = record.valLoss {
             validation.append((chars, v))
-            if charsPerEpoch == nil, let e = (record["epoch"] as? NSNumber)?.doubleValue, e > 0 { charsPerEpoch = chars / e }
+            if charsPerEpoch == nil, let e = record.epoch, e > 0 { charsPerEpoch = chars / Double(e) }
         }
     }
 
@@ -26,10 +27,11 @@ public struct RunCurves: Sendable {
         let dirName = URL(fileURLWithPath: path).deletingLastPathComponent().lastPathComponent
         var run = RunCurves(name: dirName.isEmpty ? path : dirName)
         for (n, line) in String(decoding: data, as: UTF8.self).split(separator: "\n").enumerated() where !line.isEmpty {
-            guard let obj = try? JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any] else {
+            guard (try? JSONSerialization.jsonObject(with: Data(line.utf8))) is [String: Any] else {
                 throw PlotError("\(path):\(n + 1): not a JSON object")
             }
-            run.add(obj)
+            // An object of another shape (another tool's line) is passed over, as a record without the fields is.
+            if let record = MetricsRecord.decode(line: line) { run.add(record) }
         }
         guard !run.train.isEmpty else { throw PlotError("\(path): no records with chars and train_loss (is this a Bard metrics.jsonl?)") }
         return run

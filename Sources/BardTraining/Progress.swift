@@ -1,3 +1,4 @@
+import BardMetrics
 import Foundation
 import BardModel
 
@@ -62,8 +63,7 @@ final class MetricsLog {
         var kept = Data()
         if keepThroughStep > 0, let old = FileManager.default.contents(atPath: path) {
             for line in old.split(separator: UInt8(ascii: "\n")) {
-                guard let obj = try? JSONSerialization.jsonObject(with: Data(line)) as? [String: Any],
-                      let s = obj["step"] as? Int, s <= keepThroughStep else { continue }
+                guard let s = MetricsRecord.decode(line: String(decoding: line, as: UTF8.self))?.step, s <= keepThroughStep else { continue }
                 kept.append(Data(line)); kept.append(UInt8(ascii: "\n"))
             }
         }
@@ -72,8 +72,7 @@ final class MetricsLog {
         h.seekToEndOfFile()
         handle = h
     }
-    func write(_ record: [String: Any]) {
-        guard let data = try? JSONSerialization.data(withJSONObject: record, options: [.sortedKeys]) else { return }
-        handle.write(data + Data("\n".utf8))
+    func write(_ record: MetricsRecord) {
+        handle.write(Data((record.jsonLine() + "\n").utf8))
     }
 }

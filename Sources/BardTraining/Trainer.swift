@@ -1,3 +1,4 @@
+import BardMetrics
 import BardModel
 import BardNumerics
 import Foundation
@@ -10,13 +11,13 @@ public protocol GradientComputer: AnyObject {
                           totalColumns: Int, state: RecurrentState, dropout: DropoutKey?) throws -> Double
     /// Appended to the progress line (workers alive, step time split).
     var statusSuffix: String { get }
-    /// Added to each step's metrics record.
-    var metricsFields: [String: Any] { get }
+    /// Adds what it knows to each step's metrics record (workers, the step's time split, counters).
+    func annotate(_ record: inout MetricsRecord)
 }
 
 extension GradientComputer {
     public var statusSuffix: String { "" }
-    public var metricsFields: [String: Any] { [:] }
+    public func annotate(_ record: inout MetricsRecord) {}
 }
 
 extension ColumnParallel: GradientComputer {
@@ -89,7 +90,7 @@ public final class Trainer {
     public let totalSteps: Int
     let log: (String) -> Void
     /// Observers for monitoring (the metrics server and dashboard): each step's metrics record, each epoch's sample.
-    public var onRecord: (([String: Any]) -> Void)?
+    public var onRecord: ((MetricsRecord) -> Void)?
     public var onSample: ((String) -> Void)?
     /// Stop after this step as a signal would (checkpoint, then return); for tests and tools.
     public var stopAfter: Int?
@@ -247,24 +248,22 @@ public final class Trainer {
             minLoss = min(minLoss, loss)
             let elapsed = elapsedBefore + Date().timeIntervalSince(start)
             progress.record(stepSeconds: Date().timeIntervalSince(t0), chars: B * T)
-            var record: [String: Any] = ["step": step, "epoch": epoch + 1, "chars": chars, "train_loss": loss,
-                                         "chars_per_s": progress.charsPerSecond, "lr": optimizer.lr, "time": elapsed,
-                                         "grad_norm": norm]
-            record.merge(computer.metricsFields) { a, _ in a }
+            var record = MetricsRecord()
+            record.step = step; record.epoch = epoch + 1; record.chars = chars; record.trainLoss = loss
+            record.charsPerS = progress.charsPerSecond; record.lr = optimizer.lr; record.time = elapsed; record.gradNorm = norm
+            computer.annotate(&record)
             let epochEnds = window == windowsPerEpoch
             // A run that ends mid-epoch is validated at its end, and the record says so like an epoch end's.
             if step == totalSteps && !epochEnds, let v = validate() {
                 lastValLoss = v
-                record["val_loss"] = v
-                record["val_perplexity"] = exp(v)
+                record.valLoss = v; record.valPerplexity = exp(v)
             }
             if epochEnds {
                 epoch += 1; window = 0
                 if !cfg.carryState { state.reset(cfg.initialState) }
                 if let v = validate() {
                     lastValLoss = v
-                    record["val_loss"] = v
-                    record["val_perplexity"] = exp(v)
+                    record.valLoss = v; record.valPerplexity = exp(v)
                 }
                 progress.finishLine()
                 log(String(format: "epoch %d done: step %d, train loss %.4f, val loss %@, %.0f chars/s, %.0f s",

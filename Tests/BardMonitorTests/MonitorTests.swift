@@ -1,3 +1,4 @@
+import BardMetrics
 import BardMonitor
 import BardPlot
 import Foundation
@@ -27,14 +28,33 @@ final class ElementCounter: NSObject, XMLParserDelegate {
 }
 
 final class MonitorTests: XCTestCase {
-    func records(_ n: Int, epochEvery: Int) -> [[String: Any]] {
+    func records(_ n: Int, epochEvery: Int) -> [MetricsRecord] {
         (1...n).map { i in
-            var r: [String: Any] = ["step": i, "epoch": 1 + (i - 1) / epochEvery, "chars": i * 100, "train_loss": 4.0 / Double(i).squareRoot(),
-                                    "chars_per_s": 5000.0, "workers": 2, "evictions": i / 50, "rejected": i / 10, "bytes_moved": i * 1000,
-                                    "compute_s": 0.2, "communication_s": 0.01, "update_s": 0.02]
-            if i % epochEvery == 0 { r["val_loss"] = 3.0 / Double(i).squareRoot() }
+            var r = MetricsRecord()
+            r.step = i; r.epoch = 1 + (i - 1) / epochEvery; r.chars = i * 100; r.trainLoss = 4.0 / Double(i).squareRoot()
+            r.charsPerS = 5000; r.workers = 2; r.evictions = i / 50; r.rejected = i / 10; r.bytesMoved = i * 1000
+            r.computeS = 0.2; r.communicationS = 0.01; r.updateS = 0.02
+            if i % epochEvery == 0 { r.valLoss = 3.0 / Double(i).squareRoot() }
             return r
         }
+    }
+
+    /// A record's JSON line has the snake_case keys of metrics.jsonl, leaves out what it lacks and non-finite values,
+    /// and decodes back; lines of another shape decode defensively.
+    func testMetricsRecordRoundTripsAsAJSONLine() throws {
+        var r = records(40, epochEvery: 40).last!
+        r.gradNorm = .infinity
+        let line = r.jsonLine()
+        XCTAssertTrue(line.contains("\"train_loss\":"), line)
+        XCTAssertTrue(line.contains("\"chars_per_s\":5000"), line)
+        XCTAssertFalse(line.contains("grad_norm"), line)
+        XCTAssertFalse(line.contains("val_perplexity"), line)
+        var expected = r
+        expected.gradNorm = nil
+        XCTAssertEqual(MetricsRecord.decode(line: line), expected)
+        XCTAssertNil(MetricsRecord.decode(line: "[1, 2]"))
+        XCTAssertNil(MetricsRecord.decode(line: "{\"step\": \"seven\"}"))
+        XCTAssertEqual(MetricsRecord.decode(line: "{\"other\": 1}"), MetricsRecord())
     }
 
     /// The chart is well-formed SVG with one path per series, labelled; reference epochs land at epoch x chars/epoch.

@@ -1,0 +1,76 @@
+import Foundation
+
+/// One training step's metrics: a line of metrics.jsonl, what the monitor shows and what `bard plot` reads. One
+/// typed value for the trainer, the coordinator and the monitor; the JSON keys are the snake_case names below.
+/// Decoding is defensive: every field may be missing (older files, other tools), and a line that is not a record
+/// decodes to nil.
+public struct MetricsRecord: Codable, Equatable, Sendable {
+    public var step: Int?
+    /// 1-based epoch the step belongs to.
+    public var epoch: Int?
+    /// Training characters seen so far.
+    public var chars: Int?
+    public var trainLoss: Double?
+    public var charsPerS: Double?
+    public var lr: Double?
+    /// Seconds of training so far (counting those before a resume).
+    public var time: Double?
+    public var gradNorm: Double?
+    public var valLoss: Double?
+    public var valPerplexity: Double?
+
+    // The coordinator's, per step: workers registered, the step's time split, and running totals.
+    public var workers: Int?
+    public var computeS: Double?
+    public var communicationS: Double?
+    public var sendS: Double?
+    public var reduceS: Double?
+    public var updateS: Double?
+    public var bytesMoved: Int?
+    public var evictions: Int?
+    public var rejected: Int?
+    public var redone: Int?
+    public var quarantines: Int?
+    public var quarantined: Int?
+    public var droppedMessages: Int?
+    public var deniedHandshakes: Int?
+    public var stepDeadlineS: Double?
+
+    enum CodingKeys: String, CodingKey {
+        case step, epoch, chars, lr, time, workers, evictions, rejected, redone, quarantines, quarantined
+        case trainLoss = "train_loss", charsPerS = "chars_per_s", gradNorm = "grad_norm", valLoss = "val_loss"
+        case valPerplexity = "val_perplexity", computeS = "compute_s", communicationS = "communication_s", sendS = "send_s"
+        case reduceS = "reduce_s", updateS = "update_s", bytesMoved = "bytes_moved", droppedMessages = "dropped_messages"
+        case deniedHandshakes = "denied_handshakes", stepDeadlineS = "step_deadline_s"
+    }
+
+    public init() {}
+
+    /// The step's time split by phase, for those the record has.
+    public var phaseSeconds: [String: Double] {
+        var out: [String: Double] = [:]
+        for (name, v) in [("compute", computeS), ("communication", communicationS), ("send", sendS), ("reduce", reduceS),
+                          ("update", updateS)] {
+            if let v { out[name] = v }
+        }
+        return out
+    }
+
+    /// One line of JSON, keys sorted, missing fields left out; non-finite numbers as null.
+    public func jsonLine() -> String {
+        var r = self
+        for kp in [\MetricsRecord.trainLoss, \.charsPerS, \.lr, \.time, \.gradNorm, \.valLoss, \.valPerplexity, \.computeS,
+                   \.communicationS, \.sendS, \.reduceS, \.updateS, \.stepDeadlineS] where !(r[keyPath: kp]?.isFinite ?? true) {
+            r[keyPath: kp] = nil
+        }
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.sortedKeys]
+        guard let data = try? encoder.encode(r) else { return "{}" }
+        return String(decoding: data, as: UTF8.self)
+    }
+
+    /// A line of metrics.jsonl; nil if it is not a JSON object of this shape.
+    public static func decode(line: some StringProtocol) -> MetricsRecord? {
+        try? JSONDecoder().decode(MetricsRecord.self, from: Data(line.utf8))
+    }
+}
