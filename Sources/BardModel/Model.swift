@@ -110,7 +110,7 @@ public final class Model {
     }
 
     public func makeState(columns: Int) -> RecurrentState {
-        let s = RecurrentState(layers: config.layers, columns: columns, hidden: config.hidden, hasCell: config.cell == .lstm)
+        let s = RecurrentState(layers: config.layers, columns: columns, hidden: config.hidden, hasCell: layers[0].cell.hasCellState)
         s.reset(config.initialState)
         return s
     }
