@@ -2,14 +2,18 @@ import Foundation
 
 public enum CellKind: String, Codable, CaseIterable, Sendable {
     case lstm, rnn, gru
-    /// Gate blocks stacked in weight_ih / weight_hh: LSTM i,f,g,o; GRU r,z,n; RNN one.
-    public var gates: Int {
+
+    /// The one place a kind maps to its implementation (Cells/). `activation` reaches only cells that use it.
+    public func cell(activation: Activation = .tanh) -> any RecurrentCell {
         switch self {
-        case .lstm: return 4
-        case .gru: return 3
-        case .rnn: return 1
+        case .lstm: return LSTMCell()
+        case .gru: return GRUCell()
+        case .rnn: return RNNCell(activation: activation)
         }
     }
+
+    /// Gate blocks stacked in weight_ih / weight_hh.
+    public var gates: Int { cell().gates }
 }
 
 public enum Activation: String, Codable, CaseIterable, Sendable { case tanh, sigmoid }
@@ -96,12 +100,12 @@ public struct Config: Codable, Equatable, Sendable {
         try check(steps.map { $0 >= 1 } ?? true, "--steps must be >= 1")
         try check(valFraction >= 0 && valFraction < 1, "--val-fraction must be in [0, 1) (got \(valFraction))")
         try check(threads >= 1 && threads <= 256, "--threads must be 1...256 (got \(threads))")
-        try check(!(cell != .rnn && activation == .sigmoid), "--activation applies to --cell rnn only")
+        try check(cell.cell().usesActivation || activation == .tanh, "--activation applies to --cell rnn only")
     }
 
     /// One line per group, for the start of a run.
     public var summary: String {
-        var s = "model: \(cell)\(cell == .rnn ? "(\(activation))" : "") layers \(layers) embed \(embed) hidden \(hidden) "
+        var s = "model: \(cell)\(cell.cell().usesActivation ? "(\(activation))" : "") layers \(layers) embed \(embed) hidden \(hidden) "
         s += "dropout \(dropout) output-bias \(outputBias) init \(initScheme) initial-state \(initialState)\n"
         s += "train: recipe \(recipe) \(optimizer) lr \(lr) schedule \((schedule ?? .exp).rawValue)"
         s += (schedule ?? .exp) == .exp ? " decay \(lrDecay)" : ""

@@ -10,22 +10,19 @@ public final class Generator {
     let params: FloatBuffer
     let table: FloatBuffer
     let h: [FloatBuffer], c: [FloatBuffer]
-    let gates: FloatBuffer, hiddenProjection: FloatBuffer
+    let gates: FloatBuffer, scratch: FloatBuffer
     public let logits: FloatBuffer
 
     public init(model: Model, params: FloatBuffer) {
         self.model = model; self.params = params
         let cfg = model.config, H = cfg.hidden, GH = cfg.cell.gates * H, V = model.vocabularySize
         table = FloatBuffer(count: V * GH)
-        let l0 = model.layers[0], p = params.pointer
-        BLAS.gemm(transB: true, m: V, n: GH, k: cfg.embed, a: p + model.embeddingOffset, lda: cfg.embed,
-                  b: p + l0.weightIH, ldb: cfg.embed, beta: 0, c: table.pointer, ldc: GH)
-        Kernels.addRowVector(table.pointer, rows: V, n: GH, p + l0.biasIH)
-        if cfg.cell != .gru { Kernels.addRowVector(table.pointer, rows: V, n: GH, p + l0.biasHH) }
+        model.layers[0].projectInput(params: params.pointer, x: params.pointer + model.embeddingOffset, rows: V,
+                                     into: table.pointer)
         h = (0..<cfg.layers).map { _ in FloatBuffer(count: H) }
         c = (0..<cfg.layers).map { _ in FloatBuffer(count: H) }
         gates = FloatBuffer(count: GH)
-        hiddenProjection = FloatBuffer(count: GH)
+        scratch = FloatBuffer(count: GH)
         logits = FloatBuffer(count: V)
         reset()
     }
@@ -40,41 +37,30 @@ public final class Generator {
     /// Feeds one character; returns the logits of the next one (in `logits`).
     @discardableResult
     public func step(_ token: Int32) -> FloatBuffer {
-        let cfg = model.config, H = cfg.hidden, GH = cfg.cell.gates * H, p = params.pointer
+        let H = model.config.hidden, p = params.pointer
         var x: UnsafePointer<Float> = UnsafePointer(h[0].pointer)  // placeholder, replaced below for layers > 0
         for (l, layer) in model.layers.enumerated() {
-            let g = gates.pointer
-            if l == 0 {
-                g.update(from: table.pointer + Int(token) * GH, count: GH)
-            } else {
-                BLAS.gemv(m: GH, n: H, a: p + layer.weightIH, lda: layer.input, x: x, beta: 0, y: g)
-                for j in 0..<GH { g[j] += p[layer.biasIH + j] }
-                if cfg.cell != .gru { for j in 0..<GH { g[j] += p[layer.biasHH + j] } }
-            }
-            let hv = h[l].pointer, cv = c[l].pointer
-            switch cfg.cell {
-            case .lstm:
-                BLAS.gemv(m: GH, n: H, a: p + layer.weightHH, lda: H, x: hv, beta: 1, y: g)
-                RecurrentLayer.lstmCell(gates: g, cPrev: cv, c: cv, tanhC: hv, h: hv, hidden: H)
-            case .rnn:
-                BLAS.gemv(m: GH, n: H, a: p + layer.weightHH, lda: H, x: hv, beta: 1, y: g)
-                for j in 0..<H { hv[j] = cfg.activation == .tanh ? Kernels.tanh(g[j]) : Kernels.sigmoid(g[j]) }
-            case .gru:
-                let hp = hiddenProjection.pointer
-                hp.update(from: p + layer.biasHH, count: GH)
-                BLAS.gemv(m: GH, n: H, a: p + layer.weightHH, lda: H, x: hv, beta: 1, y: hp)
-                for j in 0..<H {
-                    let r = Kernels.sigmoid(g[j] + hp[j]), z = Kernels.sigmoid(g[H + j] + hp[H + j])
-                    let n = Kernels.tanh(g[2 * H + j] + r * hp[2 * H + j])
-                    hv[j] = (1 - z) * n + z * hv[j]
-                }
-            }
-            x = UnsafePointer(hv)
+            step(layer.cell, layer: layer, l: l, token: token, x: x)
+            x = UnsafePointer(h[l].pointer)
         }
         let V = model.vocabularySize
         BLAS.gemv(m: V, n: H, a: p + model.decoderWeight, lda: H, x: x, beta: 0, y: logits.pointer)
         if let db = model.decoderBias { for j in 0..<V { logits[j] += p[db + j] } }
         return logits
+    }
+
+    /// One layer, generic over its cell (opened once per layer and character).
+    private func step<Cell: RecurrentCell>(_ cell: Cell, layer: RecurrentLayer, l: Int, token: Int32, x: UnsafePointer<Float>) {
+        let H = layer.hidden, GH = cell.gates * H, p = params.pointer, g = gates.pointer
+        if l == 0 {
+            g.update(from: table.pointer + Int(token) * GH, count: GH)
+        } else {
+            BLAS.gemv(m: GH, n: H, a: p + layer.weightIH, lda: layer.input, x: x, beta: 0, y: g)
+            for j in 0..<GH { g[j] += p[layer.biasIH + j] }
+            if cell.foldsHiddenBias { for j in 0..<GH { g[j] += p[layer.biasHH + j] } }
+        }
+        cell.generate(h: h[l].pointer, c: c[l].pointer, gates: g, scratch: scratch.pointer, whh: p + layer.weightHH,
+                      bhh: p + layer.biasHH, hidden: H)
     }
 }
 

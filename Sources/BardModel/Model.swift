@@ -48,6 +48,16 @@ public struct DropoutKey: Sendable {
     }
 }
 
+/// The columns `first..<first + batch` of a time-major token window of `totalColumns` columns and steps + 1 rows:
+/// inputs are rows 0..<steps, targets rows 1...steps. Row r of every (T*B, n) buffer is r = t * batch + b.
+struct WindowColumns {
+    let tokens: UnsafePointer<Int32>
+    let totalColumns: Int, first: Int, steps: Int, batch: Int
+    var rows: Int { steps * batch }
+    @inline(__always) func input(_ t: Int, _ b: Int) -> Int { Int(tokens[t * totalColumns + first + b]) }
+    @inline(__always) func target(_ t: Int, _ b: Int) -> Int { Int(tokens[(t + 1) * totalColumns + first + b]) }
+}
+
 /// Buffers for one window of up to `steps` x `batch` columns, reused across windows.
 public final class Workspace {
     let steps: Int, batch: Int
@@ -110,7 +120,7 @@ public final class Model {
     }
 
     public func makeState(columns: Int) -> RecurrentState {
-        let s = RecurrentState(layers: config.layers, columns: columns, hidden: config.hidden, hasCell: config.cell == .lstm)
+        let s = RecurrentState(layers: config.layers, columns: columns, hidden: config.hidden, hasCell: layers[0].cell.hasCellState)
         s.reset(config.initialState)
         return s
     }
@@ -134,127 +144,198 @@ public final class Model {
                     totalColumns: Int, columns: Range<Int>, state: RecurrentState, dropout: DropoutKey?,
                     workspace ws: Workspace, lastStepOnly: Bool = false,
                     hiddenGradNorms: UnsafeMutablePointer<Double>? = nil) -> Double {
-        let B = columns.count, c0 = columns.lowerBound
+        let B = columns.count
         precondition(T <= ws.steps && B <= ws.batch, "window \(T)x\(B) exceeds workspace \(ws.steps)x\(ws.batch)")
         precondition(columns.upperBound <= totalColumns && state.columns == totalColumns,
                      "columns \(columns) of \(totalColumns), state has \(state.columns)")
-        let p = params.pointer, E = config.embed, H = config.hidden, V = vocabularySize, rows = T * B
-        let useDropout = dropout != nil && config.dropout > 0
+        let w = WindowColumns(tokens: window, totalColumns: totalColumns, first: columns.lowerBound, steps: T, batch: B)
+        let p = params.pointer, lw0 = ws.layers[0]
+        let dropout = config.dropout > 0 ? dropout : nil
 
-        // Layer 0 reads an embedding row and projects it: the product of the two is a per-character table
-        // (V x G*H) = E W_ih^T + biases, so the window's input projection is a gather instead of a GEMM.
-        let GH = config.cell.gates * H, table = ws.table.pointer
-        let layer0 = layers[0], lw0 = ws.layers[0]
-        layer0.projectInput(params: p, x: p + embeddingOffset, rows: V, into: table)
-        for t in 0..<T {
-            for b in 0..<B {
-                let token = Int(window[t * totalColumns + c0 + b])
-                (lw0.gates.pointer + (t * B + b) * GH).update(from: table + token * GH, count: GH)
+        // Forward: embedding (as layer 0's input projection) -> recurrent stack (dropout after each layer) -> decoder
+        // -> softmax cross-entropy, which leaves the probabilities in ws.logits.
+        embeddingForward(gates: lw0.gates.pointer, table: ws.table.pointer, params: p, window: w)
+        let decoderInput = stackForward(ws: ws, state: state, params: p, window: w, dropout: dropout)
+        decoderForward(logits: ws.logits.pointer, x: decoderInput, params: p, rows: w.rows)
+        let loss = crossEntropyForward(probabilities: ws.logits.pointer, window: w, lastStepOnly: lastStepOnly)
+        guard let grads else { return loss }
+
+        // Backward, the same pieces in reverse; every parameter gradient accumulates into `grads`.
+        let gp = grads.pointer
+        crossEntropyBackward(dLogits: ws.logits.pointer, window: w, lastStepOnly: lastStepOnly)
+        decoderBackward(dx: ws.dDecoderInput.pointer, dParams: gp, dLogits: ws.logits.pointer, x: decoderInput,
+                        params: p, rows: w.rows)
+        stackBackward(dParams: gp, ws: ws, dOut: ws.dDecoderInput.pointer, params: p, window: w, dropout: dropout,
+                      hiddenGradNorms: hiddenGradNorms)
+        embeddingBackward(dParams: gp, dTable: ws.dTable, dGates: lw0.dGatesInput.pointer, params: p, window: w)
+        return loss
+    }
+
+    // MARK: Embedding table
+
+    /// Layer 0 reads an embedding row and projects it: the product of the two is a per-character table
+    /// (V, G*H) = E W_ih0^T + biases, so the window's input projection `gates` (T*B, G*H) is a gather, not a GEMM.
+    func embeddingForward(gates: UnsafeMutablePointer<Float>, table: UnsafeMutablePointer<Float>,
+                          params p: UnsafePointer<Float>, window w: WindowColumns) {
+        let GH = layers[0].cell.gates * config.hidden
+        layers[0].projectInput(params: p, x: p + embeddingOffset, rows: vocabularySize, into: table)
+        for t in 0..<w.steps {
+            for b in 0..<w.batch {
+                (gates + (t * w.batch + b) * GH).update(from: table + w.input(t, b) * GH, count: GH)
             }
         }
-        func applyDropout(site: Int, _ x: UnsafeMutablePointer<Float>, width n: Int) -> UnsafeMutablePointer<Float> {
-            guard useDropout, let key = dropout else { return x }
-            let keep = 1 - config.dropout, scale = 1 / keep
-            let rnd = CounterRandom(key: CounterRandom.key(key.seed, key.step, UInt64(site)))
-            let mask = ws.masks[site].pointer, out = ws.dropped[site].pointer
-            for t in 0..<T {
-                for b in 0..<B {
-                    let row = (t * B + b) * n
-                    let position = UInt64((t * (key.globalColumns ?? totalColumns) + key.columnBase + c0 + b) * n)
-                    for j in 0..<n {
-                        let m: Float = rnd.uniform(at: position + UInt64(j)) < keep ? scale : 0
-                        mask[row + j] = m
-                        out[row + j] = x[row + j] * m
-                    }
+    }
+
+    /// Through the table: dTable[v] = sum of the gate gradients `dGates` of rows reading v, then dW_ih0 += dTable^T E
+    /// and dE += dTable W_ih0 (V rows instead of T*B). The biases' gradients are layer 0's own (its backward).
+    func embeddingBackward(dParams gp: UnsafeMutablePointer<Float>, dTable: FloatBuffer, dGates: UnsafePointer<Float>,
+                           params p: UnsafePointer<Float>, window w: WindowColumns) {
+        let E = config.embed, V = vocabularySize, GH = layers[0].cell.gates * config.hidden, dT = dTable.pointer
+        dTable.zero()
+        for t in 0..<w.steps {
+            for b in 0..<w.batch {
+                let dst = dT + w.input(t, b) * GH, src = dGates + (t * w.batch + b) * GH
+                for j in 0..<GH { dst[j] += src[j] }
+            }
+        }
+        BLAS.gemm(transA: true, m: GH, n: E, k: V, a: dT, lda: GH, b: p + embeddingOffset, ldb: E,
+                  beta: 1, c: gp + layers[0].weightIH, ldc: E)
+        BLAS.gemm(m: V, n: E, k: GH, a: dT, lda: GH, b: p + layers[0].weightIH, ldb: E,
+                  beta: 1, c: gp + embeddingOffset, ldc: E)
+    }
+
+    // MARK: Dropout
+
+    /// out = x * mask (T*B, n), mask = 1/keep with probability keep. The mask depends only on (seed, step, site,
+    /// global column, t, unit), so a column gets the same mask whichever worker or thread computes it.
+    func dropoutForward(out: UnsafeMutablePointer<Float>, mask: UnsafeMutablePointer<Float>, x: UnsafePointer<Float>,
+                        width n: Int, site: Int, key: DropoutKey, window w: WindowColumns) {
+        let keep = 1 - config.dropout, scale = 1 / keep
+        let rnd = CounterRandom(key: CounterRandom.key(key.seed, key.step, UInt64(site)))
+        for t in 0..<w.steps {
+            for b in 0..<w.batch {
+                let row = (t * w.batch + b) * n
+                let position = UInt64((t * (key.globalColumns ?? w.totalColumns) + key.columnBase + w.first + b) * n)
+                for j in 0..<n {
+                    let m: Float = rnd.uniform(at: position + UInt64(j)) < keep ? scale : 0
+                    mask[row + j] = m
+                    out[row + j] = x[row + j] * m
                 }
             }
-            return out
         }
+    }
 
-        // Recurrent layers; dropout after each (site l + 1): between layers and before the decoder.
-        var inputs: [UnsafeMutablePointer<Float>?] = [nil]
-        var x = lw0.h.pointer
+    /// dx = dOut * mask, in place (`dx` holds dOut on entry).
+    func dropoutBackward(dx: UnsafeMutablePointer<Float>, mask: UnsafePointer<Float>, count: Int) {
+        for i in 0..<count { dx[i] *= mask[i] }
+    }
+
+    // MARK: Recurrent stack
+
+    /// The layers bottom-up from the carried state, dropout after each (site l + 1: between layers and before the
+    /// decoder). Layer 0's input projection is already in its gates (embeddingForward). The state rows of the window's
+    /// columns receive the final state (its value, not its gradient). Returns the decoder's input (T*B, H).
+    func stackForward(ws: Workspace, state: RecurrentState, params p: UnsafePointer<Float>, window w: WindowColumns,
+                      dropout: DropoutKey?) -> UnsafeMutablePointer<Float> {
+        let T = w.steps, B = w.batch, H = config.hidden, c0 = w.first
         for (l, layer) in layers.enumerated() {
             let lw = ws.layers[l]
             let h0 = UnsafePointer(state.hRows(l, c0)), c0p = state.cRows(l, c0).map { UnsafePointer($0) }
             if l == 0 {
                 layer.recur(params: p, steps: T, batch: B, h0: h0, c0: c0p, ws: lw)
             } else {
-                inputs.append(x)
-                layer.forward(params: p, x: x, steps: T, batch: B, h0: h0, c0: c0p, ws: lw)
+                layer.forward(params: p, x: stackInput(l, ws: ws, window: w, dropout: dropout), steps: T, batch: B,
+                              h0: h0, c0: c0p, ws: lw)
             }
-            let out = lw.h.pointer + B * H
-            // Carry the final state (its value, not its gradient).
             state.hRows(l, c0).update(from: lw.h.pointer + T * B * H, count: B * H)
             if let cr = state.cRows(l, c0) { cr.update(from: lw.c.pointer + T * B * H, count: B * H) }
-            x = applyDropout(site: l + 1, out, width: H)
+            if let dropout {
+                dropoutForward(out: ws.dropped[l + 1].pointer, mask: ws.masks[l + 1].pointer, x: lw.h.pointer + B * H,
+                               width: H, site: l + 1, key: dropout, window: w)
+            }
         }
-        let decoderInput = x
+        return stackInput(layers.count, ws: ws, window: w, dropout: dropout)
+    }
 
-        // Decoder and softmax cross-entropy; dlogits = softmax - onehot overwrites the logits.
-        let logits = ws.logits.pointer
-        BLAS.gemm(transB: true, m: rows, n: V, k: H, a: decoderInput, lda: H, b: p + decoderWeight, ldb: H,
-                  beta: 0, c: logits, ldc: V)
+    /// The layers top-down from `dOut` (T*B, H), the gradient of the decoder's input, which is overwritten. Leaves
+    /// layer 0's input side (its ws.dGatesInput) to embeddingBackward. `hiddenGradNorms` is the top layer's.
+    func stackBackward(dParams gp: UnsafeMutablePointer<Float>, ws: Workspace, dOut: UnsafeMutablePointer<Float>,
+                       params p: UnsafePointer<Float>, window w: WindowColumns, dropout: DropoutKey?,
+                       hiddenGradNorms: UnsafeMutablePointer<Double>?) {
+        var dOut = dOut
+        for l in stride(from: layers.count - 1, through: 0, by: -1) {
+            if dropout != nil {
+                dropoutBackward(dx: dOut, mask: ws.masks[l + 1].pointer, count: w.rows * config.hidden)
+            }
+            let x = l == 0 ? nil : UnsafePointer(stackInput(l, ws: ws, window: w, dropout: dropout))
+            layers[l].backward(params: p, grads: gp, x: x, dOut: dOut, steps: w.steps, batch: w.batch,
+                               ws: ws.layers[l], inputGradient: l > 0,
+                               hiddenGradNorms: l == layers.count - 1 ? hiddenGradNorms : nil)
+            dOut = ws.layers[l].dInput.pointer
+        }
+    }
+
+    /// The input of layer l >= 1 (l == layers: the decoder's): layer l - 1's output, after dropout site l.
+    private func stackInput(_ l: Int, ws: Workspace, window w: WindowColumns, dropout: DropoutKey?) -> UnsafeMutablePointer<Float> {
+        dropout != nil ? ws.dropped[l].pointer : ws.layers[l - 1].h.pointer + w.batch * config.hidden
+    }
+
+    // MARK: Decoder
+
+    /// logits (rows, V) = x W_dec^T + b_dec, x (rows, H).
+    func decoderForward(logits: UnsafeMutablePointer<Float>, x: UnsafePointer<Float>, params p: UnsafePointer<Float>,
+                        rows: Int) {
+        let H = config.hidden, V = vocabularySize
+        BLAS.gemm(transB: true, m: rows, n: V, k: H, a: x, lda: H, b: p + decoderWeight, ldb: H, beta: 0, c: logits, ldc: V)
         if let db = decoderBias { Kernels.addRowVector(logits, rows: rows, n: V, p + db) }
+    }
+
+    /// dW_dec += dLogits^T x, db_dec += column sums of dLogits, dx = dLogits W_dec (overwritten).
+    func decoderBackward(dx: UnsafeMutablePointer<Float>, dParams gp: UnsafeMutablePointer<Float>,
+                         dLogits: UnsafePointer<Float>, x: UnsafePointer<Float>, params p: UnsafePointer<Float>, rows: Int) {
+        let H = config.hidden, V = vocabularySize
+        BLAS.gemm(transA: true, m: V, n: H, k: rows, a: dLogits, lda: V, b: x, ldb: H,
+                  beta: 1, c: gp + decoderWeight, ldc: H)
+        if let db = decoderBias { Kernels.addColumnSums(dLogits, rows: rows, n: V, into: gp + db) }
+        BLAS.gemm(m: rows, n: H, k: V, a: dLogits, lda: V, b: p + decoderWeight, ldb: H, beta: 0, c: dx, ldc: H)
+    }
+
+    // MARK: Softmax cross-entropy
+
+    /// Softmax of each row of `probabilities` (the logits on entry, (T*B, V)) in place; returns the summed
+    /// cross-entropy against the targets, in nats (only the last step's with `lastStepOnly`).
+    func crossEntropyForward(probabilities: UnsafeMutablePointer<Float>, window w: WindowColumns, lastStepOnly: Bool) -> Double {
+        let V = vocabularySize
         var loss = 0.0
-        for t in 0..<T {
-            let counted = !lastStepOnly || t == T - 1
-            for b in 0..<B {
-                let row = logits + (t * B + b) * V
-                let target = Int(window[(t + 1) * totalColumns + c0 + b])
-                let targetLogit = row[target]
+        for t in 0..<w.steps where !lastStepOnly || t == w.steps - 1 {
+            for b in 0..<w.batch {
+                let row = probabilities + (t * w.batch + b) * V
+                let targetLogit = row[w.target(t, b)]
                 var m = row[0]
                 for j in 1..<V where row[j] > m { m = row[j] }
                 var sum: Float = 0
                 for j in 0..<V { let e = expf(row[j] - m); row[j] = e; sum += e }
                 // Max-subtracted log-sum-exp (the chapter's softmax overflows once logits are scaled).
-                if counted { loss += Double(m) + log(Double(sum)) - Double(targetLogit) }
-                if grads != nil {
-                    if counted {
-                        let inv = 1 / sum
-                        for j in 0..<V { row[j] *= inv }
-                        row[target] -= 1
-                    } else {
-                        for j in 0..<V { row[j] = 0 }
-                    }
-                }
+                loss += Double(m) + log(Double(sum)) - Double(targetLogit)
+                let inv = 1 / sum
+                for j in 0..<V { row[j] *= inv }
             }
         }
-        guard let grads else { return loss }
-
-        // Backward: decoder, then the layers top-down, then the embedding.
-        let gp = grads.pointer
-        BLAS.gemm(transA: true, m: V, n: H, k: rows, a: logits, lda: V, b: decoderInput, ldb: H,
-                  beta: 1, c: gp + decoderWeight, ldc: H)
-        if let db = decoderBias { Kernels.addColumnSums(logits, rows: rows, n: V, into: gp + db) }
-        var dOut = ws.dDecoderInput.pointer
-        BLAS.gemm(m: rows, n: H, k: V, a: logits, lda: V, b: p + decoderWeight, ldb: H, beta: 0, c: dOut, ldc: H)
-        for l in stride(from: layers.count - 1, through: 0, by: -1) {
-            if useDropout { multiply(dOut, ws.masks[l + 1].pointer, rows * H) }
-            layers[l].backward(params: p, grads: gp, x: inputs[l].map { UnsafePointer($0) }, dOut: dOut, steps: T, batch: B,
-                               ws: ws.layers[l], inputGradient: l > 0,
-                               hiddenGradNorms: l == layers.count - 1 ? hiddenGradNorms : nil)
-            dOut = ws.layers[l].dInput.pointer
-        }
-        // Layer 0's input side through the table: dTable[v] = sum of the gate gradients of rows reading v, then
-        // dW_ih0 += dTable^T E and dE += dTable W_ih0 (V rows instead of T*B).
-        let dTable = ws.dTable.pointer, dG = lw0.dGatesInput.pointer
-        ws.dTable.zero()
-        for t in 0..<T {
-            for b in 0..<B {
-                let token = Int(window[t * totalColumns + c0 + b])
-                let dst = dTable + token * GH, src = dG + (t * B + b) * GH
-                for j in 0..<GH { dst[j] += src[j] }
-            }
-        }
-        BLAS.gemm(transA: true, m: GH, n: E, k: V, a: dTable, lda: GH, b: p + embeddingOffset, ldb: E,
-                  beta: 1, c: gp + layer0.weightIH, ldc: E)
-        BLAS.gemm(m: V, n: E, k: GH, a: dTable, lda: GH, b: p + layer0.weightIH, ldb: E,
-                  beta: 1, c: gp + embeddingOffset, ldc: E)
         return loss
     }
 
-    @inline(__always) private func multiply(_ x: UnsafeMutablePointer<Float>, _ m: UnsafePointer<Float>, _ n: Int) {
-        for i in 0..<n { x[i] *= m[i] }
+    /// dLogits = softmax - onehot(target), in place over the probabilities; rows whose loss is not counted get zero.
+    func crossEntropyBackward(dLogits: UnsafeMutablePointer<Float>, window w: WindowColumns, lastStepOnly: Bool) {
+        let V = vocabularySize
+        for t in 0..<w.steps {
+            for b in 0..<w.batch {
+                let row = dLogits + (t * w.batch + b) * V
+                if !lastStepOnly || t == w.steps - 1 {
+                    row[w.target(t, b)] -= 1
+                } else {
+                    for j in 0..<V { row[j] = 0 }
+                }
+            }
+        }
     }
 }

@@ -1,0 +1,46 @@
+import BardNumerics
+
+/// Elman RNN, PyTorch's equations (gates (B, H), one block): h_t = act(x W_ih^T + b_ih + h_{t-1} W_hh^T + b_hh),
+/// act tanh or sigmoid. b_hh is outside the nonlinearity, so it folds into the input projection.
+public struct RNNCell: RecurrentCell {
+    public let activation: Activation
+    public init(activation: Activation) { self.activation = activation }
+    public var gates: Int { 1 }
+    public var hasCellState: Bool { false }
+    public var foldsHiddenBias: Bool { true }
+    public var usesActivation: Bool { true }
+
+    public func forward(ws: LayerWorkspace, step t: Int, whh: UnsafePointer<Float>, bhh: UnsafePointer<Float>,
+                        batch B: Int, hidden H: Int) {
+        let hPrev = ws.h.pointer + t * B * H, hNew = hPrev + B * H, g = ws.gates.pointer + t * B * H
+        BLAS.gemm(transB: true, m: B, n: H, k: H, a: hPrev, lda: H, b: whh, ldb: H, beta: 1, c: g, ldc: H)
+        if activation == .tanh {
+            for k in 0..<(B * H) { let a = Kernels.tanh(g[k]); g[k] = a; hNew[k] = a }
+        } else {
+            for k in 0..<(B * H) { let a = Kernels.sigmoid(g[k]); g[k] = a; hNew[k] = a }
+        }
+    }
+
+    /// The derivative from the activation a itself: tanh' = 1 - a², σ' = a (1 - a); dh_{t-1} = dG W_hh.
+    public func backward(ws: LayerWorkspace, step t: Int, dOut: UnsafePointer<Float>, whh: UnsafePointer<Float>,
+                         batch B: Int, hidden H: Int) -> Float {
+        let g = ws.gates.pointer + t * B * H, dg = ws.dGatesInput.pointer + t * B * H, dOutT = dOut + t * B * H
+        let dhNext = ws.dhNext.pointer
+        var norm2: Float = 0
+        for k in 0..<(B * H) {
+            let dh = dOutT[k] + dhNext[k]
+            norm2 += dh * dh
+            let a = g[k]
+            dg[k] = dh * (activation == .tanh ? 1 - a * a : a * (1 - a))
+        }
+        BLAS.gemm(m: B, n: H, k: H, a: dg, lda: H, b: whh, ldb: H, beta: 0, c: dhNext, ldc: H)
+        return norm2
+    }
+
+    public func generate(h: UnsafeMutablePointer<Float>, c: UnsafeMutablePointer<Float>, gates g: UnsafeMutablePointer<Float>,
+                         scratch: UnsafeMutablePointer<Float>, whh: UnsafePointer<Float>, bhh: UnsafePointer<Float>,
+                         hidden H: Int) {
+        BLAS.gemv(m: H, n: H, a: whh, lda: H, x: h, beta: 1, y: g)
+        for j in 0..<H { h[j] = activation == .tanh ? Kernels.tanh(g[j]) : Kernels.sigmoid(g[j]) }
+    }
+}
