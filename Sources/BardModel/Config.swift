@@ -45,6 +45,8 @@ public struct Config: Codable, Equatable, Sendable {
     public var schedule: Schedule?
     /// Steps of linear warmup (nil: 0).
     public var warmup: Int?
+    /// Train until this many seconds are spent (counting those before a resume), instead of for epochs or steps.
+    public var budget: Double?
     public var clip = 5.0
     public var batch = 32
     public var bptt = 50

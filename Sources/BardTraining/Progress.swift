@@ -5,7 +5,8 @@ import BardModel
 /// The live progress line, in the chapter's spirit: epoch, batch i/n, chars/s, loss, perplexity, min loss, ETA.
 /// Redrawn in place on a terminal; printed every `interval` seconds otherwise.
 final class Progress {
-    let total: Int, windowsPerEpoch: Int, interval: Double
+    var total: Int
+    let windowsPerEpoch: Int, interval: Double
     let isTTY = isatty(STDERR_FILENO) != 0
     var recent: [(seconds: Double, chars: Int)] = []
     var lastPrint = Date.distantPast
@@ -32,10 +33,12 @@ final class Progress {
         guard now.timeIntervalSince(lastPrint) >= (isTTY ? 0.25 : interval) else { return }
         lastPrint = now
         let perStep = recent.map(\.seconds).sorted()[recent.count / 2]
-        let eta = Double(total - step) * perStep
-        let line = String(format: "epoch %d batch %d/%d | %.0f chars/s | loss %.4f ppl %.2f | min %.4f | step %d/%d | ETA %@",
-                          epoch + 1, window, windowsPerEpoch, charsPerSecond, loss, exp(loss), minLoss, step, total,
-                          formatDuration(eta)) + (suffix.isEmpty ? "" : " | " + suffix)
+        // A budget run's length is unknown until its first plan.
+        let known = total < Int.max / 8
+        let eta = known ? Double(total - step) * perStep : .nan
+        let line = String(format: "epoch %d batch %d/%d | %.0f chars/s | loss %.4f ppl %.2f | min %.4f | step %d/%@ | ETA %@",
+                          epoch + 1, window, windowsPerEpoch, charsPerSecond, loss, exp(loss), minLoss, step,
+                          known ? String(total) : "?", formatDuration(eta)) + (suffix.isEmpty ? "" : " | " + suffix)
         if isTTY {
             FileHandle.standardError.write(Data(("\r\u{1B}[K" + line).utf8)); lineOpen = true
         } else {

@@ -87,7 +87,10 @@ public final class Trainer {
     let trainStreams: ColumnStreams
     let valTokens: ArraySlice<Int32>
     public let windowsPerEpoch: Int
-    public let totalSteps: Int
+    /// The run's length in steps; with a budget, planned again after every step.
+    public private(set) var totalSteps: Int
+    /// With `--budget`: the plan, and the time left.
+    public private(set) var budget: BudgetPlan?
     let log: (String) -> Void
     /// Observers for monitoring (the metrics server and dashboard): each step's metrics record, each epoch's sample.
     public var onRecord: ((MetricsRecord) -> Void)?
@@ -149,6 +152,7 @@ public final class Trainer {
             config.steps = options.explicitSteps ?? ckpt.config.steps
             config.epochs = options.explicitEpochs ?? ckpt.config.epochs
             config.threads = saved.threads
+            config.budget = saved.budget ?? ckpt.config.budget
             guard ts.corpusSHA256.isEmpty || ts.corpusSHA256 == corpus.sha256 else {
                 throw BardError.badInput("--data is not the corpus this run was trained on (sha256 \(corpus.sha256.prefix(12)) vs \(ts.corpusSHA256.prefix(12)))")
             }
@@ -166,6 +170,9 @@ public final class Trainer {
         valTokens = val
         windowsPerEpoch = trainStreams.trainingWindows(bptt: config.bptt)
         totalSteps = config.steps ?? config.epochs * windowsPerEpoch
+        if let seconds = config.budget {
+            budget = BudgetPlan(seconds: seconds, validationChars: val.count, stepChars: config.batch * config.bptt)
+        }
         grads = FloatBuffer(count: model.parameterCount)
         optimizer = Optimizer(kind: config.optimizer, lr: config.lr, parameterCount: model.parameterCount)
         state = model.makeState(columns: config.batch)
@@ -189,6 +196,11 @@ public final class Trainer {
         } else {
             params = model.makeParameters(seed: config.seed)
         }
+        if let plan = budget {
+            // The budget decides the length (a --steps given too caps it); a spent budget is a complete run.
+            let cap = options.explicitSteps ?? config.steps ?? Int.max / 4
+            totalSteps = elapsedBefore >= plan.seconds ? step : max(step, cap)
+        }
     }
 
     /// Trains until `totalSteps`; throws `BardError.diverged` on a non-finite loss (the last checkpoint stays).
@@ -208,6 +220,7 @@ public final class Trainer {
         let start = Date()
         var lastLoss = Double.nan
         var lastCheckpointStep = step
+        let startStep = step, stepCap = options.explicitSteps ?? config.steps ?? Int.max / 4
 
         while step < totalSteps {
             let t0 = Date()
@@ -247,6 +260,12 @@ public final class Trainer {
             lastLoss = loss
             minLoss = min(minLoss, loss)
             let elapsed = elapsedBefore + Date().timeIntervalSince(start)
+            if let plan = budget, step - startStep >= 2 {
+                // Plan again from this run's own pace: wall time per step, everything included.
+                let pace = Date().timeIntervalSince(start) / Double(step - startStep)
+                totalSteps = min(stepCap, plan.totalSteps(step: step, elapsed: elapsed, stepSeconds: pace))
+                progress.total = totalSteps
+            }
             progress.record(stepSeconds: Date().timeIntervalSince(t0), chars: B * T)
             var record = MetricsRecord()
             record.step = step; record.epoch = epoch + 1; record.chars = chars; record.trainLoss = loss
@@ -273,12 +292,16 @@ public final class Trainer {
                 onSample?(text)
                 log("sample: " + text.replacingOccurrences(of: "\n", with: "\n        "))
             } else {
-                progress.show(step: step, epoch: epoch, window: window, loss: loss, minLoss: minLoss, suffix: computer.statusSuffix)
+                let left = budget.map { "left " + formatDuration($0.seconds - elapsed) }
+                let suffix = [left, computer.statusSuffix.isEmpty ? nil : computer.statusSuffix].compactMap { $0 }.joined(separator: " | ")
+                progress.show(step: step, epoch: epoch, window: window, loss: loss, minLoss: minLoss, suffix: suffix)
             }
             metrics.write(record)
             onRecord?(record)
             if epochEnds || (options.checkpointEvery > 0 && step % options.checkpointEvery == 0) || step == totalSteps {
-                try saveCheckpoint(elapsed: elapsed)
+                // A budget run that ends has spent its budget (what is left went to the final validation and this
+                // checkpoint), so a resume of it is a complete run.
+                try saveCheckpoint(elapsed: step == totalSteps ? max(elapsed, budget?.seconds ?? 0) : elapsed)
                 lastCheckpointStep = step
             }
             if stopRequested != 0 || stopAfter == step {
@@ -301,6 +324,8 @@ public final class Trainer {
 
     /// Validation loss over the held-out part, in `batch` columns with carried state from the initial state.
     public func validate() -> Double? {
+        let t0 = Date()
+        defer { budget?.measuredValidation = Date().timeIntervalSince(t0) }
         let v = evaluate(model: model, params: params, tokens: valTokens, columns: config.batch, bptt: config.bptt,
                          threads: config.threads)
         return v.chars > 0 ? v.loss : nil

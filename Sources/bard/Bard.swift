@@ -88,6 +88,7 @@ struct TrainingFlags: ParsableArguments {
     @Option(name: .customLong("lr-decay"), help: "Multiply the learning rate by this after every epoch (--schedule exp).") var lrDecay: Double?
     @Option(help: "Learning-rate schedule: exp (per-epoch --lr-decay), cosine (to lr/10 at the last step) or linear (to 0 at the last step).") var schedule: Schedule?
     @Option(help: "Steps of linear learning-rate warmup.") var warmup: Int?
+    @Option(help: "Train until this much time is spent (e.g. 10m, 1h30m, 90s), planning the steps from the measured pace and annealing the schedule (cosine unless --schedule is given) to end there; counts the time before a resume.") var budget: String?
     @Option(help: "Clip the global gradient norm to this (0 = off).") var clip: Double?
     @Option(help: "Batch columns.") var batch: Int?
     @Option(help: "Truncated BPTT window in characters.") var bptt: Int?
@@ -111,6 +112,13 @@ struct TrainingFlags: ParsableArguments {
         if let lrDecay { c.lrDecay = lrDecay }
         if let schedule { c.schedule = schedule }
         if let warmup { c.warmup = warmup }
+        if let budget {
+            guard let seconds = BudgetPlan.parse(budget) else {
+                throw BardError.invalidArgument("--budget takes a duration such as 10m, 1h30m or 90s (got \(budget))")
+            }
+            c.budget = seconds
+            if schedule == nil { c.schedule = .cosine }
+        }
         if let clip { c.clip = clip }
         if let batch { c.batch = batch }
         if let bptt {
@@ -129,7 +137,7 @@ struct TrainingFlags: ParsableArguments {
     }
 
     /// Flags that may differ from the checkpoint on --resume; every other flag given must agree with it.
-    static let changeableOnResume = "--steps, --epochs, --threads and --data"
+    static let changeableOnResume = "--steps, --epochs, --threads, --budget and --data"
 
     /// The corpus to train on: --data, else on resume the one the run recorded (checked by sha256 when loaded),
     /// else the default.

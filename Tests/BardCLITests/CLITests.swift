@@ -101,7 +101,7 @@ final class CLITests: XCTestCase {
         XCTAssertEqual(first.status, 0, first.err)
         let conflict = try bard(["train", "--resume", out, "--steps", "30", "--hidden", "128"])
         assertOneLineError(conflict, contains: "--hidden 128 (the checkpoint has 16)")
-        XCTAssertTrue(conflict.err.contains("only --steps, --epochs, --threads and --data may change"), conflict.err)
+        XCTAssertTrue(conflict.err.contains("only --steps, --epochs, --threads, --budget and --data may change"), conflict.err)
         // The same values as the checkpoint's are no conflict.
         let same = try bard(["train", "--resume", out, "--steps", "25", "--hidden", "16", "--layers", "1"])
         XCTAssertEqual(same.status, 0, same.err)

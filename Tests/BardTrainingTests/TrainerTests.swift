@@ -78,6 +78,42 @@ final class TrainerTests: XCTestCase {
         XCTAssertEqual(lrs.last ?? 0, cfg.lr / 10, accuracy: 1e-12)
     }
 
+    func testBudgetPlanParsesDurationsAndPlansFromThePace() {
+        XCTAssertEqual(BudgetPlan.parse("10m"), 600)
+        XCTAssertEqual(BudgetPlan.parse("1h30m"), 5400)
+        XCTAssertEqual(BudgetPlan.parse("90s"), 90)
+        XCTAssertEqual(BudgetPlan.parse("45"), 45)
+        XCTAssertEqual(BudgetPlan.parse("1.5h"), 5400)
+        for bad in ["", "10x", "m", "-5m", "0", "5m3"] { XCTAssertNil(BudgetPlan.parse(bad), bad) }
+        var plan = BudgetPlan(seconds: 100, validationChars: 1000, stepChars: 100)
+        // 0.1 s a step; the end costs 1.2 x (a validation: 10 steps' characters at 0.4 of the cost, 0.4 s) + 1 s.
+        XCTAssertEqual(plan.totalSteps(step: 10, elapsed: 1, stepSeconds: 0.1), 10 + Int((100 - 1 - 1.48) / 0.1))
+        plan.measuredValidation = 5
+        XCTAssertEqual(plan.totalSteps(step: 10, elapsed: 1, stepSeconds: 0.1), 10 + Int((100 - 1 - 7) / 0.1))
+        XCTAssertEqual(plan.totalSteps(step: 500, elapsed: 99, stepSeconds: 0.1), 500, "a spent budget ends the run now")
+    }
+
+    /// A run with a budget ends by itself with its final validation and checkpoint inside the budget (plus 5% and a
+    /// second for a loaded machine), having used most of it; a resumed one counts the time already spent.
+    func testBudgetEndsTheRunInTime() throws {
+        let corpus = Corpus(text: syntheticText(6000))
+        var cfg = smallConfig()
+        cfg.budget = 3; cfg.schedule = .cosine
+        let t = try trainer(cfg, corpus: corpus, out: dir + "/budget")
+        let started = Date()
+        let result = try t.run()
+        let took = Date().timeIntervalSince(started)
+        XCTAssertLessThan(took, 3 * 1.05 + 1, "the run overran its budget")
+        XCTAssertGreaterThan(took, 1.5, "the run left most of its budget unused")
+        XCTAssertNotNil(result.valLoss)
+        let ckpt = try ModelCheckpoint.load(path: dir + "/budget/model.safetensors")
+        XCTAssertEqual(ckpt.step, result.step)
+        XCTAssertEqual(t.totalSteps, result.step)
+        // Resumed, the spent budget is a complete run.
+        let again = try trainer(cfg, corpus: corpus, out: dir + "/budget", resume: true)
+        XCTAssertEqual(again.totalSteps, again.step)
+    }
+
     /// N steps straight equal N/2, a checkpoint, a resume and N/2 more, bit for bit, across an epoch boundary
     /// (state reset, lr decay) with dropout and Adam.
     func testResumeContinuesExactly() throws {
