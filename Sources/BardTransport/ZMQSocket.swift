@@ -360,21 +360,9 @@ public final class ZMQSocket {
 
     /// Reads every frame of one message without blocking; nil if none is pending.
     private func readMessage(_ socket: UnsafeMutableRawPointer) throws -> [[UInt8]]? {
-        var frames: [[UInt8]] = []
-        while true {
-            var message = zmq_msg_t()
-            guard zmq_msg_init(&message) == 0 else { throw ZMQError.last("zmq_msg_init") }
-            defer { zmq_msg_close(&message) }
-            if zmq_msg_recv(&message, socket, ZMQ_DONTWAIT) < 0 {
-                let code = zmq_errno()
-                if code == EINTR { continue }
-                // Parts of a multipart message arrive together, so EAGAIN only happens before the first.
-                if code == EAGAIN && frames.isEmpty { return nil }
-                throw ZMQError.last("zmq_msg_recv", code: code)
-            }
-            frames.append(ZMQSocket.bytes(of: &message))
-            if zmq_msg_more(&message) == 0 { return frames }
-        }
+        let unlimited = ReceiveLimits(maxFrames: .max, maxBytes: .max)
+        guard case .message(let frames, _) = try readBoundedMessage(socket, limits: unlimited) else { return nil }
+        return frames
     }
 
     /// Reads one message frame by frame without blocking, keeping at most `limits`; nil if none is pending.
