@@ -45,7 +45,7 @@ let package = Package(
         ]),
         .testTarget(name: "BardNumericsTests", dependencies: ["BardNumerics"]),
         .testTarget(name: "BardModelTests", dependencies: ["BardModel"]),
-        .testTarget(name: "BardTrainingTests", dependencies: ["BardTraining"]),
+        .testTarget(name: "BardTrainingTests", dependencies: ["BardTraining", "BardMetrics"]),
         .testTarget(name: "BardClusterTests", dependencies: ["BardCluster", "BardTraining"]),
         .testTarget(name: "BardCLITests", dependencies: ["BardModel", "BardTraining", "BardCluster", "BardTransport"]),
         .testTarget(name: "BardTransportTests", dependencies: ["BardTransport"]),

@@ -18,6 +18,8 @@ public struct MetricsRecord: Codable, Equatable, Sendable {
     public var gradNorm: Double?
     public var valLoss: Double?
     public var valPerplexity: Double?
+    /// Validation loss of the averaged parameters (`--ema`).
+    public var valLossEma: Double?
 
     // The coordinator's, per step: workers registered, the step's time split, and running totals.
     public var workers: Int?
@@ -39,7 +41,7 @@ public struct MetricsRecord: Codable, Equatable, Sendable {
     enum CodingKeys: String, CodingKey {
         case step, epoch, chars, lr, time, workers, evictions, rejected, redone, quarantines, quarantined
         case trainLoss = "train_loss", charsPerS = "chars_per_s", gradNorm = "grad_norm", valLoss = "val_loss"
-        case valPerplexity = "val_perplexity", computeS = "compute_s", communicationS = "communication_s", sendS = "send_s"
+        case valPerplexity = "val_perplexity", valLossEma = "val_loss_ema", computeS = "compute_s", communicationS = "communication_s", sendS = "send_s"
         case reduceS = "reduce_s", updateS = "update_s", bytesMoved = "bytes_moved", droppedMessages = "dropped_messages"
         case deniedHandshakes = "denied_handshakes", stepDeadlineS = "step_deadline_s"
     }
@@ -59,7 +61,7 @@ public struct MetricsRecord: Codable, Equatable, Sendable {
     /// One line of JSON, keys sorted, missing fields left out; non-finite numbers as null.
     public func jsonLine() -> String {
         var r = self
-        for kp in [\MetricsRecord.trainLoss, \.charsPerS, \.lr, \.time, \.gradNorm, \.valLoss, \.valPerplexity, \.computeS,
+        for kp in [\MetricsRecord.trainLoss, \.charsPerS, \.lr, \.time, \.gradNorm, \.valLoss, \.valPerplexity, \.valLossEma, \.computeS,
                    \.communicationS, \.sendS, \.reduceS, \.updateS, \.stepDeadlineS] where !(r[keyPath: kp]?.isFinite ?? true) {
             r[keyPath: kp] = nil
         }

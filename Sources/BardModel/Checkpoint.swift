@@ -101,6 +101,9 @@ public struct TrainingState {
     public var elapsed: Double
     /// sha256 of the corpus trained on ("" in older states), so --resume refuses another text.
     public var corpusSHA256: String
+    /// The raw (not averaged) parameters when the run keeps an average (`--ema`): the model file holds the average,
+    /// and a resume needs both. Empty otherwise.
+    public var rawParams: [Float] = []
     /// Absolute path of the corpus when the run started ("" in older states), so `--resume DIR` alone finds it.
     public var corpusPath: String = ""
 
@@ -117,10 +120,12 @@ public struct TrainingState {
                     "rng": [rng.s0, rng.s1, rng.s2, rng.s3].map { String($0) }.joined(separator: ","),
                     "chars": String(chars), "min_loss": String(minLoss), "elapsed": String(elapsed), "corpus_sha256": corpusSHA256,
                     "corpus_path": corpusPath]
-        try Safetensors.write([Tensor(name: "optimizer.m", shape: [m.count], values: m),
-                               Tensor(name: "optimizer.v", shape: [v.count], values: v),
-                               Tensor(name: "state.h", shape: [h.count], values: h),
-                               Tensor(name: "state.c", shape: [c.count], values: c)], metadata: meta, to: path)
+        var tensors = [Tensor(name: "optimizer.m", shape: [m.count], values: m),
+                       Tensor(name: "optimizer.v", shape: [v.count], values: v),
+                       Tensor(name: "state.h", shape: [h.count], values: h),
+                       Tensor(name: "state.c", shape: [c.count], values: c)]
+        if !rawParams.isEmpty { tensors.append(Tensor(name: "params.raw", shape: [rawParams.count], values: rawParams)) }
+        try Safetensors.write(tensors, metadata: meta, to: path)
     }
 
     public static func load(path: String) throws -> TrainingState {
@@ -145,6 +150,7 @@ public struct TrainingState {
                              minLoss: try double("min_loss"), elapsed: try double("elapsed"),
                              corpusSHA256: meta["corpus_sha256"] ?? "")
         ts.corpusPath = meta["corpus_path"] ?? ""
+        ts.rawParams = t["params.raw"] ?? []
         return ts
     }
 }

@@ -47,6 +47,8 @@ public struct Config: Codable, Equatable, Sendable {
     public var warmup: Int?
     /// Train until this many seconds are spent (counting those before a resume), instead of for epochs or steps.
     public var budget: Double?
+    /// Keep an exponential moving average of the parameters with this decay (nil: off); the model file holds it.
+    public var ema: Double?
     public var clip = 5.0
     public var batch = 32
     public var bptt = 50
@@ -94,6 +96,7 @@ public struct Config: Codable, Equatable, Sendable {
         try check(dropout >= 0 && dropout < 1, "--dropout must be in [0, 1) (got \(dropout))")
         try check(lr > 0 && lr.isFinite, "--lr must be positive (got \(lr))")
         try check(lrDecay > 0 && lrDecay <= 1, "--lr-decay must be in (0, 1] (got \(lrDecay))")
+        try check(ema.map { $0 > 0 && $0 < 1 } ?? true, "--ema must be in (0, 1) (got \(ema ?? 0))")
         try check((warmup ?? 0) >= 0, "--warmup must be >= 0 (got \(warmup ?? 0))")
         try check(clip >= 0 && clip.isFinite, "--clip must be >= 0 (got \(clip))")
         try check(batch >= 1 && batch <= 65536, "--batch must be 1...65536 (got \(batch))")

@@ -123,10 +123,10 @@ public final class RunMonitor: @unchecked Sendable {
         // The coordinator reports running totals; counters take the increase.
         for (key, counter, value) in [("evictions", evictions, record.evictions), ("rejected", rejected, record.rejected),
                                       ("bytes_moved", bytes, record.bytesMoved)] {
-            guard let total = value.map(Double.init) else { continue }
-            let increase = total - (counted[key] ?? 0)
-            if increase > 0 { counter.increment(by: increase) }
-            counted[key] = max(total, counted[key] ?? 0)
+            guard let total = value else { continue }
+            let increase = Double(total) - (counted[key] ?? 0)
+            if increase > 0 { counter.increment(by: Int64(increase)) }
+            counted[key] = max(Double(total), counted[key] ?? 0)
         }
     }
 

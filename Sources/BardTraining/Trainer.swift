@@ -73,6 +73,8 @@ public final class Trainer {
     public let corpus: Corpus
     public let model: Model
     public let params: FloatBuffer
+    /// The exponential moving average of the parameters (`--ema`): what the model file holds and samples use.
+    public private(set) var average: FloatBuffer?
     public let grads: FloatBuffer
     public let optimizer: Optimizer
     public let state: RecurrentState
@@ -179,7 +181,14 @@ public final class Trainer {
         rng = RNG(seed: config.seed &+ 1)
 
         if let (ckpt, ts) = resumed {
-            params = ckpt.params
+            if config.ema != nil {
+                guard ts.rawParams.count == ckpt.params.count else {
+                    throw BardError.badCheckpoint("\(options.outDir)/training-state.safetensors: the run keeps an average (--ema) but its raw parameters are missing")
+                }
+                params = FloatBuffer(ts.rawParams)
+            } else {
+                params = ckpt.params
+            }
             // The rate is not restored: it is a function of the step (LearningRate), set before every update.
             try optimizer.restore(step: ts.optimizerStep, lr: config.lr, m: ts.m, v: ts.v)
             guard ts.h.count == state.h.count, ts.c.count == state.c.count else {
@@ -195,6 +204,12 @@ public final class Trainer {
             params = try ModelCheckpoint.loadWeights(path: initPath, layout: model.layout, vocabulary: corpus.vocabulary)
         } else {
             params = model.makeParameters(seed: config.seed)
+        }
+        // A resumed average is the model file's; a new one starts from the initial parameters.
+        if config.ema != nil {
+            let a = FloatBuffer(count: params.count)
+            a.copy(from: resumed?.0.params ?? params)
+            average = a
         }
         if let plan = budget {
             // The budget decides the length (a --steps given too caps it); a spent budget is a complete run.
@@ -249,6 +264,10 @@ public final class Trainer {
             }
             optimizer.lr = LearningRate.at(step: step, epoch: epoch, totalSteps: totalSteps, config: cfg)
             optimizer.apply(params: params, grads: grads)
+            if let average, let decay = cfg.ema {
+                let a = average.pointer, p = params.pointer, d = Float(decay)
+                for i in 0..<average.count { a[i] = d * a[i] + (1 - d) * p[i] }
+            }
             // A finite loss and gradient do not make a finite update (lr * g, or Adam's g^2, can overflow): this step is
             // the diverged one, and nothing it produced may reach a checkpoint.
             let paramsFinite = params.allFinite
@@ -274,19 +293,22 @@ public final class Trainer {
             let epochEnds = window == windowsPerEpoch
             // A run that ends mid-epoch is validated at its end, and the record says so like an epoch end's.
             if step == totalSteps && !epochEnds, let v = validate() {
-                lastValLoss = v
                 record.valLoss = v; record.valPerplexity = exp(v)
+                record.valLossEma = validateAverage()
+                lastValLoss = record.valLossEma ?? v
             }
             if epochEnds {
                 epoch += 1; window = 0
                 if !cfg.carryState { state.reset(cfg.initialState) }
                 if let v = validate() {
-                    lastValLoss = v
                     record.valLoss = v; record.valPerplexity = exp(v)
+                    record.valLossEma = validateAverage()
+                    lastValLoss = record.valLossEma ?? v
                 }
                 progress.finishLine()
                 log(String(format: "epoch %d done: step %d, train loss %.4f, val loss %@, %.0f chars/s, %.0f s",
-                           epoch, step, loss, lastValLoss.map { String(format: "%.4f (ppl %.2f)", $0, exp($0)) } ?? "n/a",
+                           epoch, step, loss, (lastValLoss.map { String(format: "%.4f (ppl %.2f)", $0, exp($0)) } ?? "n/a")
+                            + (record.valLossEma != nil ? String(format: " averaged, %.4f raw", record.valLoss ?? .nan) : ""),
                            progress.charsPerSecond, elapsed))
                 let text = sample(length: options.sampleLength)
                 onSample?(text)
@@ -331,10 +353,18 @@ public final class Trainer {
         return v.chars > 0 ? v.loss : nil
     }
 
+    /// Validation loss of the averaged parameters, when the run keeps an average.
+    func validateAverage() -> Double? {
+        guard let average else { return nil }
+        let v = evaluate(model: model, params: average, tokens: valTokens, columns: config.batch, bptt: config.bptt,
+                         threads: config.threads)
+        return v.chars > 0 ? v.loss : nil
+    }
+
     func sample(length: Int) -> String {
         var sampler = Sampler(temperature: 0.8, seed: rng.next())
         var text = ""
-        try? generateText(model: model, params: params, vocabulary: corpus.vocabulary, prime: "", length: length,
+        try? generateText(model: model, params: average ?? params, vocabulary: corpus.vocabulary, prime: "", length: length,
                           sampler: &sampler) { text += $0 }
         return text
     }
@@ -348,13 +378,14 @@ public final class Trainer {
                                m: optimizer.m.array, v: optimizer.v.array, h: state.h.array, c: state.c.array, rng: rng,
                                chars: chars, minLoss: minLoss, elapsed: elapsed, corpusSHA256: corpus.sha256)
         ts.corpusPath = URL(fileURLWithPath: options.dataPath).standardizedFileURL.path
+        if average != nil { ts.rawParams = params.array }
         // The previous state is kept until the new model is in place, so whenever a crash strikes, one of the two
         // state files matches model.safetensors (see `trainingState(matching:in:)`). Each file is replaced atomically.
         if FileManager.default.fileExists(atPath: statePath) {
             _ = rename(statePath, previousStatePath)
         }
         try ts.save(to: statePath)
-        try ModelCheckpoint(config: config, vocabulary: corpus.vocabulary, params: params, step: step, epoch: epoch,
+        try ModelCheckpoint(config: config, vocabulary: corpus.vocabulary, params: average ?? params, step: step, epoch: epoch,
                             valLoss: lastValLoss).save(to: modelPath)
     }
 }

@@ -88,6 +88,7 @@ struct TrainingFlags: ParsableArguments {
     @Option(name: .customLong("lr-decay"), help: "Multiply the learning rate by this after every epoch (--schedule exp).") var lrDecay: Double?
     @Option(help: "Learning-rate schedule: exp (per-epoch --lr-decay), cosine (to lr/10 at the last step) or linear (to 0 at the last step).") var schedule: Schedule?
     @Option(help: "Steps of linear learning-rate warmup.") var warmup: Int?
+    @Option(help: "Keep an exponential moving average of the parameters with this decay (e.g. 0.999): validated beside the raw ones, and what the model file holds for sampling and evaluation.") var ema: Double?
     @Option(help: "Train until this much time is spent (e.g. 10m, 1h30m, 90s), planning the steps from the measured pace and annealing the schedule (cosine unless --schedule is given) to end there; counts the time before a resume.") var budget: String?
     @Option(help: "Clip the global gradient norm to this (0 = off).") var clip: Double?
     @Option(help: "Batch columns.") var batch: Int?
@@ -112,6 +113,7 @@ struct TrainingFlags: ParsableArguments {
         if let lrDecay { c.lrDecay = lrDecay }
         if let schedule { c.schedule = schedule }
         if let warmup { c.warmup = warmup }
+        if let ema { c.ema = ema }
         if let budget {
             guard let seconds = BudgetPlan.parse(budget) else {
                 throw BardError.invalidArgument("--budget takes a duration such as 10m, 1h30m or 90s (got \(budget))")
@@ -161,7 +163,7 @@ struct TrainingFlags: ParsableArguments {
         check("layers", layers, saved.layers); check("embed", embed, saved.embed); check("hidden", hidden, saved.hidden)
         check("dropout", dropout, saved.dropout); check("optimizer", optimizer, saved.optimizer); check("lr", lr, saved.lr)
         check("lr-decay", lrDecay, saved.lrDecay); check("schedule", schedule, saved.schedule ?? .exp)
-        check("warmup", warmup, saved.warmup ?? 0); check("clip", clip, saved.clip); check("batch", batch, saved.batch)
+        check("warmup", warmup, saved.warmup ?? 0); check("ema", ema, saved.ema ?? 0); check("clip", clip, saved.clip); check("batch", batch, saved.batch)
         check("bptt", bptt, saved.bptt); check("seed", seed, saved.seed); check("val-fraction", valFraction, saved.valFraction)
         // Recipe names compared as Config.recipe spells them, with the default recipe's two names as one.
         func canonical(_ r: String) -> String {

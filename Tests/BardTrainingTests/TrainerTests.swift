@@ -1,3 +1,4 @@
+import BardMetrics
 import BardModel
 import BardNumerics
 import BardTraining
@@ -112,6 +113,31 @@ final class TrainerTests: XCTestCase {
         // Resumed, the spent budget is a complete run.
         let again = try trainer(cfg, corpus: corpus, out: dir + "/budget", resume: true)
         XCTAssertEqual(again.totalSteps, again.step)
+    }
+
+    /// With --ema the model file holds the average (validated beside the raw parameters in metrics), and a resume
+    /// continues both exactly.
+    func testAveragedRunResumesExactly() throws {
+        let corpus = Corpus(text: syntheticText(3000))
+        var cfg = smallConfig()
+        cfg.ema = 0.9; cfg.steps = 120
+        let straight = try trainer(cfg, corpus: corpus, out: dir + "/a")
+        try straight.run()
+        let first = try trainer(cfg, corpus: corpus, out: dir + "/b")
+        first.stopAfter = 60
+        try first.run()
+        let resumed = try trainer(cfg, corpus: corpus, out: dir + "/b", resume: true)
+        try resumed.run()
+        XCTAssertEqual(resumed.params.array, straight.params.array)
+        XCTAssertEqual(resumed.average?.array, straight.average?.array)
+        let saved = try ModelCheckpoint.load(path: dir + "/a/model.safetensors").params.array
+        XCTAssertEqual(saved, straight.average?.array, "the model file holds the average")
+        XCTAssertNotEqual(saved, straight.params.array)
+        let last = try String(contentsOfFile: dir + "/a/metrics.jsonl", encoding: .utf8).split(separator: "\n").last.map {
+            MetricsRecord.decode(line: $0)
+        }
+        XCTAssertNotNil(last??.valLossEma)
+        XCTAssertNotNil(last??.valLoss)
     }
 
     /// N steps straight equal N/2, a checkpoint, a resume and N/2 more, bit for bit, across an epoch boundary
