@@ -62,9 +62,8 @@ public final class Coordinator: GradientComputer {
         shape = ModelShape(cell: cfg.cell.rawValue, activation: cfg.activation.rawValue, layers: cfg.layers, embed: cfg.embed,
                            hidden: cfg.hidden, dropout: cfg.dropout, outputBias: cfg.outputBias,
                            vocabularySize: model.vocabularySize, steps: cfg.bptt, columns: cfg.batch)
-        let hasCell = model.makeState(columns: 1).c.count > 0
         resultShape = ResultShape(parameterCount: model.parameterCount, stateFloatsPerColumn: cfg.layers * cfg.hidden,
-                                  hasCell: hasCell)
+                                  hasCell: model.hasCellState)
         membership = Membership()
         // Nothing a worker legitimately sends is larger than a result for the whole batch (4 frames).
         transport.limits = ReceiveLimits(
@@ -73,7 +72,6 @@ public final class Coordinator: GradientComputer {
     }
 
     public var workersAlive: Int { membership.members.count }
-    public var quarantinedCount: Int { membership.quarantined(now: clock()).count }
     public var workerNames: [String] { membership.members.map(\.name) }
 
     /// The workers as the dashboard shows them.

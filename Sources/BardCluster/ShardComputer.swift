@@ -12,20 +12,17 @@ public final class ShardComputer {
     var runnerShape = (steps: 0, columns: 0)
     /// The last computation's gradient sums.
     public let grads: FloatBuffer
-    /// Whether the model carries a cell state beside h (asked of the model, not of the cell kind).
-    let hasCell: Bool
 
     public init(model: Model, threads: Int) {
         self.model = model; self.threads = threads
         grads = FloatBuffer(count: model.parameterCount)
-        hasCell = model.makeState(columns: 1).c.count > 0
     }
 
     /// Whether a request fits this model: its window, columns, state sizes and tokens. A request for anything else
     /// (a hostile or confused peer) must not size our buffers.
     public func fits(_ r: StepRequest) -> Bool {
         let cfg = model.config, n = r.columns.count, stateCount = cfg.layers * n * cfg.hidden
-        return r.columns.upperBound <= r.totalColumns && r.h.count == stateCount && r.c.count == (hasCell ? stateCount : 0)
+        return r.columns.upperBound <= r.totalColumns && r.h.count == stateCount && r.c.count == (model.hasCellState ? stateCount : 0)
             && r.tokens.count == (r.steps + 1) * n && r.tokens.allSatisfy { $0 >= 0 && Int($0) < model.vocabularySize }
     }
 

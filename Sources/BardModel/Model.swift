@@ -114,13 +114,15 @@ public final class Model {
     }
 
     public var parameterCount: Int { layout.total }
+    /// Whether the state carries a cell state beside h (the cell says).
+    public var hasCellState: Bool { layers[0].cell.hasCellState }
 
     public func makeWorkspace(steps: Int, batch: Int) -> Workspace {
         Workspace(config: config, vocabularySize: vocabularySize, steps: steps, batch: batch)
     }
 
     public func makeState(columns: Int) -> RecurrentState {
-        let s = RecurrentState(layers: config.layers, columns: columns, hidden: config.hidden, hasCell: layers[0].cell.hasCellState)
+        let s = RecurrentState(layers: config.layers, columns: columns, hidden: config.hidden, hasCell: hasCellState)
         s.reset(config.initialState)
         return s
     }

@@ -92,13 +92,17 @@ public final class RunMonitor: @unchecked Sendable {
     /// Publishes a cluster number: for a counter its running total (the metric rises by the increase; a total that
     /// went down, from a restarted source, counts afresh from 0), for a gauge its current value. Any thread.
     public func publish(_ metric: ClusterMetric, _ value: Double) {
-        guard value.isFinite, value >= 0 else { return }
         lock.lock(); defer { lock.unlock() }
+        publishLocked(metric, value)
+    }
+
+    func publishLocked(_ metric: ClusterMetric, _ value: Double) {
+        guard value.isFinite, value >= 0 else { return }
         if let gauge = clusterGauges[metric] { return gauge.set(value) }
         guard let counter = clusterCounters[metric] else { return }
         let last = published[metric] ?? 0
         let increase = value >= last ? value - last : value
-        if increase > 0 { counter.increment(by: increase) }
+        if increase > 0 { counter.increment(by: Int64(increase.rounded())) }
         published[metric] = value
     }
 
@@ -127,6 +131,11 @@ public final class RunMonitor: @unchecked Sendable {
             let increase = Double(total) - (counted[key] ?? 0)
             if increase > 0 { counter.increment(by: Int64(increase)) }
             counted[key] = max(Double(total), counted[key] ?? 0)
+        }
+        // The coordinator's transport and quarantine numbers come in the same record.
+        for (metric, value) in [(ClusterMetric.deniedHandshakes, record.deniedHandshakes),
+                                (.droppedMessages, record.droppedMessages), (.quarantinedWorkers, record.quarantined)] {
+            if let value { publishLocked(metric, Double(value)) }
         }
     }
 

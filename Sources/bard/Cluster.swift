@@ -91,9 +91,6 @@ struct CoordinatorCommand: ParsableCommand {
                 WorkerRow(name: $0.name, columns: $0.columns.map { "\($0.lowerBound)..<\($0.upperBound)" } ?? "-", steps: $0.steps,
                           secondsSinceHeard: $0.secondsSinceHeard)
             }
-        }, cluster: {
-            [.deniedHandshakes: Double(server.deniedHandshakes), .droppedMessages: Double(server.droppedMessages),
-             .quarantinedWorkers: Double(coordinator.quarantinedCount)]
         })
         defer { monitor?.stop() }
         coordinator.checkpoints.path = trainer.modelPath

@@ -14,11 +14,9 @@ struct MonitorFlags: ParsableArguments {
     @Option(name: .customLong("reference-config"), help: "Only this reference configuration (repeatable).")
     var referenceConfig: [String] = []
 
-    /// Starts the server and hooks it to the trainer; `workers` and `cluster` (running totals and levels such as
-    /// denied handshakes, see `ClusterMetric`) are read on the training thread after each step. Between steps, publish
-    /// through the returned server's `monitor`.
-    func start(trainer: Trainer, title: String, workers: (() -> [WorkerRow])? = nil,
-               cluster: (() -> [ClusterMetric: Double])? = nil) throws -> MonitorServer? {
+    /// Starts the server and hooks it to the trainer; `workers` is read on the training thread after each step (the
+    /// coordinator's counters come in the step's record).
+    func start(trainer: Trainer, title: String, workers: (() -> [WorkerRow])? = nil) throws -> MonitorServer? {
         guard let metrics else { return nil }
         let ref: ReferenceCurves?
         do { ref = try reference.map { try ReferenceCurves.load(path: $0, only: referenceConfig) } } catch let e as PlotError {
@@ -27,10 +25,7 @@ struct MonitorFlags: ParsableArguments {
         let monitor = RunMonitor(title: title, totalSteps: trainer.totalSteps,
                                  charsPerEpoch: Double(trainer.windowsPerEpoch * trainer.config.batch * trainer.config.bptt),
                                  reference: ref)
-        trainer.onRecord = {
-            monitor.record($0, workers: workers?())
-            for (metric, value) in cluster?() ?? [:] { monitor.publish(metric, value) }
-        }
+        trainer.onRecord = { monitor.record($0, workers: workers?()) }
         trainer.onSample = { monitor.setSample($0) }
         let server: MonitorServer
         do { server = try MonitorServer(address: metrics, monitor: monitor) } catch let e as MonitorError {
