@@ -38,6 +38,8 @@ public final class Coordinator: GradientComputer {
     var toldToRegister: [PeerID: Double] = [:]
     static let maxStrangers = 1024
     var lastSecurityLog = -Double.infinity
+    /// Threads of the reduction: every core, since the workers on this host wait for it.
+    public var hostThreads = ProcessInfo.processInfo.activeProcessorCount
     /// Recomputes a shard here when a worker reports a divergence.
     lazy var verifier = ShardComputer(model: model, threads: 1)
 
@@ -352,7 +354,7 @@ public final class Coordinator: GradientComputer {
             }
             let waited = clock() - t0
             let r0 = clock()
-            let loss = Reducer.reduce(round.results, into: grads, state: state)
+            let loss = Reducer.reduce(round.results, into: grads, state: state, threads: hostThreads)
             deadline.record(waited)
             let compute = round.results.map(\.computeSeconds).max() ?? 0
             timing.compute = compute

@@ -5,16 +5,23 @@ import BardNumerics
 /// depend on which worker answered first or how the columns were split among them.
 public enum Reducer {
     /// Adds each result's gradient sum into `grads` (in column order) and writes its final state rows into `state`.
-    /// Returns the loss sum.
-    public static func reduce(_ results: [StepResult], into grads: FloatBuffer, state: RecurrentState) -> Double {
-        var loss = 0.0
-        for r in results.sorted(by: { $0.columns.lowerBound < $1.columns.lowerBound }) {
-            loss += r.lossSum
-            r.gradients.withUnsafeBufferPointer { g in
-                guard let gb = g.baseAddress else { return }
-                let out = grads.pointer
-                for i in 0..<g.count { out[i] += gb[i] }
+    /// Returns the loss sum. The addition is spread over `threads` threads by blocks of parameters, each element
+    /// adding the results in column order, so the sum is the same bits for any thread count.
+    public static func reduce(_ results: [StepResult], into grads: FloatBuffer, state: RecurrentState, threads: Int = 1) -> Double {
+        let ordered = results.sorted(by: { $0.columns.lowerBound < $1.columns.lowerBound })
+        precondition(ordered.allSatisfy { $0.gradients.count == grads.count }, "reduce: a result's gradient has the wrong size")
+        let out = grads.pointer
+        Blocks.forEach(grads.count, threads: threads) { _, r in
+            for result in ordered {
+                result.gradients.withUnsafeBufferPointer { g in
+                    guard let gb = g.baseAddress else { return }
+                    Kernels.add(gb + r.lowerBound, into: out + r.lowerBound, count: r.count)
+                }
             }
+        }
+        var loss = 0.0
+        for r in ordered {
+            loss += r.lossSum
             ShardPlan.write(r.h, into: state.h, state: state, shard: r.columns)
             ShardPlan.write(r.c, into: state.c, state: state, shard: r.columns)
         }

@@ -62,8 +62,10 @@ public struct Config: Codable, Equatable, Sendable {
 
     public init() {}
 
-    /// The recipes of ../shared/reference: `default` is adam_2x512_do25_b32_t50.
-    public static let recipeNames = ["default", "adam_2x512_do25_b32_t50", "adam_1x512_b32_t50", "book"]
+    /// The recipes of ../shared/reference (`default` is adam_2x512_do25_b32_t50), and the recipes for a deadline:
+    /// `10m`, `30m` and `60m` train for that long (their `--budget`), each with the model and schedule that measured
+    /// best for it on 2 cores (scripts/bench-budget.sh, docs/budget.md).
+    public static let recipeNames = ["default", "adam_2x512_do25_b32_t50", "adam_1x512_b32_t50", "book", "10m", "30m", "60m"]
 
     /// The chapter's alpha, 0.05, applies to the window loss summed over bptt steps; on the mean loss Bard minimises
     /// that is 0.05 x bptt. The book recipe's one rule, for its default window and any other.
@@ -77,6 +79,14 @@ public struct Config: Codable, Equatable, Sendable {
             break
         case "adam_1x512_b32_t50":
             c.layers = 1; c.dropout = 0; c.epochs = 7
+        case "10m":
+            // One layer: its input projection is a table lookup, so it is the fastest to learn in a short run.
+            c.layers = 1; c.dropout = 0.2; c.batch = 64; c.lr = 3e-3; c.schedule = .cosine; c.budget = 600
+        case "30m":
+            c.layers = 2; c.dropout = 0.25; c.batch = 64; c.lr = 3e-3; c.warmup = 100; c.schedule = .cosine; c.budget = 1800
+        case "60m":
+            c.layers = 3; c.dropout = 0.35; c.bptt = 100; c.batch = 64; c.lr = 3e-3; c.warmup = 100; c.schedule = .cosine
+            c.budget = 3600
         case "book", "book_sgd_b16_t25":
             c.recipe = "book"
             c.layers = 1; c.dropout = 0; c.outputBias = false; c.initialState = .book; c.initScheme = .book
@@ -117,6 +127,7 @@ public struct Config: Codable, Equatable, Sendable {
         s += (warmup ?? 0) > 0 ? " warmup \(warmup ?? 0)" : ""
         s += " clip \(clip) batch \(batch) bptt \(bptt) "
         s += steps.map { "steps \($0)" } ?? "epochs \(epochs)"
+        s += budget.map { String(format: " budget %.0fs", $0) } ?? ""
         s += " seed \(seed) val-fraction \(valFraction) threads \(threads)\(carryState ? " carry-state" : "")"
         return s
     }

@@ -44,23 +44,102 @@ public final class Optimizer {
         self.m.copy(from: FloatBuffer(m)); self.v.copy(from: FloatBuffer(v))
     }
 
-    /// params -= update(grads), in place.
+    /// params -= update(grads), in place: one step over the whole buffer on this thread (the reference that
+    /// `step` is tested against).
     public func apply(params: FloatBuffer, grads: FloatBuffer) {
         precondition(params.count == grads.count, "params \(params.count) vs grads \(grads.count)")
         step += 1
-        let p = params.pointer, g = grads.pointer, n = params.count
+        update(params: params, grads: grads, range: 0..<params.count, clip: nil)
+    }
+
+    /// What one training step's update found: the gradient norm before clipping, and whether what it wrote is finite.
+    public struct StepReport: Sendable {
+        public let norm: Double
+        public let paramsFinite: Bool
+        public let momentsFinite: Bool
+    }
+
+    /// One training step on `grads`, the gradient of a loss summed over `meanOver` targets, in two passes over the
+    /// parameters, each spread over `threads` threads in fixed blocks (`Blocks`), so the result is the same bits for
+    /// any thread count: (1) the mean (grads /= meanOver) and its global norm, summed in Double per block; (2) for
+    /// each block, the clipped gradient (as `clipGradientNorm`), the optimiser's update, the moving average's (`average`
+    /// += (1 - decay) (params - average)) and the finiteness checks of what was written, while the block is in cache.
+    /// `checkNorm` sees the norm between the passes and may refuse the step. The clipped gradient is not written back. Replaces a pass per operation on one core (mean, norm, clip, update,
+    /// average and three finiteness checks) when the cores that computed the gradients are idle.
+    public func step(params: FloatBuffer, grads: FloatBuffer, meanOver n: Int, clip maxNorm: Double,
+                     average: FloatBuffer? = nil, decay: Double = 0, threads: Int,
+                     checkNorm: (Double) throws -> Void) rethrows -> StepReport {
+        precondition(params.count == grads.count && (average?.count ?? params.count) == params.count, "step: sizes differ")
+        let count = params.count, g = grads.pointer, scale = Float(1 / Double(max(1, n)))
+        let sumOfSquares = Blocks.sum(count, threads: threads) { _, r in
+            var s0 = 0.0, s1 = 0.0, s2 = 0.0, s3 = 0.0
+            var i = r.lowerBound
+            while i + 4 <= r.upperBound {
+                g[i] *= scale; g[i + 1] *= scale; g[i + 2] *= scale; g[i + 3] *= scale
+                let a = Double(g[i]), b = Double(g[i + 1]), c = Double(g[i + 2]), d = Double(g[i + 3])
+                s0 += a * a; s1 += b * b; s2 += c * c; s3 += d * d
+                i += 4
+            }
+            while i < r.upperBound { g[i] *= scale; let a = Double(g[i]); s0 += a * a; i += 1 }
+            return (s0 + s1) + (s2 + s3)
+        }
+        let norm = sumOfSquares.squareRoot()
+        try checkNorm(norm)  // before anything is written: a refused step leaves the parameters as they were
+        let coef = maxNorm / (norm + 1e-6)
+        let clip: Double? = maxNorm > 0 && coef < 1 ? coef : nil
+        step += 1
+        var flags = [UInt8](repeating: 0, count: Blocks.count(count))  // bit 0: parameters, bit 1: moments not finite
+        flags.withUnsafeMutableBufferPointer { f in
+            guard let fb = f.baseAddress else { return }
+            Blocks.forEach(count, threads: threads) { b, r in
+                update(params: params, grads: grads, range: r, clip: clip)
+                let p = params.pointer + r.lowerBound
+                if let average {
+                    let a = average.pointer + r.lowerBound, d = Float(decay)
+                    for i in 0..<r.count { a[i] = d * a[i] + (1 - d) * p[i] }
+                }
+                var bad: UInt8 = Kernels.allFinite(p, count: r.count) ? 0 : 1
+                if kind == .adam && !(Kernels.allFinite(m.pointer + r.lowerBound, count: r.count)
+                                      && Kernels.allFinite(v.pointer + r.lowerBound, count: r.count)) { bad |= 2 }
+                fb[b] = bad
+            }
+        }
+        let all = flags.reduce(0, |)
+        return StepReport(norm: norm, paramsFinite: all & 1 == 0, momentsFinite: all & 2 == 0)
+    }
+
+    /// `step` with every norm accepted.
+    public func step(params: FloatBuffer, grads: FloatBuffer, meanOver n: Int, clip maxNorm: Double,
+                     average: FloatBuffer? = nil, decay: Double = 0, threads: Int) -> StepReport {
+        step(params: params, grads: grads, meanOver: n, clip: maxNorm, average: average, decay: decay, threads: threads,
+             checkNorm: { _ in })
+    }
+
+    /// The update of the current step (`step` already counted) over `range`, the gradient first multiplied by `clip`
+    /// in Double when given (as `clipGradientNorm` does in place).
+    func update(params: FloatBuffer, grads: FloatBuffer, range: Range<Int>, clip: Double?) {
+        if let c = clip {
+            update(params: params, grads: grads, range: range) { Float(Double($0) * c) }
+        } else {
+            update(params: params, grads: grads, range: range) { $0 }
+        }
+    }
+
+    @inline(__always)
+    private func update(params: FloatBuffer, grads: FloatBuffer, range: Range<Int>, _ gradient: (Float) -> Float) {
+        let p = params.pointer, g = grads.pointer
         switch kind {
         case .sgd:
             let a = Float(lr)
-            for i in 0..<n { p[i] -= a * g[i] }
+            for i in range { p[i] -= a * gradient(g[i]) }
         case .adam:
             // torch.optim.Adam (single-tensor, non-amsgrad): p -= lr/bc1 * m / (sqrt(v)/sqrt(bc2) + eps)
             let b1 = Float(beta1), b2 = Float(beta2)
             let bc1 = 1 - pow(beta1, Double(step)), bc2 = 1 - pow(beta2, Double(step))
             let stepSize = Float(lr / bc1), bc2Sqrt = Float(bc2.squareRoot()), e = Float(eps)
             let mp = m.pointer, vp = v.pointer
-            for i in 0..<n {
-                let gi = g[i]
+            for i in range {
+                let gi = gradient(g[i])
                 mp[i] = b1 * mp[i] + (1 - b1) * gi
                 vp[i] = b2 * vp[i] + (1 - b2) * gi * gi
                 p[i] -= stepSize * mp[i] / (vp[i].squareRoot() / bc2Sqrt + e)

@@ -56,6 +56,11 @@ public enum Kernels {
         }
     }
 
+    /// y[i] += x[i] for i in 0..<count.
+    public static func add(_ x: UnsafePointer<Float>, into y: UnsafeMutablePointer<Float>, count: Int) {
+        for i in 0..<count { y[i] += x[i] }
+    }
+
     /// b[j] += sum over rows of y[r, j].
     public static func addColumnSums(_ y: UnsafePointer<Float>, rows: Int, n: Int, into b: UnsafeMutablePointer<Float>) {
         for r in 0..<rows {

@@ -41,7 +41,14 @@ public final class ColumnParallel {
                                        columns: chunks[i], state: state, dropout: dropout, workspace: workspaces[i])
             }
         }
-        if let grads { for g in chunkGrads { grads.add(g) } }
+        // The chunks' sum, spread over the same threads by blocks of parameters; each element adds the chunks in
+        // order, so the sum is the same bits as one thread's.
+        if let grads {
+            let out = grads.pointer, parts = chunkGrads.map(\.pointer)
+            Blocks.forEach(grads.count, threads: chunks.count) { _, r in
+                for part in parts { Kernels.add(part + r.lowerBound, into: out + r.lowerBound, count: r.count) }
+            }
+        }
         return losses.reduce(0, +)
     }
 }

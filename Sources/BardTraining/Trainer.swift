@@ -56,6 +56,8 @@ public struct TrainOptions {
     public var sampleLength: Int = 200
     /// Seconds between progress lines when stdout is not a terminal.
     public var logInterval: Double = 10
+    /// Threads of the optimiser step (nil: `--threads`). A coordinator gives it every core: its workers wait then.
+    public var updateThreads: Int?
     public init(config: Config, dataPath: String) { self.config = config; self.dataPath = dataPath }
 }
 
@@ -255,23 +257,24 @@ public final class Trainer {
                 log("stopped by signal at step \(step); resume with --resume \(options.outDir)")
                 break
             }
-            let n = Double(B * T)
-            let loss = lossSum / n
-            grads.scale(by: Float(1 / n))
-            let norm = clipGradientNorm(grads, maxNorm: cfg.clip)
-            guard loss.isFinite, norm.isFinite else {
-                throw BardError.diverged("training diverged at step \(step + 1) (loss \(loss), gradient norm \(norm)); \(keptCheckpoint(lastCheckpointStep)); lower --lr or set --clip")
+            let loss = lossSum / Double(B * T)
+            guard loss.isFinite else {
+                throw BardError.diverged("training diverged at step \(step + 1) (loss \(loss)); \(keptCheckpoint(lastCheckpointStep)); lower --lr or set --clip")
             }
             optimizer.lr = LearningRate.at(step: step, epoch: epoch, totalSteps: totalSteps, config: cfg)
-            optimizer.apply(params: params, grads: grads)
-            if let average, let decay = cfg.ema {
-                let a = average.pointer, p = params.pointer, d = Float(decay)
-                for i in 0..<average.count { a[i] = d * a[i] + (1 - d) * p[i] }
+            // Mean, norm, clipping, the update, the average and the finiteness checks, in two passes on every update
+            // thread. The parameters are only written once the norm is known to be finite.
+            let report = try optimizer.step(params: params, grads: grads, meanOver: B * T, clip: cfg.clip, average: average,
+                                            decay: cfg.ema ?? 0, threads: options.updateThreads ?? cfg.threads) { norm in
+                guard norm.isFinite else {
+                    throw BardError.diverged("training diverged at step \(step + 1) (loss \(loss), gradient norm \(norm)); \(keptCheckpoint(lastCheckpointStep)); lower --lr or set --clip")
+                }
             }
+            let norm = report.norm
             // A finite loss and gradient do not make a finite update (lr * g, or Adam's g^2, can overflow): this step is
             // the diverged one, and nothing it produced may reach a checkpoint.
-            let paramsFinite = params.allFinite
-            guard paramsFinite, optimizer.m.allFinite, optimizer.v.allFinite else {
+            let paramsFinite = report.paramsFinite
+            guard paramsFinite, report.momentsFinite else {
                 let what = paramsFinite ? "the optimiser moments" : "the parameters"
                 throw BardError.diverged("training diverged at step \(step + 1) (loss \(loss), gradient norm \(norm), but the update made \(what) overflow); \(keptCheckpoint(lastCheckpointStep)); lower --lr or set --clip")
             }

@@ -130,6 +130,8 @@ struct TrainingFlags: ParsableArguments {
         }
         if let epochs { c.epochs = epochs }
         if let steps { c.steps = steps }
+        // A run length asked for on the command line wins over a recipe's deadline (--budget with --steps caps it).
+        if budget == nil && (epochs != nil || steps != nil) { c.budget = nil }
         if let seed { c.seed = seed }
         if let threads { c.threads = threads }
         if let valFraction { c.valFraction = valFraction }

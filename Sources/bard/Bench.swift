@@ -44,9 +44,7 @@ struct Bench: ParsableCommand {
                 runner.run(params: params, grads: grads, window: w.baseAddress.map { UnsafePointer($0) } ?? UnsafePointer(bitPattern: 8)!,
                            steps: bptt, totalColumns: batch, state: state, dropout: nil)
             }
-            grads.scale(by: Float(1.0 / Double(batch * bptt)))
-            clipGradientNorm(grads, maxNorm: 5)
-            optimizer.apply(params: params, grads: grads)
+            _ = optimizer.step(params: params, grads: grads, meanOver: batch * bptt, clip: 5, threads: threads)
             times.append(Date().timeIntervalSince(t0))
             precondition(loss.isFinite, "bench loss \(loss)")
         }

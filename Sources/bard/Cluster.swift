@@ -64,7 +64,9 @@ struct CoordinatorCommand: ParsableCommand {
     func run() throws {
         let out = output.out
         let resumeDir = output.resume ?? (autoResume && Trainer.hasCheckpoint(in: out) ? out : nil)
-        let options = try flags.makeOptions(output, resume: resumeDir, defaultCheckpointEvery: 100)
+        var options = try flags.makeOptions(output, resume: resumeDir, defaultCheckpointEvery: 100)
+        // The optimiser step runs while the workers wait: it takes every core of this host.
+        options.updateThreads = ProcessInfo.processInfo.activeProcessorCount
         let security = try keys.map { dir in try loadKeys { try KeyDirectory.serverSecurity(dir: dir) } }
         for warning in security?.warnings ?? [] { stderrLog("coordinator: warning: ")(warning) }
         let corpus = try Corpus.load(path: options.dataPath)

@@ -153,6 +153,26 @@ final class CLITests: XCTestCase {
         }
     }
 
+    /// The deadline recipes carry their budget, which a length asked for on the command line replaces (and which
+    /// `--steps` caps when `--budget` is given too).
+    func testBudgetRecipesAndTheLengthAsked() throws {
+        let data = write("c.txt", Array(corpusText().utf8))
+        let small = ["--data", data, "--embed", "8", "--hidden", "16", "--batch", "4", "--bptt", "10", "--sample-length", "0"]
+        for recipe in ["10m", "30m", "60m"] {
+            let r = try bard(["train", "--recipe", recipe, "--out", dir + "/" + recipe, "--steps", "2", "--budget", "1h"] + small)
+            XCTAssertEqual(r.status, 0, r.err)
+            XCTAssertTrue(r.out.contains("recipe \(recipe) adam lr 0.003 schedule cosine"), r.out)
+            XCTAssertTrue(r.out.contains("steps 2 ") && r.out.contains("budget 3600s"), r.out)
+            XCTAssertTrue(r.out.contains("done: step 2,"), r.out)
+        }
+        let epochs = try bard(["train", "--recipe", "10m", "--out", dir + "/epochs", "--epochs", "1"] + small)
+        XCTAssertEqual(epochs.status, 0, epochs.err)
+        XCTAssertTrue(epochs.out.contains("recipe 10m") && epochs.out.contains("epochs 1 "), epochs.out)
+        XCTAssertFalse(epochs.out.contains("budget"), epochs.out)
+        let i = try bard(["inspect", dir + "/epochs/model.safetensors"])
+        XCTAssertTrue(i.out.contains("epochs completed: 1"), i.out)
+    }
+
     /// A `--count` pool stops at once, with the children's status, on a failure that a restart cannot cure (here a
     /// missing corpus), instead of restarting it for minutes.
     func testWorkerPoolStopsOnAFailureARestartCannotCure() throws {

@@ -1,5 +1,6 @@
 import BardCluster
 import BardModel
+import BardNumerics
 import XCTest
 
 /// The coordinator's and the worker's parts driven in memory with a fake clock: no sockets, no threads, no waiting.
@@ -229,5 +230,33 @@ final class LogTextTests: XCTestCase {
         XCTAssertFalse(forged.contains("\u{1b}"))
         XCTAssertEqual(forged, "w1\\x0acoordinator: done: step 100\\x1b[2J")
         XCTAssertEqual(LogText.escape(String(repeating: "y", count: 300)).count, 203)
+    }
+}
+
+final class ReducerTests: XCTestCase {
+    /// The workers' gradients are added in column order, whichever worker answered first, and spreading the addition
+    /// over threads by blocks of parameters gives the same bits as one thread.
+    func testSumIsInColumnOrderAndTheSameBitsForAnyThreadCount() {
+        var config = Config()
+        config.layers = 1; config.embed = 4; config.hidden = 3; config.dropout = 0
+        let model = Model(config: config, vocabularySize: 5)
+        let n = 2 * Blocks.size + 7
+        var rng = RNG(seed: 5)
+        let results = [4..<7, 0..<1, 1..<4].map { columns in  // uneven shares, answered out of order
+            StepResult(stepID: 1, columns: columns, lossSum: Double(columns.count), computeSeconds: 0,
+                       gradients: (0..<n).map { _ in Float(rng.next() % 100_000) / 7 - 7000 },
+                       h: [Float](repeating: Float(columns.lowerBound), count: columns.count * 3),
+                       c: [Float](repeating: 1, count: columns.count * 3))
+        }
+        var reference = [Float](repeating: 0, count: n)
+        for r in results.sorted(by: { $0.columns.lowerBound < $1.columns.lowerBound }) {
+            for i in 0..<n { reference[i] += r.gradients[i] }
+        }
+        for threads in [1, 2, 5] {
+            let grads = FloatBuffer(count: n), state = model.makeState(columns: 7)
+            XCTAssertEqual(Reducer.reduce(results, into: grads, state: state, threads: threads), 7)
+            XCTAssertTrue(grads.array == reference, "\(threads) threads")
+            XCTAssertEqual(state.h.array, [0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 1, 4, 4, 4, 4, 4, 4, 4, 4, 4])
+        }
     }
 }

@@ -164,6 +164,78 @@ final class OptimizerTests: XCTestCase {
     }
 }
 
+/// The trainer's optimiser step (mean, norm, clip, update, average, finiteness in two blocked passes on several threads)
+/// against the one-operation-per-pass reference on one thread.
+final class OptimizerStepTests: XCTestCase {
+    func buffers(_ n: Int, seed: UInt64, scale: Float) -> FloatBuffer {
+        var rng = RNG(seed: seed)
+        let b = FloatBuffer(count: n)
+        for i in 0..<n { b[i] = (Float(rng.next() % 20001) / 10000 - 1) * scale }
+        return b
+    }
+
+    func testBlockedStepMatchesTheReferenceForAnyThreadCount() throws {
+        let n = 3 * Blocks.size + 123, lossCount = 64 * 50
+        for kind in OptimizerKind.allCases {
+            for clip in [0.0, 1e9, 0.5] {  // off, on but not binding, binding
+                let params = buffers(n, seed: 1, scale: 1), start = buffers(n, seed: 2, scale: 40)
+                let ref = Optimizer(kind: kind, lr: 0.01, parameterCount: n), refParams = params.copy(), refAverage = params.copy()
+                // (parameters, optimiser, average) stepped with 1 thread and with 3
+                let results = [1, 3].map { _ in (params.copy(), Optimizer(kind: kind, lr: 0.01, parameterCount: n), params.copy()) }
+                for step in 0..<3 {
+                    let g = buffers(n, seed: 10 + UInt64(step), scale: 40)
+                    g.add(start)
+                    let refGrads = g.copy()
+                    refGrads.scale(by: Float(1 / Double(lossCount)))
+                    let refNorm = clipGradientNorm(refGrads, maxNorm: clip)
+                    ref.apply(params: refParams, grads: refGrads)
+                    for i in 0..<n { refAverage[i] = 0.9 * refAverage[i] + (1 - 0.9) * refParams[i] }
+                    for (k, threads) in [1, 3].enumerated() {
+                        let (p, opt, avg) = results[k]
+                        let report = opt.step(params: p, grads: g.copy(), meanOver: lossCount, clip: clip, average: avg,
+                                              decay: 0.9, threads: threads)
+                        XCTAssertEqual(report.norm, refNorm, accuracy: refNorm * 1e-12)
+                        XCTAssertTrue(report.paramsFinite && report.momentsFinite)
+                    }
+                }
+                // One thread or three: the same bits (the same blocks, added in the same order, in one process).
+                XCTAssertEqual(results[0].0.array, results[1].0.array, "\(kind) clip \(clip)")
+                XCTAssertEqual(results[0].1.m.array, results[1].1.m.array)
+                XCTAssertEqual(results[0].2.array, results[1].2.array)
+                // Against the reference: the norm's Double sum is associated by blocks, so a clip factor may differ
+                // in its last bits.
+                let (p, opt, avg) = results[1]
+                for i in stride(from: 0, to: n, by: 97) {
+                    XCTAssertEqual(p[i], refParams[i], accuracy: 1e-6 * max(1, abs(refParams[i])), "\(kind) clip \(clip) at \(i)")
+                    XCTAssertEqual(avg[i], refAverage[i], accuracy: 1e-6 * max(1, abs(refAverage[i])))
+                    if kind == .adam { XCTAssertEqual(opt.v[i], ref.v[i], accuracy: 1e-6 * max(1e-6, abs(ref.v[i]))) }
+                }
+                XCTAssertNotEqual(p.array, params.array, "the step changed nothing")
+            }
+        }
+    }
+
+    /// A refused norm leaves everything as it was; an update that overflows is reported, per buffer.
+    func testRefusedNormWritesNothingAndOverflowIsReported() {
+        let n = Blocks.size + 5
+        let params = buffers(n, seed: 3, scale: 1), before = params.array
+        let opt = Optimizer(kind: .adam, lr: 0.01, parameterCount: n)
+        struct Refused: Error {}
+        XCTAssertThrowsError(try opt.step(params: params, grads: buffers(n, seed: 4, scale: 1), meanOver: 1, clip: 5,
+                                          threads: 2) { _ in throw Refused() })
+        XCTAssertEqual(params.array, before)
+        XCTAssertEqual(opt.step, 0)
+        XCTAssertEqual(opt.m.array, [Float](repeating: 0, count: n))
+        let sgd = Optimizer(kind: .sgd, lr: 1e38, parameterCount: n)
+        let g = FloatBuffer(count: n)
+        g[n - 1] = 100  // in the last, short block
+        let report = sgd.step(params: params, grads: g, meanOver: 1, clip: 0, threads: 2)
+        XCTAssertFalse(report.paramsFinite)
+        XCTAssertTrue(report.momentsFinite)
+        XCTAssertEqual(report.norm, 100, accuracy: 1e-9)
+    }
+}
+
 final class SamplerTests: XCTestCase {
     /// The chapter's threshold trick picks index 2 of [.1, .6, .3] never; real sampling about 30% of the time.
     func testCategoricalFrequencies() {
