@@ -33,6 +33,11 @@ public final class FloatBuffer: @unchecked Sendable {
 
     public func zero() { pointer.update(repeating: 0, count: count) }
 
+    /// zero() spread over threads by blocks.
+    public func zero(threads: Int) {
+        Blocks.forEach(count, threads: threads) { _, r in (pointer + r.lowerBound).update(repeating: 0, count: r.count) }
+    }
+
     public func copy(from other: FloatBuffer) {
         precondition(other.count == count, "copy: \(other.count) != \(count)")
         pointer.update(from: other.pointer, count: count)

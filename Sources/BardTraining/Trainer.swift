@@ -50,6 +50,9 @@ public struct TrainOptions {
     /// On resume, the run length comes from the checkpoint unless given here (flags given on the command line).
     public var explicitSteps: Int?
     public var explicitEpochs: Int?
+    /// On resume, the deadline comes from the checkpoint unless --budget is given here; --steps or --epochs given
+    /// without it end the deadline (a recipe's included), as they do for a new run.
+    public var explicitBudget: Double?
     /// On resume, called with the checkpoint's configuration: throws if a flag given now conflicts with it.
     public var checkResume: ((Config) throws -> Void)?
     public var checkpointEvery: Int = 0
@@ -156,7 +159,8 @@ public final class Trainer {
             config.steps = options.explicitSteps ?? ckpt.config.steps
             config.epochs = options.explicitEpochs ?? ckpt.config.epochs
             config.threads = saved.threads
-            config.budget = saved.budget ?? ckpt.config.budget
+            let lengthGiven = options.explicitSteps != nil || options.explicitEpochs != nil
+            config.budget = options.explicitBudget ?? (lengthGiven ? nil : ckpt.config.budget)
             guard ts.corpusSHA256.isEmpty || ts.corpusSHA256 == corpus.sha256 else {
                 throw BardError.badInput("--data is not the corpus this run was trained on (sha256 \(corpus.sha256.prefix(12)) vs \(ts.corpusSHA256.prefix(12)))")
             }
@@ -238,10 +242,11 @@ public final class Trainer {
         var lastLoss = Double.nan
         var lastCheckpointStep = step
         let startStep = step, stepCap = options.explicitSteps ?? config.steps ?? Int.max / 4
+        let updateThreads = options.updateThreads ?? cfg.threads
 
         while step < totalSteps {
             let t0 = Date()
-            grads.zero()
+            grads.zero(threads: updateThreads)
             let lossSum: Double
             do {
                 lossSum = try tokens.withUnsafeMutableBufferPointer { w -> Double in
@@ -265,7 +270,7 @@ public final class Trainer {
             // Mean, norm, clipping, the update, the average and the finiteness checks, in two passes on every update
             // thread. The parameters are only written once the norm is known to be finite.
             let report = try optimizer.step(params: params, grads: grads, meanOver: B * T, clip: cfg.clip, average: average,
-                                            decay: cfg.ema ?? 0, threads: options.updateThreads ?? cfg.threads) { norm in
+                                            decay: cfg.ema ?? 0, threads: updateThreads) { norm in
                 guard norm.isFinite else {
                     throw BardError.diverged("training diverged at step \(step + 1) (loss \(loss), gradient norm \(norm)); \(keptCheckpoint(lastCheckpointStep)); lower --lr or set --clip")
                 }

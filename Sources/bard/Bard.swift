@@ -198,6 +198,7 @@ struct TrainingFlags: ParsableArguments {
         options.resume = resume != nil
         options.explicitSteps = steps
         options.explicitEpochs = epochs
+        options.explicitBudget = budget != nil ? options.config.budget : nil
         options.initPath = initFile
         options.checkpointEvery = checkpointEvery
         options.sampleLength = sampleLength

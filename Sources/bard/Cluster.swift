@@ -65,8 +65,10 @@ struct CoordinatorCommand: ParsableCommand {
         let out = output.out
         let resumeDir = output.resume ?? (autoResume && Trainer.hasCheckpoint(in: out) ? out : nil)
         var options = try flags.makeOptions(output, resume: resumeDir, defaultCheckpointEvery: 100)
-        // The optimiser step runs while the workers wait: it takes every core of this host.
-        options.updateThreads = ProcessInfo.processInfo.activeProcessorCount
+        // The reduction and the optimiser step run while the workers wait: they take every core of this host,
+        // unless --threads says how many.
+        let hostThreads = flags.threads ?? ProcessInfo.processInfo.activeProcessorCount
+        options.updateThreads = hostThreads
         let security = try keys.map { dir in try loadKeys { try KeyDirectory.serverSecurity(dir: dir) } }
         for warning in security?.warnings ?? [] { stderrLog("coordinator: warning: ")(warning) }
         let corpus = try Corpus.load(path: options.dataPath)
@@ -86,6 +88,7 @@ struct CoordinatorCommand: ParsableCommand {
         let coordinator = Coordinator(transport: server, model: trainer.model, fingerprint: corpus.fingerprint,
                                       minWorkers: minWorkers ?? startWorkers, log: stderrLog("coordinator: "))
         coordinator.deadline.override = stepTimeout
+        coordinator.hostThreads = hostThreads
         coordinator.membership.policy.heartbeatTimeout = heartbeatTimeout
         coordinator.membership.policy.maxWorkers = maxWorkers
         let monitor = try monitoring.start(trainer: trainer, title: "bard coordinator: " + options.outDir, workers: {

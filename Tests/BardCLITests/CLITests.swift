@@ -154,7 +154,7 @@ final class CLITests: XCTestCase {
     }
 
     /// The deadline recipes carry their budget, which a length asked for on the command line replaces (and which
-    /// `--steps` caps when `--budget` is given too).
+    /// `--steps` caps when `--budget` is given too), on a new run and on a resume alike.
     func testBudgetRecipesAndTheLengthAsked() throws {
         let data = write("c.txt", Array(corpusText().utf8))
         let small = ["--data", data, "--embed", "8", "--hidden", "16", "--batch", "4", "--bptt", "10", "--sample-length", "0"]
@@ -165,12 +165,34 @@ final class CLITests: XCTestCase {
             XCTAssertTrue(r.out.contains("steps 2 ") && r.out.contains("budget 3600s"), r.out)
             XCTAssertTrue(r.out.contains("done: step 2,"), r.out)
         }
+        let steps = try bard(["train", "--recipe", "10m", "--out", dir + "/steps", "--steps", "3"] + small)
+        XCTAssertEqual(steps.status, 0, steps.err)
+        XCTAssertTrue(steps.out.contains("recipe 10m") && steps.out.contains("steps 3 ") && steps.out.contains("done: step 3,"), steps.out)
+        XCTAssertFalse(steps.out.contains("budget"), steps.out)
         let epochs = try bard(["train", "--recipe", "10m", "--out", dir + "/epochs", "--epochs", "1"] + small)
         XCTAssertEqual(epochs.status, 0, epochs.err)
         XCTAssertTrue(epochs.out.contains("recipe 10m") && epochs.out.contains("epochs 1 "), epochs.out)
         XCTAssertFalse(epochs.out.contains("budget"), epochs.out)
-        let i = try bard(["inspect", dir + "/epochs/model.safetensors"])
-        XCTAssertTrue(i.out.contains("epochs completed: 1"), i.out)
+        XCTAssertTrue(try bard(["inspect", dir + "/epochs/model.safetensors"]).out.contains("epochs completed: 1"))
+        // A spent deadline resumes as complete; --steps on resume replaces it and trains on; --budget extends it.
+        let spent = try bard(["train", "--recipe", "10m", "--out", dir + "/spent", "--budget", "2s"] + small)
+        XCTAssertEqual(spent.status, 0, spent.err)
+        let step = { (out: String) -> Int in
+            Int(out.components(separatedBy: "done: step ").last?.prefix { $0.isNumber } ?? "") ?? -1
+        }
+        let done = step(spent.out)
+        XCTAssertGreaterThan(done, 0, spent.out)
+        let again = try bard(["train", "--resume", dir + "/spent"])
+        XCTAssertEqual(again.status, 0, again.err)
+        XCTAssertEqual(step(again.out), done, again.out)
+        let more = try bard(["train", "--resume", dir + "/spent", "--steps", "\(done + 2)"])
+        XCTAssertEqual(more.status, 0, more.err)
+        XCTAssertEqual(step(more.out), done + 2, more.out)
+        XCTAssertFalse(more.out.contains("budget"), more.out)
+        let longer = try bard(["train", "--resume", dir + "/spent", "--budget", "1h", "--steps", "\(done + 4)"])
+        XCTAssertEqual(longer.status, 0, longer.err)
+        XCTAssertTrue(longer.out.contains("budget 3600s"), longer.out)
+        XCTAssertEqual(step(longer.out), done + 4, longer.out)
     }
 
     /// A `--count` pool stops at once, with the children's status, on a failure that a restart cannot cure (here a

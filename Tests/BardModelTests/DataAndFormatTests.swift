@@ -166,6 +166,23 @@ final class OptimizerTests: XCTestCase {
 
 /// The trainer's optimiser step (mean, norm, clip, update, average, finiteness in two blocked passes on several threads)
 /// against the one-operation-per-pass reference on one thread.
+final class RecipeTests: XCTestCase {
+    /// The deadline recipes: their budget, model and schedule.
+    func testDeadlineRecipes() throws {
+        for (name, seconds, layers) in [("10m", 600.0, 1), ("30m", 1800, 2), ("60m", 3600, 3)] {
+            let c = try Config.recipe(name)
+            XCTAssertEqual(c.budget, seconds, name)
+            XCTAssertEqual(c.layers, layers, name)
+            XCTAssertEqual(c.schedule, .cosine, name)
+            XCTAssertEqual(c.recipe, name)
+            XCTAssertNoThrow(try c.validate())
+            XCTAssertTrue(c.summary.contains(String(format: "budget %.0fs", seconds)), c.summary)
+        }
+        XCTAssertNil(try Config.recipe("default").budget)
+        XCTAssertThrowsError(try Config.recipe("5m"))
+    }
+}
+
 final class OptimizerStepTests: XCTestCase {
     func buffers(_ n: Int, seed: UInt64, scale: Float) -> FloatBuffer {
         var rng = RNG(seed: seed)

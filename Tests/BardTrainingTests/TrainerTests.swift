@@ -297,6 +297,25 @@ final class TrainerTests: XCTestCase {
         }
     }
 
+    /// A non-finite gradient norm with a finite loss is the diverged step, refused before its update is written.
+    func testNonFiniteNormIsRefusedBeforeTheUpdate() throws {
+        let corpus = Corpus(text: syntheticText(3000))
+        var cfg = smallConfig()
+        cfg.steps = 10
+        var o = TrainOptions(config: cfg, dataPath: "synthetic")
+        o.outDir = dir + "/norm"; o.checkpointEvery = 1; o.logInterval = 1e9
+        let t = try Trainer(options: o, corpus: corpus, log: { _ in })
+        XCTAssertThrowsError(try t.run(computer: ScriptedGradients([1e-3, 1e-3, .nan]))) { e in
+            guard case BardError.diverged(let m) = e else { return XCTFail("\(e)") }
+            XCTAssertTrue(m.hasPrefix("training diverged at step 3 (loss 1.0, gradient norm nan)"), m)
+            XCTAssertTrue(m.contains("model.safetensors (step 2)"), m)
+        }
+        let kept = try ModelCheckpoint.load(path: o.outDir + "/model.safetensors")
+        XCTAssertEqual(kept.step, 2)
+        XCTAssertEqual(kept.params.array, t.params.array, "the refused step changed the parameters")
+        XCTAssertEqual(t.optimizer.step, 2)
+    }
+
     /// An --out that cannot be a directory fails in init (before a coordinator waits for workers), in one line
     /// naming it, without Foundation's wording.
     func testBadOutDirectoryIsAOneLineErrorAtInit() throws {
