@@ -1,0 +1,70 @@
+#!/usr/bin/env bash
+# The tax of the local cluster (issue 12), side by side in one run: one `bard train --threads 2` process against a
+# coordinator with 2 one-thread workers on this machine, same model (Embedding 512 -> LSTM 512 -> Linear, Adam, clip
+# 5, no dropout), 32 columns in all, for bptt 25 and 50. Rounds interleave the two so both see the same load; each
+# figure is the median over rounds of a run's median step time (after 5 warm-up steps).
+#   scripts/bench-local.sh [STEPS] [ROUNDS]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+steps=${1:-40}
+rounds=${2:-3}
+[[ $steps =~ ^[1-9][0-9]*$ && $steps -ge 10 && $rounds =~ ^[1-9][0-9]*$ ]] || {
+    echo "bench-local: STEPS must be an integer >= 10 and ROUNDS a positive integer" >&2; exit 2; }
+swift build -c release 2>&1 | tail -1
+scripts/get-corpus.sh >/dev/null
+bard="$(swift build -c release --show-bin-path)/bard"
+tmp=$(mktemp -d "${TMPDIR:-/tmp}/bard-local.XXXXXX")
+trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$tmp"' EXIT
+model=(--data data/tinyshakespeare.txt --layers 1 --embed 512 --hidden 512 --dropout 0 --batch 32 --optimizer adam
+       --lr 0.002 --clip 5 --steps "$steps" --checkpoint-every 0 --sample-length 0 --val-fraction 0.01)
+
+chars_per_s() {  # metrics.jsonl -> chars/s from the median step time after 5 warm-up steps
+    python3 - "$1" <<'PY'
+import json, statistics, sys
+rows = [json.loads(l) for l in open(sys.argv[1])][5:-1]
+dts = [b["time"] - a["time"] for a, b in zip(rows, rows[1:])]
+print(round((rows[1]["chars"] - rows[0]["chars"]) / statistics.median(dts)))
+PY
+}
+
+single() {  # bptt -> chars/s
+    local out="$tmp/single-$1"
+    rm -rf "$out"
+    "$bard" train "${model[@]}" --bptt "$1" --threads 2 --out "$out" >"$out.log" 2>&1 \
+        || { echo "bench-local: bard train failed; see $out.log" >&2; exit 1; }
+    chars_per_s "$out/metrics.jsonl"
+}
+
+cluster() {  # bptt -> chars/s
+    local out="$tmp/cluster-$1" port=$((5800 + RANDOM % 200))
+    rm -rf "$out"
+    "$bard" coordinator --bind "tcp://127.0.0.1:$port" --workers 2 "${model[@]}" --bptt "$1" --out "$out" >"$out.log" 2>&1 &
+    local c=$!
+    "$bard" worker --connect "tcp://127.0.0.1:$port" --count 2 >"$out.workers.log" 2>&1 &
+    local w=$!
+    wait "$c" || { echo "bench-local: the coordinator failed; see $out.log" >&2; exit 1; }
+    wait "$w" || true
+    chars_per_s "$out/metrics.jsonl"
+}
+
+echo "cpu: $(lscpu | sed -n 's/^Model name: *//p'), $(nproc) cores, avx512f: $(grep -qw avx512f /proc/cpuinfo && echo yes || echo no)"
+echo "load average at start: $(cut -d' ' -f1-3 /proc/loadavg)"
+declare -A results
+for r in $(seq 1 "$rounds"); do
+    for bptt in 25 50; do
+        results[single-$bptt]+="$(single "$bptt") "
+        results[cluster-$bptt]+="$(cluster "$bptt") "
+    done
+    echo "round $r done (load $(cut -d' ' -f1 /proc/loadavg))"
+done
+echo "load average at end: $(cut -d' ' -f1-3 /proc/loadavg)"
+echo "| bptt | one process, 2 threads (chars/s) | coordinator + 2 workers x 1 thread (chars/s) | cluster / process |"
+echo "| --- | --- | --- | --- |"
+for bptt in 25 50; do
+    python3 - "$bptt" "${results[single-$bptt]}" "${results[cluster-$bptt]}" <<'PY'
+import statistics, sys
+s = statistics.median(int(x) for x in sys.argv[2].split())
+c = statistics.median(int(x) for x in sys.argv[3].split())
+print(f"| {sys.argv[1]} | {s:,} ({sys.argv[2].strip()}) | {c:,} ({sys.argv[3].strip()}) | {c / s:.2f}x |")
+PY
+done
