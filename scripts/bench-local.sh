@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The tax of the local cluster (issue 12), side by side in one run: one `bard train --threads 2` process against a
-# coordinator with 2 one-thread workers on this machine, same model (Embedding 512 -> LSTM 512 -> Linear, Adam, clip
+# coordinator with 2 one-thread workers on this machine (through shared memory, and with --no-shm through ZeroMQ
+# messages), same model (Embedding 512 -> LSTM 512 -> Linear, Adam, clip
 # 5, no dropout), 32 columns in all, for bptt 25 and 50. Rounds interleave the two so both see the same load; each
 # figure is the median over rounds of a run's median step time (after 5 warm-up steps).
 #   scripts/bench-local.sh [STEPS] [ROUNDS]
@@ -35,12 +36,12 @@ single() {  # bptt -> chars/s
     chars_per_s "$out/metrics.jsonl"
 }
 
-cluster() {  # bptt -> chars/s
-    local out="$tmp/cluster-$1" port=$((5800 + RANDOM % 200))
+cluster() {  # bptt [--no-shm] -> chars/s
+    local out="$tmp/cluster-$1${2:-}" port=$((5800 + RANDOM % 200))
     rm -rf "$out"
-    "$bard" coordinator --bind "tcp://127.0.0.1:$port" --workers 2 "${model[@]}" --bptt "$1" --out "$out" >"$out.log" 2>&1 &
+    "$bard" coordinator --bind "tcp://127.0.0.1:$port" --workers 2 "${model[@]}" --bptt "$1" --out "$out" ${2:-} >"$out.log" 2>&1 &
     local c=$!
-    "$bard" worker --connect "tcp://127.0.0.1:$port" --count 2 >"$out.workers.log" 2>&1 &
+    "$bard" worker --connect "tcp://127.0.0.1:$port" --count 2 ${2:-} >"$out.workers.log" 2>&1 &
     local w=$!
     wait "$c" || { echo "bench-local: the coordinator failed; see $out.log" >&2; exit 1; }
     wait "$w" || true
@@ -54,17 +55,18 @@ for r in $(seq 1 "$rounds"); do
     for bptt in 25 50; do
         results[single-$bptt]+="$(single "$bptt") "
         results[cluster-$bptt]+="$(cluster "$bptt") "
+        results[messages-$bptt]+="$(cluster "$bptt" --no-shm) "
     done
     echo "round $r done (load $(cut -d' ' -f1 /proc/loadavg))"
 done
 echo "load average at end: $(cut -d' ' -f1-3 /proc/loadavg)"
-echo "| bptt | one process, 2 threads (chars/s) | coordinator + 2 workers x 1 thread (chars/s) | cluster / process |"
-echo "| --- | --- | --- | --- |"
+echo "| bptt | one process, 2 threads (chars/s) | coordinator + 2 workers x 1 thread, shared memory | cluster / process | the same by messages (--no-shm) | messages / process |"
+echo "| --- | --- | --- | --- | --- | --- |"
 for bptt in 25 50; do
-    python3 - "$bptt" "${results[single-$bptt]}" "${results[cluster-$bptt]}" <<'PY'
+    python3 - "$bptt" "${results[single-$bptt]}" "${results[cluster-$bptt]}" "${results[messages-$bptt]}" <<'PY'
 import statistics, sys
-s = statistics.median(int(x) for x in sys.argv[2].split())
-c = statistics.median(int(x) for x in sys.argv[3].split())
-print(f"| {sys.argv[1]} | {s:,} ({sys.argv[2].strip()}) | {c:,} ({sys.argv[3].strip()}) | {c / s:.2f}x |")
+s, c, m = (statistics.median(int(x) for x in a.split()) for a in sys.argv[2:5])
+print(f"| {sys.argv[1]} | {s:,} ({sys.argv[2].strip()}) | {c:,} ({sys.argv[3].strip()}) | {c / s:.2f}x "
+      f"| {m:,} ({sys.argv[4].strip()}) | {m / s:.2f}x |")
 PY
 done

@@ -40,6 +40,8 @@ public final class Coordinator: GradientComputer {
     var lastSecurityLog = -Double.infinity
     /// Threads of the reduction: every core, since the workers on this host wait for it.
     public var hostThreads = ProcessInfo.processInfo.activeProcessorCount
+    /// Shared memory with the workers on this host (nil: messages for everyone, `--no-shm`).
+    public var shared: SharedExchange?
     /// Recomputes a shard here when a worker reports a divergence.
     lazy var verifier = ShardComputer(model: model, threads: 1)
 
@@ -132,6 +134,7 @@ public final class Coordinator: GradientComputer {
 
     func evict(_ peer: PeerID, because why: String) {
         guard let m = membership.remove(peer) else { return }
+        shared?.drop(peer)
         log("evicting \(LogText.escape(m.name)): \(why)" + (m.columns.map { "; its columns \($0) go to the others" } ?? ""))
         evictions += 1
         // Tell it, in case it is alive after all (a stopped process resumed): it registers again and rejoins.
@@ -199,7 +202,7 @@ public final class Coordinator: GradientComputer {
         let peer = e.peer
         membership.heard(peer, now: clock())
         switch message {
-        case .hello(let name, let theirs):
+        case .hello(let name, let theirs, let host):
             if !theirs.isEmpty && theirs != fingerprint {
                 send(peer, .refuse(.corpusMismatch, reason: "corpus mismatch: this worker's --data has fingerprint \(theirs.prefix(12)), the coordinator's corpus has \(fingerprint.prefix(12)); give both the same file"))
                 log("refused worker \(LogText.escape(name)): corpus fingerprint \(LogText.escape(String(theirs.prefix(12)))) differs from \(fingerprint.prefix(12))")
@@ -223,8 +226,16 @@ public final class Coordinator: GradientComputer {
                 log("worker \(LogText.escape(name)) registered again (restarted)" + (previous != peer ? " on a new connection" : ""))
             }
             toldToRegister[peer] = nil
+            // A registration replaced or voided another connection's: that one's shared region goes.
+            shared?.keep(only: Set(membership.members.map(\.peer)))
             // After the run, the same checks of name, key and role, and then the news that it is over.
-            send(peer, finished ? .done : .welcome(shape, fingerprint: fingerprint))
+            if finished {
+                send(peer, .done)
+            } else {
+                let offer = shared?.offer(to: peer, host: host)
+                if offer != nil, case .joined = registration { log("worker \(LogText.escape(name)) is on this host: parameters and gradients go through shared memory") }
+                send(peer, .welcome(shape, fingerprint: fingerprint, shared: offer))
+            }
             return registration
         case .fetch(let offset, let wantFinal):
             if let c = e.credential, c.role != .fetch && c.role != .worker {
@@ -266,6 +277,7 @@ public final class Coordinator: GradientComputer {
         if let end = lastStepEnd { timing.update = clock() - end }
         parameterVersion += 1
         let parameterFrame = floatFrame(params.pointer, count: params.count)
+        shared?.publish(params, version: parameterVersion, threads: hostThreads)
         while true {
             _ = try tick()
             if membership.active(now: clock()).count < minWorkers { try waitForWorkers(minWorkers) }
@@ -275,26 +287,33 @@ public final class Coordinator: GradientComputer {
             var round = StepRound(stepID: stepID, assignments: plan, now: t0, timeout: deadline.seconds)
             var requests: [PeerID: StepRequest] = [:]
             for (peer, shard) in plan {
+                // A worker on this host reads the parameters where they were published above.
+                let viaShared = shared?.region(for: peer) != nil
                 let request = StepRequest(
                     stepID: stepID, parameterVersion: parameterVersion, columns: shard, totalColumns: totalColumns,
                     steps: steps, dropoutSeed: dropout?.seed ?? 0, dropoutStep: dropout?.step ?? 0,
                     training: true, parameters: [],
                     tokens: ShardPlan.tokens(window, steps: steps, totalColumns: totalColumns, shard: shard),
-                    h: ShardPlan.rows(state.h, state: state, shard: shard), c: ShardPlan.rows(state.c, state: state, shard: shard))
-                let current = membership.member(peer)?.parameterVersion == parameterVersion
+                    h: ShardPlan.rows(state.h, state: state, shard: shard), c: ShardPlan.rows(state.c, state: state, shard: shard),
+                    sharedParameters: viaShared)
+                let current = viaShared || membership.member(peer)?.parameterVersion == parameterVersion
                 send(peer, Message.encodeStep(request, parameterFrame: current ? [] : parameterFrame))
-                membership.assigned(peer, columns: shard, parameterVersion: parameterVersion)
+                membership.assigned(peer, columns: shard, parameterVersion: viaShared ? .max : parameterVersion)
                 requests[peer] = request
             }
             let sent = clock()
             /// The request again, with the parameters, to a worker that lost them; once per worker and round.
             func resend(_ peer: PeerID, request: StepRequest) -> Bool {
                 guard round.mayResend(to: peer) else { return false }
+                var request = request
+                request.sharedParameters = false
                 send(peer, Message.encodeStep(request, parameterFrame: parameterFrame))
                 membership.assigned(peer, columns: request.columns, parameterVersion: parameterVersion)
                 return true
             }
             var failed: String?
+            /// Gradients that came through shared memory, by first column (the regions stay mapped while held here).
+            var sharedResults: [Int: SharedRegion] = [:]
             while !round.isComplete && failed == nil {
                 if stopRequested != 0 { throw StopTraining() }
                 if let lost = try tick().first(where: { round.owes($0.peer) }) {
@@ -315,17 +334,30 @@ public final class Coordinator: GradientComputer {
                 switch message {
                 case .result(let r) where r.stepID == stepID && round.owes(peer):
                     membership.heard(peer, now: clock())
-                    switch round.accept(r, from: peer, shape: resultShape) {
-                    case .accepted: membership.completedStep(peer)
+                    let region = shared?.region(for: peer)
+                    if r.sharedGradients, let region, !Kernels.allFinite(region.floats, count: region.count) {
+                        // What a message's decoding checks, checked here: the worker's columns stay owed.
+                        reject("\(name(peer)): non-finite gradients in shared memory for step \(stepID)")
+                        continue
+                    }
+                    switch round.accept(r, from: peer, shape: resultShape, sharedAllowed: region != nil) {
+                    case .accepted:
+                        membership.completedStep(peer)
+                        if r.sharedGradients, let region { sharedResults[r.columns.lowerBound] = region }
                     case .rejected(let why): reject("\(name(peer)): \(why)")
                     }
                 case .refuse(.diverged, let reason) where round.owes(peer):
                     membership.heard(peer, now: clock())
                     guard let request = requests[peer] else { continue }
                     try verify(request, reportedBy: peer, reason: reason, params: params, round: &round)
-                case .refuse(.staleParameters, _) where round.owes(peer):
+                case .refuse(.staleParameters, let reason) where round.owes(peer):
                     membership.heard(peer, now: clock())
                     membership.forgetParameters(peer)
+                    if shared?.region(for: peer) != nil {
+                        // It was offered shared memory and cannot use it (another mount namespace, another user).
+                        shared?.decline(peer)
+                        log("\(name(peer)) cannot use the shared memory it was offered (\(LogText.escape(reason))); it gets messages")
+                    }
                     if let request = requests[peer], !resend(peer, request: request) {
                         quarantine(peer, because: "asked for the parameters again within step \(stepID)")
                         failed = "\(name(peer)) lost its parameters twice"
@@ -354,7 +386,7 @@ public final class Coordinator: GradientComputer {
             }
             let waited = clock() - t0
             let r0 = clock()
-            let loss = Reducer.reduce(round.results, into: grads, state: state, threads: hostThreads)
+            let loss = Reducer.reduce(round.results, into: grads, state: state, threads: hostThreads, shared: sharedResults)
             deadline.record(waited)
             let compute = round.results.map(\.computeSeconds).max() ?? 0
             timing.compute = compute

@@ -26,9 +26,12 @@ public final class ShardComputer {
             && r.tokens.count == (r.steps + 1) * n && r.tokens.allSatisfy { $0 >= 0 && Int($0) < model.vocabularySize }
     }
 
-    /// Forward and backward (when `r.training`) of the request's window with `params`; gradient sums in `grads`.
-    /// Returns the result (gradients left empty: they are in `grads`) and whether loss and gradients are finite.
-    public func compute(_ r: StepRequest, params: FloatBuffer) -> (result: StepResult, finite: Bool) {
+    /// Forward and backward (when `r.training`) of the request's window with `params`; gradient sums in `target`
+    /// (default `grads`). Returns the result (gradients left empty: they are in the target) and whether loss and
+    /// gradients are finite.
+    public func compute(_ r: StepRequest, params: FloatBuffer, into target: FloatBuffer? = nil) -> (result: StepResult, finite: Bool) {
+        let grads = target ?? self.grads
+        precondition(grads.count == model.parameterCount, "compute: the gradient target has the wrong size")
         let n = r.columns.count, t0 = Date()
         if runner == nil || runnerShape != (r.steps, n) {
             runner = ColumnParallel(model: model, steps: r.steps, columns: 0..<n, threads: threads)

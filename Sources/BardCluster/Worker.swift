@@ -15,13 +15,21 @@ public final class WorkerCore {
     var computer: ShardComputer?
     var params: FloatBuffer?
     var parameterVersion: UInt64 = .max
+    /// Shared memory with a coordinator on this host (nil: messages only, `--no-shm`).
+    let sharedMemory: SharedMemory?
+    /// The coordinator's parameters region (read only) and this worker's gradient region, when attached.
+    var shared: (parameters: SharedRegion, gradients: SharedRegion)?
+    /// Why the last offer could not be used.
+    var sharedProblem = "no shared memory was offered"
     public private(set) var stepsComputed = 0
 
     public init(transport: ClientTransport, name: String, fingerprint: String, threads: Int,
-                maxParameters: Int = WorkerCore.defaultMaxParameters, clock: @escaping () -> Double = monotonicSeconds,
-                log: @escaping (String) -> Void) {
+                maxParameters: Int = WorkerCore.defaultMaxParameters, sharedMemory: SharedMemory? = nil,
+                clock: @escaping () -> Double = monotonicSeconds, log: @escaping (String) -> Void) {
         self.transport = transport; self.threads = threads; self.clock = clock; self.log = log
+        self.sharedMemory = sharedMemory
         session = WorkerSession(name: name, fingerprint: fingerprint, maxParameters: maxParameters, now: clock())
+        session.host = sharedMemory?.host ?? ""
         transport.limits = .control
     }
 
@@ -37,6 +45,8 @@ public final class WorkerCore {
         set { session.heartbeatInterval = newValue }
     }
     public var rejected: Int { session.rejected }
+    /// Whether this worker exchanges parameters and gradients through shared memory.
+    public var usesSharedMemory: Bool { shared != nil }
 
     /// A step computed on the background thread; read only after its semaphore is signalled.
     final class ComputeSlot: @unchecked Sendable {
@@ -61,6 +71,7 @@ public final class WorkerCore {
                 case .log(let line): log(line)
                 case .abandon: abandon()
                 case .build(let shape): build(shape)
+                case .attach(let offer): attach(offer)
                 case .compute(let request):
                     let slot = ComputeSlot(request)
                     inFlight = slot
@@ -105,12 +116,33 @@ public final class WorkerCore {
         let model = Model(config: config, vocabularySize: shape.vocabularySize)
         computer = ShardComputer(model: model, threads: threads)
         params = FloatBuffer(count: model.parameterCount)
+        shared = nil
         parameterVersion = .max
         let state = shape.layers * shape.columns * shape.hidden
         // A step request: header, parameters, tokens, h, c; nothing larger is legitimate.
         transport.limits = ReceiveLimits(maxFrames: 5, maxBytes: Header.size + 128 + 4 * model.parameterCount
                                          + 4 * (shape.steps + 1) * shape.columns + 2 * 4 * state)
         log("registered: \(shape.cell) \(shape.layers)x\(shape.hidden), \(model.parameterCount) parameters")
+    }
+
+    /// Opens the regions a coordinator on this host offered (a step in flight has been abandoned), or lets go of them.
+    /// A region that cannot be opened or is not the one offered leaves this worker on messages: its next step with
+    /// shared parameters is refused as stale, and the coordinator sends them instead.
+    func attach(_ offer: SharedOffer?) {
+        shared = nil
+        guard let offer, let memory = sharedMemory, let computer else {
+            sharedProblem = offer == nil ? "no shared memory was offered" : "this worker takes no shared memory (--no-shm)"
+            return
+        }
+        let count = computer.model.parameterCount
+        do {
+            shared = (try memory.open(offer.parameters, count: count, token: offer.token, writable: false),
+                      try memory.open(offer.gradients, count: count, token: offer.token, writable: true))
+            log("on the coordinator's host: parameters and gradients go through shared memory")
+        } catch {
+            sharedProblem = "cannot open the shared memory offered: \(error)"
+            log(sharedProblem + "; using messages")
+        }
     }
 
     /// One window for one shard, as the frames of the reply: a result, or a refusal the coordinator acts on.
@@ -120,22 +152,36 @@ public final class WorkerCore {
             log("rejected step \(r.stepID): shapes do not fit the model")
             return Message.refuse(.badRequest, reason: "step \(r.stepID) does not fit the model").encode()
         }
-        if !r.parameters.isEmpty {
-            guard r.parameters.count == computer.model.parameterCount else {
-                log("rejected step \(r.stepID): \(r.parameters.count) parameters, the model has \(computer.model.parameterCount)")
-                return Message.refuse(.badRequest, reason: "step \(r.stepID) carries the wrong number of parameters").encode()
+        // The parameters in shared memory (and the gradient sums go there too), or the copy messages brought.
+        let source: (params: FloatBuffer, grads: FloatBuffer)
+        if r.sharedParameters {
+            guard let (parameters, gradients) = shared else {
+                return Message.refuse(.staleParameters, reason: sharedProblem).encode()
             }
-            r.parameters.withUnsafeBufferPointer { if let b = $0.baseAddress { params.pointer.update(from: b, count: $0.count) } }
-            parameterVersion = r.parameterVersion
+            guard parameters.version == r.parameterVersion else {
+                return Message.refuse(.staleParameters, reason: "the shared parameters are version \(parameters.version), step \(r.stepID) needs \(r.parameterVersion)").encode()
+            }
+            source = (parameters.buffer, gradients.buffer)
+        } else {
+            if !r.parameters.isEmpty {
+                guard r.parameters.count == computer.model.parameterCount else {
+                    log("rejected step \(r.stepID): \(r.parameters.count) parameters, the model has \(computer.model.parameterCount)")
+                    return Message.refuse(.badRequest, reason: "step \(r.stepID) carries the wrong number of parameters").encode()
+                }
+                r.parameters.withUnsafeBufferPointer { if let b = $0.baseAddress { params.pointer.update(from: b, count: $0.count) } }
+                parameterVersion = r.parameterVersion
+            }
+            guard parameterVersion == r.parameterVersion else {
+                return Message.refuse(.staleParameters, reason: "stale parameters (have version \(parameterVersion), step needs \(r.parameterVersion))").encode()
+            }
+            source = (params, computer.grads)
         }
-        guard parameterVersion == r.parameterVersion else {
-            return Message.refuse(.staleParameters, reason: "stale parameters (have version \(parameterVersion), step needs \(r.parameterVersion))").encode()
-        }
-        let (result, finite) = computer.compute(r, params: params)
+        var (result, finite) = computer.compute(r, params: source.params, into: source.grads)
         guard finite else {
             return Message.refuse(.diverged, reason: "non-finite loss or gradient at step \(r.dropoutStep &+ 1)").encode()
         }
         stepsComputed += 1
-        return Message.encodeResult(result, gradientFrame: floatFrame(computer.grads.pointer, count: computer.grads.count))
+        result.sharedGradients = r.sharedParameters
+        return Message.encodeResult(result, gradientFrame: r.sharedParameters ? [] : floatFrame(source.grads.pointer, count: source.grads.count))
     }
 }

@@ -22,8 +22,10 @@ public enum WorkerStop: Error, CustomStringConvertible, Equatable {
 public struct WorkerSession {
     public enum Action: Equatable {
         case send(Message)
-        /// Build the model of this shape (checked already), dropping whatever was built before.
+        /// Build the model of this shape (checked already), dropping whatever was built before (shared memory too).
         case build(ModelShape)
+        /// Open the shared memory offered (nil: close what is open), after the step in flight, if any, was abandoned.
+        case attach(SharedOffer?)
         /// Compute this request (only ever one at a time).
         case compute(StepRequest)
         /// Wait for the step in flight and drop its reply.
@@ -36,6 +38,8 @@ public struct WorkerSession {
 
     public let name: String
     public let fingerprint: String
+    /// The host this worker tells the coordinator it runs on, for shared memory ("" = it takes none).
+    public var host = ""
     /// Seconds without any message from the coordinator after which the worker gives up.
     public var idleTimeout: Double = 120
     /// Seconds between heartbeats (hellos while unregistered); sent while computing too, so the coordinator can
@@ -45,6 +49,8 @@ public struct WorkerSession {
     public var maxParameters: Int
     public private(set) var registered = false
     public private(set) var shape: ModelShape?
+    /// The shared memory of the last welcome.
+    public private(set) var offer: SharedOffer?
     public private(set) var queue: [StepRequest] = []
     /// The step being computed.
     public private(set) var computing: UInt64?
@@ -64,7 +70,7 @@ public struct WorkerSession {
         lastSent = now
         // Unregistered: hello (a ROUTER drops messages to a peer it has not finished handshaking with, and a
         // restarted coordinator needs it). Registered: a heartbeat.
-        return [.send(registered ? .heartbeat : .hello(name: name, fingerprint: fingerprint))]
+        return [.send(registered ? .heartbeat : .hello(name: name, fingerprint: fingerprint, host: host))]
     }
 
     /// A message that did not decode.
@@ -77,7 +83,7 @@ public struct WorkerSession {
     public mutating func receive(_ message: Message, now: Double) -> [Action] {
         lastHeard = now
         switch message {
-        case .welcome(let offered, _):
+        case .welcome(let offered, _, let shared):
             if let problem = WorkerSession.problem(with: offered, maxParameters: maxParameters) {
                 if problem.code == .modelTooLarge {
                     return [.send(.refuse(.modelTooLarge, reason: problem.text)), .stop(.refused(problem.text))]
@@ -92,6 +98,13 @@ public struct WorkerSession {
                 queue.removeAll()
                 shape = offered
                 actions.append(.build(offered))
+                offer = nil  // building lets go of the old model's shared memory
+            }
+            if shared != offer {
+                // Another coordinator or registration: what is in flight wrote to memory nobody reads any more.
+                if computing != nil { actions.append(.abandon); computing = nil; queue.removeAll() }
+                offer = shared
+                actions.append(.attach(shared))
             }
             registered = true
             return actions + next()

@@ -5,6 +5,8 @@
 public final class FloatBuffer: @unchecked Sendable {
     public let count: Int
     public let pointer: UnsafeMutablePointer<Float>
+    /// False for a view of memory someone else owns (a shared-memory region): not freed here.
+    let owned: Bool
 
     public init(count: Int) {
         precondition(count >= 0, "FloatBuffer count \(count) < 0")
@@ -13,6 +15,13 @@ public final class FloatBuffer: @unchecked Sendable {
         let raw = UnsafeMutableRawPointer.allocate(byteCount: max(count, 1) * 4, alignment: 64)
         pointer = raw.bindMemory(to: Float.self, capacity: max(count, 1))
         pointer.initialize(repeating: 0, count: max(count, 1))
+        owned = true
+    }
+
+    /// A view of `count` floats at `pointer`, which must outlive the buffer (a mapped shared-memory region).
+    public init(viewing pointer: UnsafeMutablePointer<Float>, count: Int) {
+        precondition(count >= 0, "FloatBuffer count \(count) < 0")
+        self.count = count; self.pointer = pointer; owned = false
     }
 
     public convenience init(_ values: [Float]) {
@@ -22,7 +31,7 @@ public final class FloatBuffer: @unchecked Sendable {
         }
     }
 
-    deinit { pointer.deallocate() }
+    deinit { if owned { pointer.deallocate() } }
 
     public subscript(i: Int) -> Float {
         get { pointer[i] }

@@ -6,8 +6,9 @@ import Foundation
 /// further frames carry float32 or int32 arrays. `decode` checks every count, size and value before use.
 public enum Wire {
     public static let magic: [UInt8] = Array("BARD".utf8)
-    /// 2: typed refusals, the model's shape in `welcome`.
-    public static let version: UInt16 = 2
+    /// 2: typed refusals, the model's shape in `welcome`. 3: shared memory between processes of one host (the host in
+    /// `hello`, an offer in `welcome`, flags in `step` and `result`).
+    public static let version: UInt16 = 3
     /// Largest frame a peer may send (ZMQ_MAXMSGSIZE) before the run's shapes are known: a 64M-parameter model's gradient.
     public static let maxFrameBytes = 256 << 20
     /// Longest string we accept.
@@ -106,12 +107,34 @@ public struct ModelShape: Equatable, Sendable {
     }
 }
 
+/// Shared memory a coordinator offers a worker on its own host: the parameters' region, which every local worker
+/// reads, and this worker's own region for its gradient sums. Both carry `token` in their header, so a worker that
+/// opens them knows they are this coordinator's (a name alone could be anyone's file).
+public struct SharedOffer: Equatable, Sendable {
+    public var parameters: String
+    public var gradients: String
+    public var token: UInt64
+    public init(parameters: String, gradients: String, token: UInt64) {
+        self.parameters = parameters; self.gradients = gradients; self.token = token
+    }
+
+    /// A region's name: 1-64 of [A-Za-z0-9._-], not starting with a dot, so it names a file in the shared-memory
+    /// directory and nothing else.
+    public static func isValidName(_ name: String) -> Bool {
+        let u = Array(name.utf8)
+        return !u.isEmpty && u.count <= 64 && u[0] != UInt8(ascii: ".")
+            && u.allSatisfy { ($0 >= 0x30 && $0 <= 0x39) || ($0 >= 0x41 && $0 <= 0x5A) || ($0 >= 0x61 && $0 <= 0x7A) || $0 == 0x2E || $0 == 0x2D || $0 == 0x5F }
+    }
+}
+
 /// The messages of the protocol.
 public enum Message: Equatable, Sendable {
-    /// Worker -> coordinator: protocol version (in the header), a name, and the corpus fingerprint it holds ("" = none).
-    case hello(name: String, fingerprint: String)
-    /// Coordinator -> worker: the model's shape and the coordinator's corpus fingerprint.
-    case welcome(ModelShape, fingerprint: String)
+    /// Worker -> coordinator: protocol version (in the header), a name, the corpus fingerprint it holds ("" = none),
+    /// and the host it runs on, for shared memory ("" = it does not take shared memory, `--no-shm`).
+    case hello(name: String, fingerprint: String, host: String = "")
+    /// Coordinator -> worker: the model's shape, the coordinator's corpus fingerprint, and shared memory when the
+    /// worker is on the coordinator's host.
+    case welcome(ModelShape, fingerprint: String, shared: SharedOffer? = nil)
     /// Either side: why, as a code to act on and a line for people.
     case refuse(RefusalCode, reason: String)
     /// Coordinator -> worker: compute one window for the global columns lo..<hi of `totalColumns`.
@@ -143,14 +166,16 @@ public struct StepRequest: Equatable, Sendable {
     /// The shard's carried state: h and c as (layers, columns, hidden); c empty for GRU and RNN.
     public var h: [Float]
     public var c: [Float]
+    /// The parameters of `parameterVersion` are in the shared region offered in `welcome` (`parameters` is empty).
+    public var sharedParameters: Bool
 
     public init(stepID: UInt64, parameterVersion: UInt64, columns: Range<Int>, totalColumns: Int, steps: Int,
                 dropoutSeed: UInt64, dropoutStep: UInt64, training: Bool, parameters: [Float], tokens: [Int32],
-                h: [Float], c: [Float]) {
+                h: [Float], c: [Float], sharedParameters: Bool = false) {
         self.stepID = stepID; self.parameterVersion = parameterVersion; self.columns = columns
         self.totalColumns = totalColumns; self.steps = steps; self.dropoutSeed = dropoutSeed
         self.dropoutStep = dropoutStep; self.training = training; self.parameters = parameters; self.tokens = tokens
-        self.h = h; self.c = c
+        self.h = h; self.c = c; self.sharedParameters = sharedParameters
     }
 }
 
@@ -164,11 +189,13 @@ public struct StepResult: Equatable, Sendable {
     public var gradients: [Float]
     public var h: [Float]
     public var c: [Float]
+    /// The gradient sums are in the worker's shared region (`gradients` is empty).
+    public var sharedGradients: Bool
 
     public init(stepID: UInt64, columns: Range<Int>, lossSum: Double, computeSeconds: Double, gradients: [Float],
-                h: [Float], c: [Float]) {
+                h: [Float], c: [Float], sharedGradients: Bool = false) {
         self.stepID = stepID; self.columns = columns; self.lossSum = lossSum; self.computeSeconds = computeSeconds
-        self.gradients = gradients; self.h = h; self.c = c
+        self.gradients = gradients; self.h = h; self.c = c; self.sharedGradients = sharedGradients
     }
 }
 
@@ -266,13 +293,15 @@ extension Message {
     public func encode() -> [[UInt8]] {
         var w = Message.header(type)
         switch self {
-        case .hello(let name, let fp):
-            w.string(name); w.string(fp)
+        case .hello(let name, let fp, let host):
+            w.string(name); w.string(fp); w.string(host)
             return [w.bytes]
-        case .welcome(let m, let fp):
+        case .welcome(let m, let fp, let shared):
             w.string(m.cell); w.string(m.activation)
             for v in [m.layers, m.embed, m.hidden, m.vocabularySize, m.steps, m.columns] { w.u32(UInt32(truncatingIfNeeded: v)) }
             w.u32(m.dropout.bitPattern); w.u8(m.outputBias ? 1 : 0); w.string(fp)
+            // No offer: two empty names.
+            w.string(shared?.parameters ?? ""); w.string(shared?.gradients ?? ""); w.u64(shared?.token ?? 0)
             return [w.bytes]
         case .refuse(let code, let reason):
             // The reason first: where every version keeps it.
@@ -308,6 +337,7 @@ extension Message {
         w.u32(UInt32(s.columns.lowerBound)); w.u32(UInt32(s.columns.upperBound)); w.u32(UInt32(s.totalColumns))
         w.u32(UInt32(s.steps)); w.u64(s.dropoutSeed); w.u64(s.dropoutStep); w.u8(s.training ? 1 : 0)
         w.u64(UInt64(parameterFrame.count / 4)); w.u64(UInt64(s.h.count)); w.u64(UInt64(s.c.count))
+        w.u8(s.sharedParameters ? 1 : 0)
         return [w.bytes, parameterFrame, int32Frame(s.tokens), floatFrame(s.h), floatFrame(s.c)]
     }
 
@@ -317,6 +347,7 @@ extension Message {
         w.u64(r.stepID); w.u32(UInt32(r.columns.lowerBound)); w.u32(UInt32(r.columns.upperBound))
         w.f64(r.lossSum); w.f64(r.computeSeconds)
         w.u64(UInt64(gradientFrame.count / 4)); w.u64(UInt64(r.h.count)); w.u64(UInt64(r.c.count))
+        w.u8(r.sharedGradients ? 1 : 0)
         return [w.bytes, gradientFrame, floatFrame(r.h), floatFrame(r.c)]
     }
 
@@ -350,6 +381,11 @@ extension Message {
         func expectFrames(_ n: Int) throws {
             guard frames.count == n else { throw WireError("\(type) message with \(frames.count) frames, expected \(n)") }
         }
+        func flag(_ r: inout Reader, _ name: String) throws -> Bool {
+            let v = try r.u8()
+            guard v <= 1 else { throw WireError("\(name) flag \(v)") }
+            return v == 1
+        }
         func count(_ v: UInt64, _ name: String, max: Int = Wire.maxFrameBytes / 4) throws -> Int {
             guard v <= UInt64(max) else { throw WireError("\(name) count \(v) too large") }
             return Int(v)
@@ -358,7 +394,7 @@ extension Message {
         switch type {
         case .hello:
             try expectFrames(1)
-            message = .hello(name: try r.string(), fingerprint: try r.string())
+            message = .hello(name: try r.string(), fingerprint: try r.string(), host: try r.string())
         case .welcome:
             try expectFrames(1)
             let cell = try r.string(), activation = try r.string()
@@ -366,9 +402,18 @@ extension Message {
             for _ in 0..<6 { n.append(Int(try r.uint(UInt32.self))) }
             let dropout = Float(bitPattern: try r.uint(UInt32.self)), bias = try r.u8() != 0
             guard dropout.isFinite else { throw WireError("non-finite dropout") }
+            let fingerprint = try r.string()
+            let parameters = try r.string(), gradients = try r.string(), token = try r.uint(UInt64.self)
+            var shared: SharedOffer?
+            if !parameters.isEmpty || !gradients.isEmpty {
+                guard SharedOffer.isValidName(parameters), SharedOffer.isValidName(gradients) else {
+                    throw WireError("shared memory offered under names that are not region names")
+                }
+                shared = SharedOffer(parameters: parameters, gradients: gradients, token: token)
+            }
             message = .welcome(ModelShape(cell: cell, activation: activation, layers: n[0], embed: n[1], hidden: n[2],
                                           dropout: dropout, outputBias: bias, vocabularySize: n[3], steps: n[4], columns: n[5]),
-                               fingerprint: try r.string())
+                               fingerprint: fingerprint, shared: shared)
         case .refuse:
             try expectFrames(1)
             let reason = try r.string()
@@ -397,6 +442,8 @@ extension Message {
             let seed = try r.uint(UInt64.self), dstep = try r.uint(UInt64.self), training = try r.u8() != 0
             let np = try count(try r.uint(UInt64.self), "parameter"), nh = try count(try r.uint(UInt64.self), "h")
             let nc = try count(try r.uint(UInt64.self), "c")
+            let sharedParameters = try flag(&r, "shared parameters")
+            guard !sharedParameters || np == 0 else { throw WireError("parameters both shared and sent") }
             guard lo < hi, hi <= total, total <= 1 << 20 else { throw WireError("bad column range \(lo)..<\(hi) of \(total)") }
             guard steps >= 1, steps <= 100_000 else { throw WireError("bad window length \(steps)") }
             let ntok = (steps + 1) * (hi - lo)
@@ -407,7 +454,8 @@ extension Message {
             message = .step(StepRequest(stepID: id, parameterVersion: version, columns: lo..<hi, totalColumns: total,
                                         steps: steps, dropoutSeed: seed, dropoutStep: dstep, training: training,
                                         parameters: try floats(frames[1], count: np, name: "parameters"), tokens: tokens,
-                                        h: try floats(frames[3], count: nh, name: "h"), c: try floats(frames[4], count: nc, name: "c")))
+                                        h: try floats(frames[3], count: nh, name: "h"), c: try floats(frames[4], count: nc, name: "c"),
+                                        sharedParameters: sharedParameters))
         case .result:
             try expectFrames(4)
             let id = try r.uint(UInt64.self)
@@ -415,11 +463,14 @@ extension Message {
             let loss = try r.f64(), seconds = try r.f64()
             let ng = try count(try r.uint(UInt64.self), "gradient"), nh = try count(try r.uint(UInt64.self), "h")
             let nc = try count(try r.uint(UInt64.self), "c")
+            let sharedGradients = try flag(&r, "shared gradients")
+            guard !sharedGradients || ng == 0 else { throw WireError("gradients both shared and sent") }
             guard lo < hi else { throw WireError("bad column range \(lo)..<\(hi)") }
             guard loss.isFinite, seconds.isFinite, seconds >= 0 else { throw WireError("non-finite loss or time") }
             message = .result(StepResult(stepID: id, columns: lo..<hi, lossSum: loss, computeSeconds: seconds,
                                          gradients: try floats(frames[1], count: ng, name: "gradients"),
-                                         h: try floats(frames[2], count: nh, name: "h"), c: try floats(frames[3], count: nc, name: "c")))
+                                         h: try floats(frames[2], count: nh, name: "h"), c: try floats(frames[3], count: nc, name: "c"),
+                                         sharedGradients: sharedGradients))
         }
         try r.finish()
         return message

@@ -28,6 +28,15 @@ struct ClientKeyFlags: ParsableArguments {
     var arguments: [String] { (keys.map { ["--keys", $0] } ?? []) + (keyFile.map { ["--key-file", $0] } ?? []) }
 }
 
+/// `--no-shm`, shared by `bard coordinator` and `bard worker`.
+struct SharedMemoryFlag: ParsableArguments {
+    @Flag(name: .customLong("no-shm"), help: "Exchange parameters and gradients with workers on the same host by messages, not shared memory.")
+    var off = false
+    /// The host's shared memory, unless turned off.
+    var memory: SharedMemory? { off ? nil : PosixSharedMemory() }
+    var arguments: [String] { off ? ["--no-shm"] : [] }
+}
+
 struct CoordinatorCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "coordinator",
@@ -46,6 +55,7 @@ struct CoordinatorCommand: ParsableCommand {
     @Flag(name: .customLong("auto-resume"), help: "Continue from the checkpoint in --out if there is one, else start afresh (for service managers that restart the coordinator).") var autoResume = false
     @Option(help: "Key directory (bard keys generate): CURVE-encrypt the socket and admit only the clients in its authorized_keys.") var keys: String?
     @Flag(help: "Allow binding a non-loopback address without --keys (plaintext, anyone can join).") var insecure = false
+    @OptionGroup var sharedMemory: SharedMemoryFlag
     @OptionGroup var monitoring: MonitorFlags
 
     func validate() throws {
@@ -91,6 +101,19 @@ struct CoordinatorCommand: ParsableCommand {
         coordinator.hostThreads = hostThreads
         coordinator.membership.policy.heartbeatTimeout = heartbeatTimeout
         coordinator.membership.policy.maxWorkers = maxWorkers
+        // Workers on this host read the parameters from, and write their gradients to, shared memory. What a killed
+        // coordinator of this user left behind goes first.
+        let stale = PosixSharedMemory.removeStale()
+        if !stale.isEmpty { say("removed \(stale.count) shared-memory region(s) left by a coordinator that is gone") }
+        if let memory = sharedMemory.memory {
+            do {
+                coordinator.shared = try SharedExchange(memory: memory, parameterCount: trainer.model.parameterCount,
+                                                        log: stderrLog("coordinator: "))
+            } catch {
+                say("no shared memory (\(error)); workers on this host get messages")
+            }
+        }
+        defer { coordinator.shared?.close() }
         let monitor = try monitoring.start(trainer: trainer, title: "bard coordinator: " + options.outDir, workers: {
             coordinator.workerStatus.map {
                 WorkerRow(name: $0.name, columns: $0.columns.map { "\($0.lowerBound)..<\($0.upperBound)" } ?? "-", steps: $0.steps,
@@ -137,6 +160,7 @@ struct WorkerCommand: ParsableCommand {
     @Option(help: "This worker's name (routing identity); default host-pid.") var name: String?
     @Option(name: .customLong("idle-timeout"), help: "Give up after this many seconds without a word from the coordinator.") var idleTimeout: Double = 120
     @OptionGroup var clientKeys: ClientKeyFlags
+    @OptionGroup var sharedMemory: SharedMemoryFlag
     @Option(name: .customLong("max-parameters"), help: "Refuse a coordinator's model with more parameters than this (checked before allocating).") var maxParameters: Int = WorkerCore.defaultMaxParameters
 
     func validate() throws {
@@ -161,7 +185,8 @@ struct WorkerCommand: ParsableCommand {
         let client = try ZMQClientTransport(context: context, connect: connect, identity: routing, security: security,
                                             maxFrameBytes: 4 * maxParameters + 4096)
         let worker = WorkerCore(transport: client, name: identity, fingerprint: fingerprint, threads: threads,
-                                maxParameters: maxParameters, log: stderrLog("worker \(identity): "))
+                                maxParameters: maxParameters, sharedMemory: sharedMemory.memory,
+                                log: stderrLog("worker \(identity): "))
         worker.idleTimeout = idleTimeout
         installStopHandlers()
         do { try worker.run() } catch let stop as WorkerStop {
@@ -194,7 +219,7 @@ struct WorkerCommand: ParsableCommand {
             var args = ["worker", "--connect", connect, "--threads", String(threads), "--idle-timeout", String(idleTimeout),
                         "--name", "\(name ?? ProcessInfo.processInfo.hostName)-w\(i)", "--max-parameters", String(maxParameters)]
             if let data { args += ["--data", data] }
-            args += clientKeys.arguments
+            args += clientKeys.arguments + sharedMemory.arguments
             p.arguments = args
             try p.run()
             return p

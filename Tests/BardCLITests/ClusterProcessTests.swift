@@ -27,6 +27,11 @@ class ProcessTestCase: XCTestCase {
         try? FileManager.default.removeItem(atPath: dir)
     }
 
+    /// The shared-memory regions a coordinator process made that still have a name in /dev/shm.
+    func sharedRegions(of pid: Int32) -> [String] {
+        ((try? FileManager.default.contentsOfDirectory(atPath: "/dev/shm")) ?? []).filter { $0.hasPrefix("bard-\(getuid())-\(pid)-") }
+    }
+
     func launch(_ args: [String], log: String) throws -> Process {
         let p = Process()
         p.executableURL = URL(fileURLWithPath: CLITests.binary)
@@ -112,7 +117,9 @@ class ProcessTestCase: XCTestCase {
 
 final class ClusterProcessTests: ProcessTestCase {
     /// `bard train` and a coordinator with 1, 2, 3 (uneven shards of 32 columns) and 4 workers, 30 steps from the
-    /// same --init and --seed: every final parameter agrees within 1e-5 relative.
+    /// same --init and --seed: every final parameter agrees within 1e-5 relative. The workers are on the
+    /// coordinator's host, so they use shared memory, except with 2 (`--no-shm`) and half of the 4; the coordinator
+    /// leaves no region behind.
     func testCoordinatorWithOneToFourWorkersMatchesSingleProcess() throws {
         let data = try writeCorpus()
         let common = ["--data", data, "--layers", "2", "--embed", "16", "--hidden", "24", "--dropout", "0.2", "--batch", "32",
@@ -125,11 +132,21 @@ final class ClusterProcessTests: ProcessTestCase {
             let out = dir + "/c\(workers)"
             let coordinator = try launch(["coordinator"] + common + ["--steps", "30", "--init", initFile, "--out", out, "--workers", String(workers),
                                           "--bind", endpoint], log: dir + "/c\(workers).log")
-            let pool = try launch(["worker", "--connect", endpoint, "--count", String(workers), "--data", data],
-                                  log: dir + "/w\(workers).log")
+            let pools: [[String]] = switch workers {
+            case 2: [["--count", "2", "--no-shm"]]
+            case 4: [["--count", "2"], ["--count", "2", "--no-shm", "--name", "by-messages"]]
+            default: [["--count", String(workers)]]
+            }
+            let launched = try pools.map {
+                try launch(["worker", "--connect", endpoint, "--data", data] + $0, log: dir + "/w\(workers).log")
+            }
             XCTAssertTrue(waitExit(coordinator, timeout: 180), "coordinator with \(workers) workers did not finish")
             XCTAssertEqual(coordinator.terminationStatus, 0, (try? String(contentsOfFile: dir + "/c\(workers).log", encoding: .utf8)) ?? "")
-            XCTAssertTrue(waitExit(pool, timeout: 30), "workers did not exit after training")
+            for pool in launched { XCTAssertTrue(waitExit(pool, timeout: 30), "workers did not exit after training") }
+            let clog = read(dir + "/c\(workers).log")
+            XCTAssertEqual(clog.components(separatedBy: "go through shared memory").count - 1, workers == 2 ? 0 : workers == 4 ? 2 : workers,
+                           clog)
+            XCTAssertEqual(sharedRegions(of: coordinator.processIdentifier), [], "the coordinator left shared memory behind")
             let params = try ModelCheckpoint.load(path: out + "/model.safetensors").params.array
             XCTAssertLessThan(relativeDifference(params, reference), 1e-5, "\(workers) workers")
             // Every parameter, not just the whole vector, agrees within 1e-5 relative (measured: up to about 2e-6).

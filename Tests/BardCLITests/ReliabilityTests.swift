@@ -70,6 +70,10 @@ final class ReliabilityTests: ProcessTestCase {
         XCTAssertTrue(waitExit(coordinator, timeout: 300), "the run did not finish")
         XCTAssertEqual(coordinator.terminationStatus, 0, read(clog))
         XCTAssertLessThan(afterJoin, steps, "the restarted worker joined too late to take columns")
+        // All of it with the workers on shared memory.
+        for name in ["a", "b", "c"] {
+            XCTAssertTrue(read(clog).contains("worker \(name) is on this host: parameters and gradients go through shared memory"), read(clog))
+        }
         XCTAssertFalse(read(clog).contains("no reply to step"), "a step waited for its timeout: " + read(clog))
         XCTAssertLessThan(beforeC, steps - 20, "the new worker came too late to take columns")
         XCTAssertTrue(read(dir + "/c-worker.log").contains("training is over after"), read(dir + "/c-worker.log"))
@@ -206,14 +210,19 @@ final class ReliabilityTests: ProcessTestCase {
         let worker = try launch(["worker", "--connect", endpoint, "--name", "steady"], log: dir + "/worker.log")
         var generator = SystemRandomNumberGenerator()
         var lastStep = -1
+        var killed: [Int32] = []
         for round in 0..<12 {
             let resuming = FileManager.default.fileExists(atPath: out + "/model.safetensors")
             let p = try launch(["coordinator"] + (resuming ? ["--resume", out, "--data", data] : model + ["--out", out]) + common, log: log)
             XCTAssertNotNil(waitFor(60) { FileManager.default.fileExists(atPath: out + "/model.safetensors") && !(resuming && stepsDone(out) <= lastStep + 1) },
                             "round \(round): no progress: " + read(log).suffix(2000))
+            // The coordinator killed before this one left its shared memory; this one removed it as it started.
+            if let previous = killed.last { XCTAssertEqual(sharedRegions(of: previous), [], "round \(round)") }
             Thread.sleep(forTimeInterval: Double.random(in: 0.05...0.6, using: &generator))
             kill(p.processIdentifier, SIGKILL)
             p.waitUntilExit()
+            XCTAssertFalse(sharedRegions(of: p.processIdentifier).isEmpty, "round \(round): a killed coordinator cannot clean up")
+            killed.append(p.processIdentifier)
             let checkpoint = try ModelCheckpoint.load(path: out + "/model.safetensors")
             XCTAssertGreaterThanOrEqual(checkpoint.step, max(lastStep, 0), "round \(round)")
             lastStep = checkpoint.step
@@ -226,5 +235,9 @@ final class ReliabilityTests: ProcessTestCase {
         XCTAssertEqual(try ModelCheckpoint.load(path: out + "/model.safetensors").step, lastStep + 3)
         XCTAssertTrue(waitExit(worker, timeout: 30))
         XCTAssertEqual(worker.terminationStatus, 0, read(dir + "/worker.log"))
+        for pid in killed + [finish.processIdentifier] { XCTAssertEqual(sharedRegions(of: pid), []) }
+        // The worker took each new coordinator's shared memory.
+        XCTAssertGreaterThanOrEqual(read(dir + "/worker.log").components(separatedBy: "through shared memory").count - 1, 13,
+                                    read(dir + "/worker.log"))
     }
 }

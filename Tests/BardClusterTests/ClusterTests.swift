@@ -18,8 +18,36 @@ final class WireTests: XCTestCase {
             .refuse(.nameTaken, reason: "no"), .done, .heartbeat, .fetch(offset: 10, final: true), .step(sampleStep()),
             .result(StepResult(stepID: 7, columns: 2..<5, lossSum: 1.5, computeSeconds: 0.1, gradients: [1, -1], h: [2], c: [3])),
             .chunk(Chunk(step: 4, final: true, totalBytes: 10, offset: 2, sha256: "s", bytes: [1, 2, 3])),
+            // Shared memory: the host in a hello, an offer in a welcome, the flags of a step and a result.
+            .hello(name: "w2", fingerprint: "", host: "4f1c-boot"),
+            .welcome(ModelShape(cell: "lstm", activation: "tanh", layers: 1, embed: 3, hidden: 4, dropout: 0, outputBias: true,
+                                vocabularySize: 65, steps: 7, columns: 9), fingerprint: "f",
+                     shared: SharedOffer(parameters: "bard-0-12-1-ab", gradients: "bard-0-12-2-cd", token: 42)),
+            .step(StepRequest(stepID: 8, parameterVersion: 3, columns: 2..<5, totalColumns: 8, steps: 2, dropoutSeed: 9, dropoutStep: 4,
+                              training: true, parameters: [], tokens: [1, 2, 3, 4, 5, 6, 7, 8, 9], h: [0.5, 0.25], c: [],
+                              sharedParameters: true)),
+            .result(StepResult(stepID: 8, columns: 2..<5, lossSum: 1.5, computeSeconds: 0.1, gradients: [], h: [2], c: [3],
+                               sharedGradients: true)),
         ]
         for m in messages { XCTAssertEqual(try Message.decode(m.encode()), m) }
+    }
+
+    /// An offer must name regions and nothing else; a step or result cannot be both shared and sent, or flag 2.
+    func testSharedMemoryFieldsAreChecked() {
+        let shape = ModelShape(cell: "lstm", activation: "tanh", layers: 1, embed: 3, hidden: 4, dropout: 0, outputBias: true,
+                               vocabularySize: 65, steps: 7, columns: 9)
+        for name in ["../../etc/passwd", "a/b", ".hidden", "", String(repeating: "x", count: 65), "sp ace"] {
+            let offer = Message.welcome(shape, fingerprint: "", shared: SharedOffer(parameters: name.isEmpty ? "ok" : name,
+                                                                                     gradients: name, token: 1))
+            XCTAssertThrowsError(try Message.decode(offer.encode()), name)
+        }
+        var both = sampleStep(); both.sharedParameters = true
+        XCTAssertThrowsError(try Message.decode(Message.step(both).encode()))
+        var flagTwo = Message.step(sampleStep()).encode()
+        flagTwo[0][flagTwo[0].count - 1] = 2
+        XCTAssertThrowsError(try Message.decode(flagTwo))
+        let sent = StepResult(stepID: 7, columns: 2..<5, lossSum: 1, computeSeconds: 0, gradients: [1], h: [], c: [], sharedGradients: true)
+        XCTAssertThrowsError(try Message.decode(Message.result(sent).encode()))
     }
 
     /// Truncated, oversized-count, wrong-version, wrong-magic, NaN-filled and random frames are errors, not crashes.
@@ -106,6 +134,45 @@ final class InMemoryClusterTests: XCTestCase {
             for i in 0..<a.count { diff += Double(a[i] - b[i]) * Double(a[i] - b[i]); norm += Double(a[i]) * Double(a[i]) }
             XCTAssertLessThan((diff / norm).squareRoot(), 1e-5, "\(workers) workers")
         }
+    }
+
+    /// Workers on the coordinator's host exchange parameters and gradients through shared memory, the others by
+    /// messages, and one that is told it is on the host but cannot open the regions (another mount namespace, as
+    /// here another memory) falls back to messages: the same parameters as one process in every case, and no region
+    /// is left once the coordinator closes.
+    func testSharedMemoryKeepsTheMath() throws {
+        let base = NSTemporaryDirectory() + "bard-cluster-shm-\(getpid())"
+        defer { try? FileManager.default.removeItem(atPath: base) }
+        let single = try trainer(base + "/single")
+        try single.run()
+        let t = try trainer(base + "/shm")
+        let hub = InMemoryHub(), memory = InMemorySharedMemory(host: "this-host")
+        let lines = LockedLines()
+        let coordinator = Coordinator(transport: hub.server(), model: t.model, fingerprint: "fp", minWorkers: 3, log: lines.append)
+        coordinator.shared = try SharedExchange(memory: memory, parameterCount: t.model.parameterCount, log: lines.append)
+        // w0 shares the coordinator's memory; w1 is on another host; w2 claims this host but sees other memory.
+        let memories: [SharedMemory] = [memory, InMemorySharedMemory(host: "other-host"), InMemorySharedMemory(host: "this-host")]
+        var workers: [WorkerCore] = []
+        for i in 0..<3 {
+            let w = WorkerCore(transport: hub.client(id: "w\(i)"), name: "w\(i)", fingerprint: "", threads: 1,
+                               sharedMemory: memories[i], log: lines.append)
+            workers.append(w)
+            Thread { try? w.run() }.start()
+        }
+        try coordinator.waitForWorkers(3, timeout: 10)
+        try t.run(computer: coordinator)
+        XCTAssertEqual(workers.map(\.usesSharedMemory), [true, false, false])
+        XCTAssertEqual(workers.map(\.stepsComputed), [25, 25, 25])
+        XCTAssertTrue(lines.contains("w2 cannot use the shared memory it was offered"), lines.text)
+        // The parameters region and w0's gradient region.
+        XCTAssertEqual(memory.names.count, 2)
+        try coordinator.finish(linger: 0)
+        coordinator.shared?.close()
+        XCTAssertEqual(memory.names, [])
+        let a = single.params.array, b = t.params.array
+        var diff = 0.0, norm = 0.0
+        for i in 0..<a.count { diff += Double(a[i] - b[i]) * Double(a[i] - b[i]); norm += Double(a[i]) * Double(a[i]) }
+        XCTAssertLessThan((diff / norm).squareRoot(), 1e-5)
     }
 
     /// A peer of the protocol that misbehaves on purpose, on its own thread: it registers and heartbeats, and
@@ -323,4 +390,13 @@ final class InMemoryClusterTests: XCTestCase {
         Thread { do { try worker.run() } catch { outcome.error = error } }.start()
         return outcome
     }
+}
+
+/// Log lines collected from several threads.
+final class LockedLines: @unchecked Sendable {
+    let lock = NSLock()
+    var lines: [String] = []
+    func append(_ line: String) { lock.lock(); lines.append(line); lock.unlock() }
+    var text: String { lock.lock(); defer { lock.unlock() }; return lines.joined(separator: "\n") }
+    func contains(_ part: String) -> Bool { text.contains(part) }
 }

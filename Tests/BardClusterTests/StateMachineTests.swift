@@ -116,6 +116,19 @@ final class StepRoundTests: XCTestCase {
         XCTAssertEqual(round.results.count, 2)
     }
 
+    /// A result whose gradient is in shared memory is taken only from a worker given a region, and carries no
+    /// gradient frame of its own.
+    func testSharedResultsOnlyFromWorkersWithARegion() {
+        var round = StepRound(stepID: 9, assignments: ShardPlan.assign(columns: 4, to: [a, b]), now: 0, timeout: 5)
+        var shared = result(9, 0..<2); shared.gradients = []; shared.sharedGradients = true
+        guard case .rejected = round.accept(shared, from: a, shape: shape) else { return XCTFail("a region it was not given") }
+        var both = result(9, 0..<2); both.sharedGradients = true
+        guard case .rejected = round.accept(both, from: a, shape: shape, sharedAllowed: true) else { return XCTFail("both shared and sent") }
+        XCTAssertEqual(round.accept(shared, from: a, shape: shape, sharedAllowed: true), .accepted)
+        XCTAssertEqual(round.accept(result(9, 2..<4), from: b, shape: shape, sharedAllowed: true), .accepted)
+        XCTAssertTrue(round.isComplete)
+    }
+
     func testDeadlineAndOneResendPerWorker() {
         var round = StepRound(stepID: 1, assignments: ShardPlan.assign(columns: 4, to: [a, b]), now: 10, timeout: 5)
         XCTAssertTrue(round.overdue(now: 14.99).isEmpty)
@@ -177,6 +190,23 @@ final class WorkerSessionTests: XCTestCase {
         s.idleTimeout = 10
         XCTAssertEqual(s.tick(now: 11.5), [.send(.heartbeat)])
         XCTAssertEqual(s.tick(now: 11.6), [.stop(.coordinatorSilent(seconds: 10))])
+    }
+
+    /// The hello names the host; an offer is opened once, a new one (another coordinator) abandons the step in flight
+    /// and its queue, and a welcome without one lets go of it.
+    func testSharedMemoryOffersAreAttachedOnceAndANewOneVoidsWork() {
+        var s = WorkerSession(name: "w", fingerprint: "", maxParameters: 1 << 20, now: 0)
+        s.host = "boot-1"
+        XCTAssertEqual(s.tick(now: 0), [.send(.hello(name: "w", fingerprint: "", host: "boot-1"))])
+        let first = SharedOffer(parameters: "p1", gradients: "g1", token: 5)
+        XCTAssertEqual(s.receive(.welcome(shape, fingerprint: "", shared: first), now: 0), [.build(shape), .attach(first)])
+        XCTAssertEqual(s.receive(.welcome(shape, fingerprint: "", shared: first), now: 0), [])
+        XCTAssertEqual(s.receive(.step(request(1)), now: 0), [.compute(request(1))])
+        _ = s.receive(.step(request(2)), now: 0)
+        let second = SharedOffer(parameters: "p2", gradients: "g2", token: 6)
+        XCTAssertEqual(s.receive(.welcome(shape, fingerprint: "", shared: second), now: 0), [.abandon, .attach(second)])
+        XCTAssertTrue(s.queue.isEmpty)
+        XCTAssertEqual(s.receive(.welcome(shape, fingerprint: ""), now: 0), [.attach(nil)])
     }
 
     func testOneStepAtATimeNewerStepsSupersedeAndReRegistrationVoidsWork() {

@@ -551,3 +551,60 @@ final class AuthorizedKeysTests: XCTestCase {
         }
     }
 }
+
+/// Shared memory as files of /dev/shm: made 0600, opened only when it is the region offered, and removed by the
+/// coordinator that made it, or by the next one when it died.
+final class SharedMemoryTests: XCTestCase {
+    func testRegionsAreOwnerOnlyCheckedAndRemoved() throws {
+        let memory = PosixSharedMemory()
+        XCTAssertFalse(memory.host.isEmpty, "no boot id")
+        let region = try memory.create(count: 1000, token: 77)
+        let path = "/dev/shm/" + region.name
+        defer { unlink(path) }
+        let attributes = try FileManager.default.attributesOfItem(atPath: path)
+        XCTAssertEqual((attributes[.posixPermissions] as? NSNumber)?.intValue, 0o600)
+        XCTAssertEqual((attributes[.size] as? NSNumber)?.intValue, SharedRegion.bytes(count: 1000))
+        region.floats[999] = 2.5
+        region.version = 9
+        // Another mapping (as a worker's) sees what the creator wrote.
+        let other = try memory.open(region.name, count: 1000, token: 77, writable: false)
+        XCTAssertEqual(other.floats[999], 2.5)
+        XCTAssertEqual(other.version, 9)
+        let writable = try memory.open(region.name, count: 1000, token: 77, writable: true)
+        writable.floats[0] = -1
+        XCTAssertEqual(region.floats[0], -1)
+        // Not the region offered: another token, another size, a name that is not a region's.
+        XCTAssertThrowsError(try memory.open(region.name, count: 1000, token: 78, writable: false))
+        XCTAssertThrowsError(try memory.open(region.name, count: 999, token: 77, writable: false))
+        XCTAssertThrowsError(try memory.open("../etc/passwd", count: 1000, token: 77, writable: false))
+        // A file others may read is refused, whatever its header.
+        chmod(path, 0o644)
+        XCTAssertThrowsError(try memory.open(region.name, count: 1000, token: 77, writable: false))
+        chmod(path, 0o600)
+        memory.remove(region)
+        XCTAssertFalse(FileManager.default.fileExists(atPath: path))
+        // The mappings outlive the name.
+        XCTAssertEqual(other.floats[999], 2.5)
+    }
+
+    func testStaleRegionsOfDeadCoordinatorsAreRemovedAndLiveOnesKept() throws {
+        let dir = NSTemporaryDirectory() + "bard-shm-\(getpid())"
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        // A process that is gone: a child that has exited (and been reaped).
+        let child = Process()
+        child.executableURL = URL(fileURLWithPath: "/bin/true")
+        try child.run()
+        child.waitUntilExit()
+        let dead = child.processIdentifier
+        let memory = PosixSharedMemory(directory: dir)
+        let live = try memory.create(count: 4, token: 1)
+        let stale = "bard-\(getuid())-\(dead)-1-abc"
+        let otherUser = "bard-\(getuid() + 1)-\(dead)-1-abc"
+        let foreign = "someone-else"
+        for name in [stale, otherUser, foreign] { FileManager.default.createFile(atPath: dir + "/" + name, contents: Data([1])) }
+        XCTAssertEqual(PosixSharedMemory.removeStale(directory: dir), [stale])
+        let left = try FileManager.default.contentsOfDirectory(atPath: dir).sorted()
+        XCTAssertEqual(left, [live.name, otherUser, foreign].sorted())
+    }
+}

@@ -1,0 +1,80 @@
+import BardModel
+import BardNumerics
+import Foundation
+
+/// The coordinator's shared memory with the workers on its own host: one region where the parameters are written once
+/// per step and every local worker reads them, and one region per local worker's registration where it writes its
+/// gradient sums and the coordinator reduces them. Control stays on the socket.
+///
+/// A gradient region lives as long as the registration it was made for: a restarted, evicted or re-registered worker
+/// gets a new one, so a process of an old registration that is still computing can never write into memory the
+/// coordinator reads. Names are removed when a region is dropped and when the coordinator closes; what a killed
+/// coordinator left is removed by the next one (`PosixSharedMemory.removeStale`).
+public final class SharedExchange {
+    let memory: SharedMemory
+    let count: Int
+    let parameters: SharedRegion
+    var gradients: [PeerID: SharedRegion] = [:]
+    /// Workers that could not open what they were offered: they get messages for the rest of their registration.
+    var declined: Set<PeerID> = []
+    var log: (String) -> Void
+    var loggedFailure = false
+
+    public init(memory: SharedMemory, parameterCount: Int, log: @escaping (String) -> Void) throws {
+        self.memory = memory; count = parameterCount; self.log = log
+        // One secret for all of this coordinator's regions: a worker checks it in each region it opens.
+        parameters = try memory.create(count: parameterCount, token: UInt64.random(in: 1...UInt64.max))
+    }
+
+    /// A region for a worker that just registered on `peer` from `host`, if that is this host; nil otherwise (or when
+    /// the region cannot be made: then messages, and one log line).
+    func offer(to peer: PeerID, host: String) -> SharedOffer? {
+        drop(peer)
+        declined.remove(peer)
+        guard !host.isEmpty, host == memory.host else { return nil }
+        do {
+            let region = try memory.create(count: count, token: parameters.token)
+            gradients[peer] = region
+            return SharedOffer(parameters: parameters.name, gradients: region.name, token: region.token)
+        } catch {
+            if !loggedFailure { log("cannot make shared memory for a local worker (\(error)); it gets messages") }
+            loggedFailure = true
+            return nil
+        }
+    }
+
+    /// The gradient region of a worker that uses shared memory.
+    func region(for peer: PeerID) -> SharedRegion? { gradients[peer] }
+
+    /// The worker could not use what it was offered: messages from now on.
+    func decline(_ peer: PeerID) {
+        drop(peer)
+        declined.insert(peer)
+    }
+
+    func drop(_ peer: PeerID) {
+        if let region = gradients.removeValue(forKey: peer) { memory.remove(region) }
+    }
+
+    /// Drops the regions of connections that are no longer members.
+    func keep(only peers: Set<PeerID>) {
+        for peer in gradients.keys where !peers.contains(peer) { drop(peer) }
+        declined.formIntersection(peers)
+    }
+
+    /// Writes the parameters of `version` where the local workers read them, unless they are there already.
+    func publish(_ params: FloatBuffer, version: UInt64, threads: Int) {
+        guard !gradients.isEmpty, parameters.version != version else { return }
+        let out = parameters.floats
+        Blocks.forEach(count, threads: threads) { _, r in
+            (out + r.lowerBound).update(from: params.pointer + r.lowerBound, count: r.count)
+        }
+        parameters.version = version
+    }
+
+    /// Removes every name this exchange made (at the coordinator's exit).
+    public func close() {
+        for peer in Array(gradients.keys) { drop(peer) }
+        memory.remove(parameters)
+    }
+}
