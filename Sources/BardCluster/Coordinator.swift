@@ -276,8 +276,8 @@ public final class Coordinator: GradientComputer {
                                  totalColumns: Int, state: RecurrentState, dropout: DropoutKey?) throws -> Double {
         if let end = lastStepEnd { timing.update = clock() - end }
         parameterVersion += 1
-        let parameterFrame = floatFrame(params.pointer, count: params.count)
-        shared?.publish(params, version: parameterVersion, threads: hostThreads)
+        // Encoded once per step, and only if a worker needs the parameters by message (none does on shared memory).
+        lazy var parameterFrame = floatFrame(params.pointer, count: params.count)
         while true {
             _ = try tick()
             if membership.active(now: clock()).count < minWorkers { try waitForWorkers(minWorkers) }
@@ -289,6 +289,8 @@ public final class Coordinator: GradientComputer {
             for (peer, shard) in plan {
                 // A worker on this host reads the parameters where they were published above.
                 let viaShared = shared?.region(for: peer) != nil
+                // Once per version, before the first request that needs it (a local worker may join mid-step).
+                if viaShared { shared?.publish(params, version: parameterVersion, threads: hostThreads) }
                 let request = StepRequest(
                     stepID: stepID, parameterVersion: parameterVersion, columns: shard, totalColumns: totalColumns,
                     steps: steps, dropoutSeed: dropout?.seed ?? 0, dropoutStep: dropout?.step ?? 0,
@@ -350,12 +352,12 @@ public final class Coordinator: GradientComputer {
                     membership.heard(peer, now: clock())
                     guard let request = requests[peer] else { continue }
                     try verify(request, reportedBy: peer, reason: reason, params: params, round: &round)
-                case .refuse(.staleParameters, let reason) where round.owes(peer):
+                case .refuse(let code, let reason) where (code == .staleParameters || code == .noSharedMemory) && round.owes(peer):
                     membership.heard(peer, now: clock())
                     membership.forgetParameters(peer)
-                    if shared?.region(for: peer) != nil {
-                        // It was offered shared memory and cannot use it (another mount namespace, another user).
-                        shared?.decline(peer)
+                    if code == .noSharedMemory, shared?.region(for: peer) != nil {
+                        // It was offered shared memory and cannot open it (another mount namespace, another user).
+                        shared?.drop(peer)
                         log("\(name(peer)) cannot use the shared memory it was offered (\(LogText.escape(reason))); it gets messages")
                     }
                     if let request = requests[peer], !resend(peer, request: request) {

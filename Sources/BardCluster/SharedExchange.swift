@@ -15,8 +15,6 @@ public final class SharedExchange {
     let count: Int
     let parameters: SharedRegion
     var gradients: [PeerID: SharedRegion] = [:]
-    /// Workers that could not open what they were offered: they get messages for the rest of their registration.
-    var declined: Set<PeerID> = []
     var log: (String) -> Void
     var loggedFailure = false
 
@@ -30,7 +28,6 @@ public final class SharedExchange {
     /// the region cannot be made: then messages, and one log line).
     func offer(to peer: PeerID, host: String) -> SharedOffer? {
         drop(peer)
-        declined.remove(peer)
         guard !host.isEmpty, host == memory.host else { return nil }
         do {
             let region = try memory.create(count: count, token: parameters.token)
@@ -46,12 +43,8 @@ public final class SharedExchange {
     /// The gradient region of a worker that uses shared memory.
     func region(for peer: PeerID) -> SharedRegion? { gradients[peer] }
 
-    /// The worker could not use what it was offered: messages from now on.
-    func decline(_ peer: PeerID) {
-        drop(peer)
-        declined.insert(peer)
-    }
-
+    /// The worker's registration ended, or it cannot open what it was offered (then it gets messages until it
+    /// registers again).
     func drop(_ peer: PeerID) {
         if let region = gradients.removeValue(forKey: peer) { memory.remove(region) }
     }
@@ -59,7 +52,6 @@ public final class SharedExchange {
     /// Drops the regions of connections that are no longer members.
     func keep(only peers: Set<PeerID>) {
         for peer in gradients.keys where !peers.contains(peer) { drop(peer) }
-        declined.formIntersection(peers)
     }
 
     /// Writes the parameters of `version` where the local workers read them, unless they are there already.

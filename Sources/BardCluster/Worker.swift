@@ -127,7 +127,7 @@ public final class WorkerCore {
 
     /// Opens the regions a coordinator on this host offered (a step in flight has been abandoned), or lets go of them.
     /// A region that cannot be opened or is not the one offered leaves this worker on messages: its next step with
-    /// shared parameters is refused as stale, and the coordinator sends them instead.
+    /// shared parameters is refused (`noSharedMemory`), and the coordinator sends them instead.
     func attach(_ offer: SharedOffer?) {
         shared = nil
         guard let offer, let memory = sharedMemory, let computer else {
@@ -156,7 +156,7 @@ public final class WorkerCore {
         let source: (params: FloatBuffer, grads: FloatBuffer)
         if r.sharedParameters {
             guard let (parameters, gradients) = shared else {
-                return Message.refuse(.staleParameters, reason: sharedProblem).encode()
+                return Message.refuse(.noSharedMemory, reason: sharedProblem).encode()
             }
             guard parameters.version == r.parameterVersion else {
                 return Message.refuse(.staleParameters, reason: "the shared parameters are version \(parameters.version), step \(r.stepID) needs \(r.parameterVersion)").encode()

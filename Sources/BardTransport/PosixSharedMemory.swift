@@ -62,7 +62,8 @@ public final class PosixSharedMemory: SharedMemory {
     public func open(_ name: String, count: Int, token: UInt64, writable: Bool) throws -> SharedRegion {
         guard SharedOffer.isValidName(name) else { throw BardError.io("'\(LogText.escape(name))' is not a region name") }
         let path = directory + "/" + name
-        let fd = Glibc.open(path, (writable ? O_RDWR : O_RDONLY) | O_NOFOLLOW | O_CLOEXEC)
+        // O_NONBLOCK: a FIFO under that name must not hang the worker (it is refused as not a regular file below).
+        let fd = Glibc.open(path, (writable ? O_RDWR : O_RDONLY) | O_NOFOLLOW | O_CLOEXEC | O_NONBLOCK)
         guard fd >= 0 else { throw PosixSharedMemory.errno("cannot open \(path)") }
         defer { close(fd) }
         var st = stat()

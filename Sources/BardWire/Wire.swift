@@ -73,13 +73,16 @@ public enum RefusalCode: UInt16, Sendable, CaseIterable {
     case badRequest = 10
     /// The model is larger than this worker admits (`--max-parameters`).
     case modelTooLarge = 11
+    /// The worker cannot open the shared memory it was offered (another user, another mount namespace): send it the
+    /// parameters by message from now on.
+    case noSharedMemory = 12
     /// A code this release does not know (a newer peer).
     case unknown = 0xFFFF
 
     /// Whether the refused peer must stop (exit 77) rather than try again.
     public var isFinal: Bool {
         switch self {
-        case .reRegister, .staleParameters, .diverged, .full, .badRequest, .unknown: return false
+        case .reRegister, .staleParameters, .diverged, .full, .badRequest, .noSharedMemory, .unknown: return false
         case .protocolVersion, .corpusMismatch, .nameTaken, .wrongRole, .badName, .modelTooLarge: return true
         }
     }

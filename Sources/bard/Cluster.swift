@@ -101,6 +101,8 @@ struct CoordinatorCommand: ParsableCommand {
         coordinator.hostThreads = hostThreads
         coordinator.membership.policy.heartbeatTimeout = heartbeatTimeout
         coordinator.membership.policy.maxWorkers = maxWorkers
+        // From here a signal only asks the run to stop, so every exit goes through the defers below.
+        installStopHandlers()
         // Workers on this host read the parameters from, and write their gradients to, shared memory. What a killed
         // coordinator of this user left behind goes first.
         let stale = PosixSharedMemory.removeStale()
@@ -122,7 +124,6 @@ struct CoordinatorCommand: ParsableCommand {
         })
         defer { monitor?.stop() }
         coordinator.checkpoints.path = trainer.modelPath
-        installStopHandlers()
         say("coordinator listening on \(server.endpoint)\(security == nil ? " (plaintext)" : " (CURVE, \(security!.allowedClients.count) client key(s) admitted)"); waiting for \(startWorkers) worker(s)")
         // Only the end of the run tells the workers `done`. A stop (a signal, `systemctl restart`) or a failure says
         // nothing: the workers keep reconnecting until a coordinator is back (or their idle timeout passes: exit 75,
