@@ -164,8 +164,6 @@ final class OptimizerTests: XCTestCase {
     }
 }
 
-/// The trainer's optimiser step (mean, norm, clip, update, average, finiteness in two blocked passes on several threads)
-/// against the one-operation-per-pass reference on one thread.
 final class RecipeTests: XCTestCase {
     /// The deadline recipes: their budget, model and schedule.
     func testDeadlineRecipes() throws {
@@ -178,11 +176,16 @@ final class RecipeTests: XCTestCase {
             XCTAssertNoThrow(try c.validate())
             XCTAssertTrue(c.summary.contains(String(format: "budget %.0fs", seconds)), c.summary)
         }
+        XCTAssertEqual(try Config.recipe("60m").hidden, 768)
+        XCTAssertEqual(try Config.recipe("60m").ema, 0.998)
+        XCTAssertNil(try Config.recipe("10m").ema)
         XCTAssertNil(try Config.recipe("default").budget)
         XCTAssertThrowsError(try Config.recipe("5m"))
     }
 }
 
+/// The trainer's optimiser step (mean, norm, clip, update, average, finiteness in two blocked passes on several threads)
+/// against the one-operation-per-pass reference on one thread.
 final class OptimizerStepTests: XCTestCase {
     func buffers(_ n: Int, seed: UInt64, scale: Float) -> FloatBuffer {
         var rng = RNG(seed: seed)
