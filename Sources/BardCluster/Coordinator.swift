@@ -287,9 +287,9 @@ public final class Coordinator: GradientComputer {
             var round = StepRound(stepID: stepID, assignments: plan, now: t0, timeout: deadline.seconds)
             var requests: [PeerID: StepRequest] = [:]
             for (peer, shard) in plan {
-                // A worker on this host reads the parameters where they were published above.
+                // A worker on this host reads the parameters from the shared region, written once per version before
+                // the first request that needs it (a local worker may join mid-step).
                 let viaShared = shared?.region(for: peer) != nil
-                // Once per version, before the first request that needs it (a local worker may join mid-step).
                 if viaShared { shared?.publish(params, version: parameterVersion, threads: hostThreads) }
                 let request = StepRequest(
                     stepID: stepID, parameterVersion: parameterVersion, columns: shard, totalColumns: totalColumns,
