@@ -9,7 +9,7 @@ public func monotonicSeconds() -> Double { ProcessInfo.processInfo.systemUptime 
 
 /// The coordinator's side of a synchronous step, as a `GradientComputer` the trainer drives: it owns nothing of the
 /// optimisation (the trainer keeps parameters, optimiser, cursor and state, so the math is the trainer's). This is the
-/// thin driver around the parts that decide: `Membership` (who the workers are), `ShardPlan` (who computes which
+/// thin driver around the parts that decide: `Membership` (who the workers are), `ColumnPlan` (who computes which
 /// columns), `StepRound` (what is owed, stale or late), `Reducer` (the sum in column order). It alone talks to the
 /// transport and reads the clock.
 public final class Coordinator: GradientComputer {
@@ -43,7 +43,7 @@ public final class Coordinator: GradientComputer {
     /// Shared memory with the workers on this host (nil: messages for everyone, `--no-shm`).
     public var shared: SharedExchange?
     /// Recomputes a shard here when a worker reports a divergence.
-    lazy var verifier = ShardComputer(model: model, threads: 1)
+    lazy var verifier = ColumnComputer(model: model, threads: 1)
 
     public private(set) var rejected = 0
     public private(set) var evictions = 0
@@ -250,7 +250,8 @@ public final class Coordinator: GradientComputer {
             askToRegisterIfUnknown(peer)
         case .refuse(let code, let reason):
             reject("\(name(peer)) refused (\(code)): \(LogText.escape(reason))")
-        case .welcome, .step, .done, .chunk:
+        case .welcome, .step, .done, .chunk, .join, .assign, .gather, .gathered, .plan, .summed, .apply, .applied,
+             .shardMap, .want, .parameters, .gradient:
             reject("unexpected \(message.type) from \(name(peer))")
         }
         return nil
@@ -283,7 +284,7 @@ public final class Coordinator: GradientComputer {
             if membership.active(now: clock()).count < minWorkers { try waitForWorkers(minWorkers) }
             stepID += 1
             let t0 = clock()
-            let plan = ShardPlan.assign(columns: totalColumns, to: membership.active(now: t0).map(\.peer))
+            let plan = ColumnPlan.assign(columns: totalColumns, to: membership.active(now: t0).map(\.peer))
             var round = StepRound(stepID: stepID, assignments: plan, now: t0, timeout: deadline.seconds)
             var requests: [PeerID: StepRequest] = [:]
             for (peer, shard) in plan {
@@ -295,8 +296,8 @@ public final class Coordinator: GradientComputer {
                     stepID: stepID, parameterVersion: parameterVersion, columns: shard, totalColumns: totalColumns,
                     steps: steps, dropoutSeed: dropout?.seed ?? 0, dropoutStep: dropout?.step ?? 0,
                     training: true, parameters: [],
-                    tokens: ShardPlan.tokens(window, steps: steps, totalColumns: totalColumns, shard: shard),
-                    h: ShardPlan.rows(state.h, state: state, shard: shard), c: ShardPlan.rows(state.c, state: state, shard: shard),
+                    tokens: ColumnPlan.tokens(window, steps: steps, totalColumns: totalColumns, shard: shard),
+                    h: ColumnPlan.rows(state.h, state: state, shard: shard), c: ColumnPlan.rows(state.c, state: state, shard: shard),
                     sharedParameters: viaShared)
                 let current = viaShared || membership.member(peer)?.parameterVersion == parameterVersion
                 send(peer, Message.encodeStep(request, parameterFrame: current ? [] : parameterFrame))

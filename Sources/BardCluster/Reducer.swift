@@ -30,8 +30,8 @@ public enum Reducer {
         var loss = 0.0
         for r in ordered {
             loss += r.lossSum
-            ShardPlan.write(r.h, into: state.h, state: state, shard: r.columns)
-            ShardPlan.write(r.c, into: state.c, state: state, shard: r.columns)
+            ColumnPlan.write(r.h, into: state.h, state: state, shard: r.columns)
+            ColumnPlan.write(r.c, into: state.c, state: state, shard: r.columns)
         }
         return loss
     }

@@ -12,7 +12,7 @@ public final class WorkerCore {
     let log: (String) -> Void
     let clock: () -> Double
     public private(set) var session: WorkerSession
-    var computer: ShardComputer?
+    var computer: ColumnComputer?
     var params: FloatBuffer?
     var parameterVersion: UInt64 = .max
     /// Shared memory with a coordinator on this host (nil: messages only, `--no-shm`).
@@ -114,7 +114,7 @@ public final class WorkerCore {
     func build(_ shape: ModelShape) {
         guard let config = WorkerSession.config(for: shape) else { return }
         let model = Model(config: config, vocabularySize: shape.vocabularySize)
-        computer = ShardComputer(model: model, threads: threads)
+        computer = ColumnComputer(model: model, threads: threads)
         params = FloatBuffer(count: model.parameterCount)
         shared = nil
         parameterVersion = .max

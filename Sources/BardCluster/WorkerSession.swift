@@ -139,7 +139,8 @@ public struct WorkerSession {
             queue.removeAll { $0.stepID < request.stepID }
             queue.append(request)
             return next()
-        case .hello, .result, .fetch, .chunk:
+        case .hello, .result, .fetch, .chunk, .join, .assign, .gather, .gathered, .plan, .summed, .apply, .applied,
+             .shardMap, .want, .parameters, .gradient:
             rejected += 1
             return [.log("ignored an unexpected \(message.type) message")]
         }

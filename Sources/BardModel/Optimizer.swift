@@ -70,8 +70,17 @@ public final class Optimizer {
                      average: FloatBuffer? = nil, decay: Double = 0, threads: Int,
                      checkNorm: (Double) throws -> Void) rethrows -> StepReport {
         precondition(params.count == grads.count && (average?.count ?? params.count) == params.count, "step: sizes differ")
-        let count = params.count, g = grads.pointer, scale = Float(1 / Double(max(1, n)))
-        let sumOfSquares = Blocks.sum(count, threads: threads) { _, r in
+        let norm = Optimizer.mean(grads, over: n, threads: threads).reduce(0, +).squareRoot()
+        try checkNorm(norm)  // before anything is written: a refused step leaves the parameters as they were
+        return update(params: params, grads: grads, norm: norm, clip: maxNorm, average: average, decay: decay, threads: threads)
+    }
+
+    /// The first pass of `step`: grads /= n, and the sum of squares of each block of `Blocks` (in Double), in block
+    /// order. Their sum in that order is the squared norm; a shard that owns a block-aligned slice of the parameters
+    /// returns its blocks' parts, and the lead adds every shard's in order to the same bits.
+    public static func mean(_ grads: FloatBuffer, over n: Int, threads: Int) -> [Double] {
+        let g = grads.pointer, scale = Float(1 / Double(max(1, n)))
+        return Blocks.parts(grads.count, threads: threads) { _, r in
             var s0 = 0.0, s1 = 0.0, s2 = 0.0, s3 = 0.0
             var i = r.lowerBound
             while i + 4 <= r.upperBound {
@@ -83,8 +92,14 @@ public final class Optimizer {
             while i < r.upperBound { g[i] *= scale; let a = Double(g[i]); s0 += a * a; i += 1 }
             return (s0 + s1) + (s2 + s3)
         }
-        let norm = sumOfSquares.squareRoot()
-        try checkNorm(norm)  // before anything is written: a refused step leaves the parameters as they were
+    }
+
+    /// The second pass of `step`, given the global gradient norm: counts the step, then for each block the clipped
+    /// gradient, the update, the average and the finiteness checks of what was written.
+    public func update(params: FloatBuffer, grads: FloatBuffer, norm: Double, clip maxNorm: Double,
+                       average: FloatBuffer? = nil, decay: Double = 0, threads: Int) -> StepReport {
+        precondition(params.count == grads.count && (average?.count ?? params.count) == params.count, "update: sizes differ")
+        let count = params.count
         let coef = maxNorm / (norm + 1e-6)
         let clip: Double? = maxNorm > 0 && coef < 1 ? coef : nil
         step += 1

@@ -26,11 +26,17 @@ public enum Blocks {
 
     /// The sum over blocks of `part(block, range)`, added in block order whatever the thread count.
     public static func sum(_ n: Int, threads: Int, _ part: (Int, Range<Int>) -> Double) -> Double {
+        parts(n, threads: threads, part).reduce(0, +)
+    }
+
+    /// `part(block, range)` of every block, in block order. Added in that order (`reduce(0, +)`), the parts of the
+    /// consecutive block-aligned slices of a buffer give the bits of `sum` over the whole buffer.
+    public static func parts(_ n: Int, threads: Int, _ part: (Int, Range<Int>) -> Double) -> [Double] {
         var parts = [Double](repeating: 0, count: count(n))
         parts.withUnsafeMutableBufferPointer { p in
             guard let base = p.baseAddress else { return }
             forEach(n, threads: threads) { b, r in base[b] = part(b, r) }
         }
-        return parts.reduce(0, +)
+        return parts
     }
 }

@@ -7,8 +7,9 @@ import Foundation
 public enum Wire {
     public static let magic: [UInt8] = Array("BARD".utf8)
     /// 2: typed refusals, the model's shape in `welcome`. 3: shared memory between processes of one host (the host in
-    /// `hello`, an offer in `welcome`, flags in `step` and `result`).
-    public static let version: UInt16 = 3
+    /// `hello`, an offer in `welcome`, flags in `step` and `result`). 4: sharded coordinators' messages (`join` to
+    /// `gradient`, ShardMessages.swift).
+    public static let version: UInt16 = 4
     /// Largest frame a peer may send (ZMQ_MAXMSGSIZE) before the run's shapes are known: a 64M-parameter model's gradient.
     public static let maxFrameBytes = 256 << 20
     /// Longest string we accept.
@@ -47,6 +48,8 @@ public struct Header: Equatable, Sendable {
 
 public enum MessageType: UInt8, Sendable {
     case hello = 1, welcome = 2, refuse = 3, step = 4, result = 5, done = 6, heartbeat = 7, fetch = 8, chunk = 9
+    case join = 10, assign = 11, gathered = 12, gather = 13, plan = 14, summed = 15, apply = 16, applied = 17
+    case shardMap = 18, want = 19, parameters = 20, gradient = 21
 }
 
 /// Why a peer was refused: what the receiver acts on. The text beside it is for people.
@@ -151,6 +154,33 @@ public enum Message: Equatable, Sendable {
     case fetch(offset: Int, final: Bool)
     /// Coordinator -> client: a piece of the checkpoint of `step`, with the whole file's size and sha256.
     case chunk(Chunk)
+
+    // Sharded coordinators (ShardMessages.swift).
+    /// Shard -> lead: a shard's name, the endpoint its workers connect to, and its CURVE server key ("" if plaintext).
+    case join(name: String, endpoint: String, serverKey: String)
+    /// Lead -> shard: the slice to own, with its parameters and optimiser state.
+    case assign(SliceState)
+    /// Lead -> shard: send back the slice's state, which must be at `version` (for a checkpoint).
+    case gather(version: UInt64)
+    /// Shard -> lead: the slice's state, in answer to `gather`.
+    case gathered(SliceState)
+    /// Lead -> shard: step `stepID` is under way; the workers' column ranges whose gradient slices it waits for, and
+    /// the targets the loss is summed over.
+    case plan(stepID: UInt64, meanOver: Int, columns: [Range<Int>])
+    /// Shard -> lead: every slice of the step is in; its blocks' parts of the squared gradient norm.
+    case summed(stepID: UInt64, parts: [Double])
+    /// Lead -> shard: apply the step.
+    case apply(UpdateOrder)
+    /// Shard -> lead: the step is applied; whether what it wrote is finite.
+    case applied(stepID: UInt64, version: UInt64, paramsFinite: Bool, momentsFinite: Bool)
+    /// Lead -> worker: the shards, in slice order.
+    case shardMap([ShardEndpoint])
+    /// Worker -> shard: its parameter slice of `version`.
+    case want(version: UInt64)
+    /// Shard -> worker: its parameter slice at `version`.
+    case parameters(version: UInt64, [Float])
+    /// Worker -> shard: its gradient sums over the shard's slice for its columns of step `stepID`.
+    case gradient(stepID: UInt64, columns: Range<Int>, [Float])
 }
 
 public struct StepRequest: Equatable, Sendable {
@@ -290,6 +320,18 @@ extension Message {
         case .heartbeat: return .heartbeat
         case .fetch: return .fetch
         case .chunk: return .chunk
+        case .join: return .join
+        case .assign: return .assign
+        case .gather: return .gather
+        case .gathered: return .gathered
+        case .plan: return .plan
+        case .summed: return .summed
+        case .apply: return .apply
+        case .applied: return .applied
+        case .shardMap: return .shardMap
+        case .want: return .want
+        case .parameters: return .parameters
+        case .gradient: return .gradient
         }
     }
 
@@ -323,6 +365,9 @@ extension Message {
             return Message.encodeStep(s, parameterFrame: floatFrame(s.parameters))
         case .result(let r):
             return Message.encodeResult(r, gradientFrame: floatFrame(r.gradients))
+        default:
+            guard let frames = encodeShardMessage(&w) else { preconditionFailure("no encoding for \(type)") }
+            return frames
         }
     }
 
@@ -474,6 +519,9 @@ extension Message {
                                          gradients: try floats(frames[1], count: ng, name: "gradients"),
                                          h: try floats(frames[2], count: nh, name: "h"), c: try floats(frames[3], count: nc, name: "c"),
                                          sharedGradients: sharedGradients))
+        default:
+            guard let m = try decodeShardMessage(type, &r, frames) else { throw WireError("unknown message type") }
+            message = m
         }
         try r.finish()
         return message

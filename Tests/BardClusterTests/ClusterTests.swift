@@ -32,6 +32,46 @@ final class WireTests: XCTestCase {
         for m in messages { XCTAssertEqual(try Message.decode(m.encode()), m) }
     }
 
+    /// Sharded coordinators' messages round-trip, and what a shard, lead or worker acts on is checked at decoding: slices
+    /// inside the vector, states that fit their slice, finite numbers, endpoints and keys that are one, maps in order.
+    func testShardMessagesRoundTripAndAreChecked() {
+        let key = String(repeating: "a", count: 39) + "Z"
+        let state = SliceState(index: 1, shards: 2, slice: 4..<7, parameterCount: 9, optimizer: "adam", optimizerStep: 5,
+                               version: 5, params: [1, 2, 3], average: [], m: [0.1, 0.2, 0.3], v: [1, 1, 1])
+        let order = UpdateOrder(stepID: 3, lr: 1e-3, norm: 2.5, clip: 5, decay: 0.998, version: 9)
+        let messages: [Message] = [
+            .join(name: "s0", endpoint: "tcp://10.0.0.2:5600", serverKey: key), .join(name: "s1", endpoint: "tcp://h:1", serverKey: ""),
+            .assign(state), .gathered(state), .gather(version: 5), .plan(stepID: 3, meanOver: 350, columns: [0..<3, 3..<7]),
+            .summed(stepID: 3, parts: [0.5, 0, 2]), .apply(order),
+            .applied(stepID: 3, version: 9, paramsFinite: true, momentsFinite: false),
+            .shardMap([ShardEndpoint(endpoint: "tcp://a:1", serverKey: key, slice: 0..<4), ShardEndpoint(endpoint: "tcp://b:2", serverKey: key, slice: 4..<9)]),
+            .want(version: 8), .parameters(version: 8, [1, 2]), .gradient(stepID: 3, columns: 2..<5, [0.5, -0.5]),
+        ]
+        for m in messages { XCTAssertEqual(try Message.decode(m.encode()), m, "\(m.type)") }
+        var outside = state; outside.slice = 7..<10
+        var misfit = state; misfit.average = [1]
+        var nan = state; nan.m[1] = .nan
+        var index = state; index.index = 2
+        var nanOrder = order; nanOrder.norm = .nan
+        var badDecay = order; badDecay.decay = 1
+        let bad: [Message] = [
+            .join(name: "s", endpoint: "ipc:///tmp/x", serverKey: ""), .join(name: "s", endpoint: "tcp://a b:1", serverKey: ""),
+            .join(name: "s", endpoint: "tcp://a:1", serverKey: "short"), .assign(outside), .assign(misfit), .gathered(nan),
+            .assign(index), .plan(stepID: 1, meanOver: 0, columns: [0..<1]), .plan(stepID: 1, meanOver: 5, columns: []),
+            .plan(stepID: 1, meanOver: 5, columns: [3..<3]), .summed(stepID: 1, parts: [-1]), .summed(stepID: 1, parts: [.infinity]),
+            .apply(nanOrder), .apply(badDecay), .parameters(version: 1, [.nan]), .gradient(stepID: 1, columns: 0..<1, [.infinity]),
+            .shardMap([ShardEndpoint(endpoint: "tcp://a:1", serverKey: "", slice: 0..<4), ShardEndpoint(endpoint: "tcp://b:1", serverKey: "", slice: 5..<9)]),
+            .shardMap([ShardEndpoint(endpoint: "tcp://a:1", serverKey: "", slice: 1..<4)]), .shardMap([]),
+        ]
+        for m in bad { XCTAssertThrowsError(try Message.decode(m.encode()), "\(m)") }
+        var applied = Message.applied(stepID: 3, version: 9, paramsFinite: true, momentsFinite: true).encode()
+        applied[0][applied[0].count - 1] = 2
+        XCTAssertThrowsError(try Message.decode(applied))
+        var odd = Message.gradient(stepID: 3, columns: 2..<5, [0.5]).encode()
+        odd[1].removeLast()
+        XCTAssertThrowsError(try Message.decode(odd))
+    }
+
     /// An offer must name regions and nothing else; a step or result cannot be both shared and sent, or flag 2.
     func testSharedMemoryFieldsAreChecked() {
         let shape = ModelShape(cell: "lstm", activation: "tanh", layers: 1, embed: 3, hidden: 4, dropout: 0, outputBias: true,

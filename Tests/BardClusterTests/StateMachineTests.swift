@@ -101,7 +101,7 @@ final class StepRoundTests: XCTestCase {
     }
 
     func testStaleDuplicateAndMisfitRepliesAreRejected() {
-        var round = StepRound(stepID: 9, assignments: ShardPlan.assign(columns: 4, to: [a, b]), now: 0, timeout: 5)
+        var round = StepRound(stepID: 9, assignments: ColumnPlan.assign(columns: 4, to: [a, b]), now: 0, timeout: 5)
         XCTAssertEqual(round.pending[a], 0..<2)
         guard case .rejected = round.accept(result(8, 0..<2), from: a, shape: shape) else { return XCTFail("stale accepted") }
         guard case .rejected = round.accept(result(9, 2..<4), from: a, shape: shape) else { return XCTFail("wrong columns accepted") }
@@ -119,7 +119,7 @@ final class StepRoundTests: XCTestCase {
     /// A result whose gradient is in shared memory is taken only from a worker given a region, and carries no
     /// gradient frame of its own.
     func testSharedResultsOnlyFromWorkersWithARegion() {
-        var round = StepRound(stepID: 9, assignments: ShardPlan.assign(columns: 4, to: [a, b]), now: 0, timeout: 5)
+        var round = StepRound(stepID: 9, assignments: ColumnPlan.assign(columns: 4, to: [a, b]), now: 0, timeout: 5)
         var shared = result(9, 0..<2); shared.gradients = []; shared.sharedGradients = true
         guard case .rejected = round.accept(shared, from: a, shape: shape) else { return XCTFail("a region it was not given") }
         var both = result(9, 0..<2); both.sharedGradients = true
@@ -130,7 +130,7 @@ final class StepRoundTests: XCTestCase {
     }
 
     func testDeadlineAndOneResendPerWorker() {
-        var round = StepRound(stepID: 1, assignments: ShardPlan.assign(columns: 4, to: [a, b]), now: 10, timeout: 5)
+        var round = StepRound(stepID: 1, assignments: ColumnPlan.assign(columns: 4, to: [a, b]), now: 10, timeout: 5)
         XCTAssertTrue(round.overdue(now: 14.99).isEmpty)
         XCTAssertEqual(Set(round.overdue(now: 15)), [a, b])
         XCTAssertTrue(round.mayResend(to: a))
@@ -139,7 +139,7 @@ final class StepRoundTests: XCTestCase {
     }
 
     func testRestartedWorkerOwesWhatItsOldConnectionOwed() {
-        var round = StepRound(stepID: 1, assignments: ShardPlan.assign(columns: 4, to: [a, b]), now: 0, timeout: 5)
+        var round = StepRound(stepID: 1, assignments: ColumnPlan.assign(columns: 4, to: [a, b]), now: 0, timeout: 5)
         round.move(from: b, to: c)
         XCTAssertFalse(round.owes(b))
         XCTAssertEqual(round.pending[c], 2..<4)
@@ -161,13 +161,13 @@ final class StepRoundTests: XCTestCase {
 
     func testShardsAreContiguousAndCoverAllColumns() {
         for workers in 1...6 {
-            let s = ShardPlan.shards(columns: 32, workers: workers)
+            let s = ColumnPlan.shards(columns: 32, workers: workers)
             XCTAssertEqual(s.first?.lowerBound, 0)
             XCTAssertEqual(s.last?.upperBound, 32)
             for (x, y) in zip(s, s.dropFirst()) { XCTAssertEqual(x.upperBound, y.lowerBound) }
             XCTAssertLessThanOrEqual(s.map(\.count).max()! - s.map(\.count).min()!, 1)
         }
-        XCTAssertEqual(ShardPlan.shards(columns: 2, workers: 4).count, 2)
+        XCTAssertEqual(ColumnPlan.shards(columns: 2, workers: 4).count, 2)
     }
 }
 

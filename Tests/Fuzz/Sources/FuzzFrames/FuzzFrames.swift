@@ -14,6 +14,18 @@ let templates: [[[UInt8]]] = [
                              h: [0.5, 0.25], c: [])).encode(),
     Message.result(StepResult(stepID: 1, columns: 0..<2, lossSum: 3, computeSeconds: 0.1, gradients: [1, 2],
                               h: [1, 2], c: [3, 4])).encode(),
+    // Sharded coordinators.
+    Message.join(name: "s0", endpoint: "tcp://h:5601", serverKey: "").encode(),
+    Message.assign(SliceState(index: 0, shards: 2, slice: 1..<3, parameterCount: 4, optimizer: "adam", optimizerStep: 2,
+                              version: 2, params: [1, 2], average: [1, 2], m: [0, 1], v: [1, 1])).encode(),
+    Message.plan(stepID: 3, meanOver: 8, columns: [0..<1, 1..<4]).encode(),
+    Message.summed(stepID: 3, parts: [0.5, 2]).encode(),
+    Message.apply(UpdateOrder(stepID: 3, lr: 0.001, norm: 2, clip: 5, decay: 0.9, version: 3)).encode(),
+    Message.applied(stepID: 3, version: 3, paramsFinite: true, momentsFinite: true).encode(),
+    Message.shardMap([ShardEndpoint(endpoint: "tcp://a:1", serverKey: "", slice: 0..<2),
+                      ShardEndpoint(endpoint: "tcp://b:1", serverKey: "", slice: 2..<4)]).encode(),
+    Message.parameters(version: 3, [1, 2]).encode(),
+    Message.gradient(stepID: 3, columns: 0..<2, [1, 2]).encode(),
 ]
 
 /// Input layout: byte 0 picks raw mode (frames cut from the input by 1-byte lengths) or a template whose bytes are

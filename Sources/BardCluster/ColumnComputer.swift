@@ -3,9 +3,9 @@ import BardNumerics
 import BardTraining
 import Foundation
 
-/// One shard's window on this process's cores: what a worker does for each step request, and what the coordinator
+/// One worker's columns of a window (its shard) on this process's cores: what a worker does for each step request, and what the coordinator
 /// does again when a worker reports a divergence, to tell a real one from a broken or lying worker.
-public final class ShardComputer {
+public final class ColumnComputer {
     public let model: Model
     let threads: Int
     var runner: ColumnParallel?

@@ -1,8 +1,10 @@
 import BardModel
 import BardNumerics
 
-/// Which columns each worker computes, and the slices of a window and of the carried state that go with them.
-public enum ShardPlan {
+/// Which columns each worker computes, and the slices of a window and of the carried state that go with them. (The
+/// code calls a worker's columns its shard, as data-parallel training does; the coordinator shards of issue 11 own
+/// slices of the parameters instead: `ParameterSlices`.)
+public enum ColumnPlan {
     /// Contiguous shards, as equal as possible (they differ by at most one column), in the given order.
     public static func shards(columns: Int, workers: Int) -> [Range<Int>] {
         let n = min(workers, columns)
