@@ -217,7 +217,9 @@ final class InMemoryClusterTests: XCTestCase {
 
     /// A peer of the protocol that misbehaves on purpose, on its own thread: it registers and heartbeats, and
     /// answers step requests as `behaviour` says.
-    enum Behaviour { case silent, poisoning, thief(name: String) }
+    /// `sharedPoisoner`: on the coordinator's host (`memory`), it answers every step "done, in shared memory" with a NaN
+    /// in its gradient region.
+    enum Behaviour { case silent, poisoning, thief(name: String), sharedPoisoner(memory: SharedMemory) }
 
     final class HostilePeer: @unchecked Sendable {
         let transport: ClientTransport
@@ -231,18 +233,30 @@ final class InMemoryClusterTests: XCTestCase {
             var lastBeat = Date.distantPast
             var name = "hostile", registered = false
             if case .thief(let stolen) = behaviour { name = stolen }
+            var memory: SharedMemory?, gradients: SharedRegion?
+            if case .sharedPoisoner(let m) = behaviour { memory = m }
             while !stop && Date() < end {
                 if Date().timeIntervalSince(lastBeat) > 0.2 {
-                    _ = transport.send((registered ? Message.heartbeat : .hello(name: name, fingerprint: "")).encode())
+                    _ = transport.send((registered ? Message.heartbeat : .hello(name: name, fingerprint: "", host: memory?.host ?? "")).encode())
                     lastBeat = Date()
                 }
                 guard let frames = try? transport.receive(timeout: 0.05), let m = try? Message.decode(frames) else { continue }
                 switch m {
-                case .welcome: registered = true
+                case .welcome(let shape, _, let offer):
+                    registered = true
+                    if let memory, let offer, let config = WorkerSession.config(for: shape) {
+                        let count = ParameterLayout(config: config, vocabularySize: shape.vocabularySize).total
+                        gradients = try? memory.open(offer.gradients, count: count, token: offer.token, writable: true)
+                    }
                 case .refuse(let code, _): refusals.append(code)
                 case .step(let r):
                     if case .poisoning = behaviour {
                         _ = transport.send(Message.refuse(.diverged, reason: "non-finite loss at step \(r.dropoutStep + 1) (a lie)").encode())
+                    }
+                    if let gradients, r.sharedParameters {
+                        gradients.floats[gradients.count / 2] = .nan
+                        _ = transport.send(Message.result(StepResult(stepID: r.stepID, columns: r.columns, lossSum: 1, computeSeconds: 0,
+                                                                     gradients: [], h: r.h, c: r.c, sharedGradients: true)).encode())
                     }
                 case .done: return
                 default: break
@@ -258,7 +272,8 @@ final class InMemoryClusterTests: XCTestCase {
         defer { try? FileManager.default.removeItem(atPath: base) }
         let single = try trainer(base + "/single")
         try single.run()
-        for behaviour in [Behaviour.silent, .poisoning, .thief(name: "honest")] {
+        let memory = InMemorySharedMemory(host: "this-host")
+        for behaviour in [Behaviour.silent, .poisoning, .thief(name: "honest"), .sharedPoisoner(memory: memory)] {
             let t = try trainer(base + "/\(behaviour)")
             let hub = InMemoryHub()
             var lines: [String] = []
@@ -267,6 +282,9 @@ final class InMemoryClusterTests: XCTestCase {
                                           log: { line in lock.lock(); lines.append(line); lock.unlock() })
             coordinator.deadline.override = 0.5
             coordinator.membership.policy.quarantineBase = 60
+            if case .sharedPoisoner = behaviour {
+                coordinator.shared = try SharedExchange(memory: memory, parameterCount: t.model.parameterCount, log: { _ in })
+            }
             let honest = WorkerCore(transport: hub.client(id: "honest.1", credential: Credential(key: "K-honest", role: .worker)),
                                     name: "honest", fingerprint: "", threads: 1, log: { _ in })
             Thread { try? honest.run() }.start()
@@ -291,6 +309,11 @@ final class InMemoryClusterTests: XCTestCase {
             case .thief:
                 XCTAssertTrue(peer.refusals.contains(.nameTaken), "\(peer.refusals)")
                 XCTAssertEqual(coordinator.workerNames, ["honest"])
+            case .sharedPoisoner:
+                // Its answers were refused for the NaN in its region; it missed the deadline and was quarantined.
+                XCTAssertEqual(coordinator.quarantines, 1, lines.joined(separator: "\n"))
+                XCTAssertTrue(lines.contains { $0.contains("hostile: non-finite gradients in shared memory") }, lines.joined(separator: "\n"))
+                coordinator.shared?.close()
             }
         }
     }
