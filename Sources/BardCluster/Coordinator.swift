@@ -42,7 +42,7 @@ public final class Coordinator: GradientComputer {
     public var hostThreads = ProcessInfo.processInfo.activeProcessorCount
     /// Shared memory with the workers on this host (nil: messages for everyone, `--no-shm`).
     public var shared: SharedExchange?
-    /// Recomputes a shard here when a worker reports a divergence.
+    /// Recomputes a worker's columns here when it reports a divergence or leaves non-finite gradients in shared memory.
     lazy var verifier = ColumnComputer(model: model, threads: 1)
 
     public private(set) var rejected = 0
@@ -315,8 +315,9 @@ public final class Coordinator: GradientComputer {
                 return true
             }
             var failed: String?
-            /// Gradients that came through shared memory, by first column (the regions stay mapped while held here).
-            var sharedResults: [Int: SharedRegion] = [:]
+            /// Gradients that came through shared memory, by first column, with who wrote them (the regions stay
+            /// mapped while held here).
+            var sharedResults: [Int: (region: SharedRegion, peer: PeerID)] = [:]
             while !round.isComplete && failed == nil {
                 if stopRequested != 0 { throw StopTraining() }
                 if let lost = try tick().first(where: { round.owes($0.peer) }) {
@@ -338,21 +339,18 @@ public final class Coordinator: GradientComputer {
                 case .result(let r) where r.stepID == stepID && round.owes(peer):
                     membership.heard(peer, now: clock())
                     let region = shared?.region(for: peer)
-                    if r.sharedGradients, let region, !Kernels.allFinite(region.floats, count: region.count) {
-                        // What a message's decoding checks, checked here: the worker's columns stay owed.
-                        reject("\(name(peer)): non-finite gradients in shared memory for step \(stepID)")
-                        continue
-                    }
                     switch round.accept(r, from: peer, shape: resultShape, sharedAllowed: region != nil) {
                     case .accepted:
                         membership.completedStep(peer)
-                        if r.sharedGradients, let region { sharedResults[r.columns.lowerBound] = region }
+                        // Whether what it wrote there is finite is checked as it is added (`Reducer`).
+                        if r.sharedGradients, let region { sharedResults[r.columns.lowerBound] = (region, peer) }
                     case .rejected(let why): reject("\(name(peer)): \(why)")
                     }
                 case .refuse(.diverged, let reason) where round.owes(peer):
                     membership.heard(peer, now: clock())
                     guard let request = requests[peer] else { continue }
-                    try verify(request, reportedBy: peer, reason: reason, params: params, round: &round)
+                    round.substitute(try verified(request, from: peer, what: "reports a divergence (\(LogText.escape(reason)))",
+                                                  params: params), for: peer)
                 case .refuse(let code, let reason) where (code == .staleParameters || code == .noSharedMemory) && round.owes(peer):
                     membership.heard(peer, now: clock())
                     membership.forgetParameters(peer)
@@ -389,7 +387,20 @@ public final class Coordinator: GradientComputer {
             }
             let waited = clock() - t0
             let r0 = clock()
-            let loss = Reducer.reduce(round.results, into: grads, state: state, threads: hostThreads, shared: sharedResults)
+            var (loss, nonFinite) = Reducer.reduce(round.results, into: grads, state: state, threads: hostThreads,
+                                                   shared: sharedResults.mapValues(\.region))
+            if !nonFinite.isEmpty {
+                // A worker answered "done, in shared memory" over a NaN or an infinity there. As when a worker reports a
+                // divergence: its columns are computed here; finite, they stand in for its answer and it is quarantined.
+                for first in nonFinite {
+                    guard let peer = sharedResults.removeValue(forKey: first)?.peer, let request = requests[peer] else { continue }
+                    round.replace(try verified(request, from: peer, what: "left non-finite gradients in shared memory for step \(stepID)",
+                                               params: params))
+                }
+                grads.zero(threads: hostThreads)
+                (loss, nonFinite) = Reducer.reduce(round.results, into: grads, state: state, threads: hostThreads,
+                                                   shared: sharedResults.mapValues(\.region))
+            }
             deadline.record(waited)
             let compute = round.results.map(\.computeSeconds).max() ?? 0
             timing.compute = compute
@@ -401,12 +412,12 @@ public final class Coordinator: GradientComputer {
         }
     }
 
-    /// A worker reports a non-finite loss or gradient. One worker's word cannot end a run: the coordinator computes
-    /// the same shard itself. If it is finite here, the reporter is quarantined and the coordinator's own result
-    /// stands in for its reply; if the divergence reproduces, the run has diverged.
-    func verify(_ request: StepRequest, reportedBy peer: PeerID, reason: String, params: FloatBuffer,
-                round: inout StepRound) throws {
-        log("\(name(peer)) reports a divergence (\(LogText.escape(reason))); computing its columns \(request.columns) here to check")
+    /// A worker reports a non-finite loss or gradient, or left one in shared memory (`what` it did, for the log). One
+    /// worker's word cannot end a run: the coordinator computes the same columns itself. If they are finite here, the
+    /// worker is quarantined and the coordinator's own result (returned) stands in for its reply; if the divergence
+    /// reproduces, the run has diverged.
+    func verified(_ request: StepRequest, from peer: PeerID, what: String, params: FloatBuffer) throws -> StepResult {
+        log("\(name(peer)) \(what); computing its columns \(request.columns) here to check")
         let (result, finite) = verifier.compute(request, params: params)
         guard finite else {
             verifications.confirmed += 1
@@ -415,8 +426,8 @@ public final class Coordinator: GradientComputer {
         verifications.refuted += 1
         var r = result
         r.gradients = verifier.grads.array
-        round.substitute(r, for: peer)
-        quarantine(peer, because: "its report of a divergence did not reproduce")
+        quarantine(peer, because: "it \(what), which did not reproduce")
+        return r
     }
 
     public var statusSuffix: String {

@@ -61,6 +61,12 @@ public struct StepRound: Sendable {
         results.append(r)
     }
 
+    /// The coordinator computed accepted columns again itself (what the worker left in shared memory was not finite).
+    public mutating func replace(_ r: StepResult) {
+        guard let i = results.firstIndex(where: { $0.columns == r.columns }) else { return }
+        results[i] = r
+    }
+
     /// A restarted worker on a new connection owes what its old connection owed.
     public mutating func move(from old: PeerID, to new: PeerID) {
         guard old != new, let columns = pending.removeValue(forKey: old) else { return }

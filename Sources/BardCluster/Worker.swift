@@ -176,7 +176,9 @@ public final class WorkerCore {
             }
             source = (params, computer.grads)
         }
-        var (result, finite) = computer.compute(r, params: source.params, into: source.grads)
+        // Gradients in shared memory are checked by the coordinator as it adds them, and a non-finite one is
+        // computed there again, as a reported divergence would be: no second pass over them here.
+        var (result, finite) = computer.compute(r, params: source.params, into: source.grads, checkGradients: !r.sharedParameters)
         guard finite else {
             return Message.refuse(.diverged, reason: "non-finite loss or gradient at step \(r.dropoutStep &+ 1)").encode()
         }

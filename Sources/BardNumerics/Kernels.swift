@@ -61,6 +61,20 @@ public enum Kernels {
         for i in 0..<count { y[i] += x[i] }
     }
 
+    /// `add` and `allFinite(x)` in one pass over x: for memory written by another process, which must be checked
+    /// before it counts, at the cost of one read.
+    public static func addCheckingFinite(_ x: UnsafePointer<Float>, into y: UnsafeMutablePointer<Float>, count: Int) -> Bool {
+        x.withMemoryRebound(to: UInt32.self, capacity: count) { bits in
+            var special: UInt32 = 0
+            for i in 0..<count {
+                let b = bits[i]
+                special |= (b & 0x7F80_0000) == 0x7F80_0000 ? 1 : 0
+                y[i] += Float(bitPattern: b)
+            }
+            return special == 0
+        }
+    }
+
     /// b[j] += sum over rows of y[r, j].
     public static func addColumnSums(_ y: UnsafePointer<Float>, rows: Int, n: Int, into b: UnsafeMutablePointer<Float>) {
         for r in 0..<rows {

@@ -310,9 +310,11 @@ final class InMemoryClusterTests: XCTestCase {
                 XCTAssertTrue(peer.refusals.contains(.nameTaken), "\(peer.refusals)")
                 XCTAssertEqual(coordinator.workerNames, ["honest"])
             case .sharedPoisoner:
-                // Its answers were refused for the NaN in its region; it missed the deadline and was quarantined.
+                // The NaN in its region was found as it was added; its columns were computed by the coordinator,
+                // finite, and it was quarantined.
                 XCTAssertEqual(coordinator.quarantines, 1, lines.joined(separator: "\n"))
-                XCTAssertTrue(lines.contains { $0.contains("hostile: non-finite gradients in shared memory") }, lines.joined(separator: "\n"))
+                XCTAssertEqual(coordinator.verifications.refuted, 1, lines.joined(separator: "\n"))
+                XCTAssertTrue(lines.contains { $0.contains("hostile left non-finite gradients in shared memory") }, lines.joined(separator: "\n"))
                 coordinator.shared?.close()
             }
         }

@@ -284,9 +284,28 @@ final class ReducerTests: XCTestCase {
         }
         for threads in [1, 2, 5] {
             let grads = FloatBuffer(count: n), state = model.makeState(columns: 7)
-            XCTAssertEqual(Reducer.reduce(results, into: grads, state: state, threads: threads), 7)
+            XCTAssertEqual(Reducer.reduce(results, into: grads, state: state, threads: threads).loss, 7)
             XCTAssertTrue(grads.array == reference, "\(threads) threads")
             XCTAssertEqual(state.h.array, [0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 1, 4, 4, 4, 4, 4, 4, 4, 4, 4])
+        }
+        // The same sum with one result's gradient in shared memory; a NaN or an infinity there is found as it is added.
+        let memory = InMemorySharedMemory()
+        let region = try! memory.create(count: n, token: 1)
+        results[2].gradients.withUnsafeBufferPointer { region.floats.update(from: $0.baseAddress!, count: n) }
+        var viaShared = results
+        viaShared[2].gradients = []; viaShared[2].sharedGradients = true
+        for threads in [1, 2] {
+            let grads = FloatBuffer(count: n), state = model.makeState(columns: 7)
+            let (loss, nonFinite) = Reducer.reduce(viaShared, into: grads, state: state, threads: threads, shared: [1: region])
+            XCTAssertEqual(loss, 7)
+            XCTAssertEqual(nonFinite, [])
+            XCTAssertTrue(grads.array == reference, "\(threads) threads, shared")
+        }
+        for bad in [Float.nan, .infinity] {
+            region.floats[n - 3] = bad
+            let (_, nonFinite) = Reducer.reduce(viaShared, into: FloatBuffer(count: n), state: model.makeState(columns: 7),
+                                                threads: 2, shared: [1: region])
+            XCTAssertEqual(nonFinite, [1], "\(bad)")
         }
     }
 }
