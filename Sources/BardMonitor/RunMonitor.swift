@@ -47,7 +47,8 @@ public final class RunMonitor: @unchecked Sendable {
     var sample = ""
     var evictionLog: [String] = []
     let reference: ReferenceCurves?
-    let totalSteps: Int
+    /// The run's length in steps; a run with a budget plans it again after every step.
+    var totalSteps: Int
     let title: String
     var counted: [String: Double] = [:]
 
@@ -106,9 +107,11 @@ public final class RunMonitor: @unchecked Sendable {
         published[metric] = value
     }
 
-    /// One step's metrics record (the trainer's `onRecord`), and the coordinator's workers after it.
-    public func record(_ record: MetricsRecord, workers: [WorkerRow]? = nil) {
+    /// One step's metrics record (the trainer's `onRecord`), the coordinator's workers after it, and the run's
+    /// length as now planned.
+    public func record(_ record: MetricsRecord, workers: [WorkerRow]? = nil, totalSteps: Int? = nil) {
         lock.lock(); defer { lock.unlock() }
+        if let totalSteps { self.totalSteps = totalSteps }
         curves.add(record)
         latest = record
         if let workers { self.workers = workers }

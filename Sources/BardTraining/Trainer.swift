@@ -218,9 +218,17 @@ public final class Trainer {
             average = a
         }
         if let plan = budget {
-            // The budget decides the length (a --steps given too caps it); a spent budget is a complete run.
+            // The budget decides the length (a --steps given too caps it); a spent budget is a complete run. A resumed
+            // one starts from the pace of the steps already done (everything included), so its schedule is in the
+            // right place from the first step; it is planned again after every step as always.
             let cap = options.explicitSteps ?? config.steps ?? Int.max / 4
-            totalSteps = elapsedBefore >= plan.seconds ? step : max(step, cap)
+            if elapsedBefore >= plan.seconds {
+                totalSteps = step
+            } else if step > 0 && elapsedBefore > 0 {
+                totalSteps = min(cap, plan.totalSteps(step: step, elapsed: elapsedBefore, stepSeconds: elapsedBefore / Double(step)))
+            } else {
+                totalSteps = max(step, cap)
+            }
         }
     }
 
@@ -300,18 +308,16 @@ public final class Trainer {
             computer.annotate(&record)
             let epochEnds = window == windowsPerEpoch
             // A run that ends mid-epoch is validated at its end, and the record says so like an epoch end's.
-            if step == totalSteps && !epochEnds, let v = validate() {
-                record.valLoss = v; record.valPerplexity = exp(v)
-                record.valLossEma = validateAverage()
-                lastValLoss = record.valLossEma ?? v
+            if step == totalSteps && !epochEnds, let v = validateBoth() {
+                record.valLoss = v.raw; record.valPerplexity = exp(v.raw); record.valLossEma = v.averaged
+                lastValLoss = v.averaged ?? v.raw
             }
             if epochEnds {
                 epoch += 1; window = 0
                 if !cfg.carryState { state.reset(cfg.initialState) }
-                if let v = validate() {
-                    record.valLoss = v; record.valPerplexity = exp(v)
-                    record.valLossEma = validateAverage()
-                    lastValLoss = record.valLossEma ?? v
+                if let v = validateBoth() {
+                    record.valLoss = v.raw; record.valPerplexity = exp(v.raw); record.valLossEma = v.averaged
+                    lastValLoss = v.averaged ?? v.raw
                 }
                 progress.finishLine()
                 log(String(format: "epoch %d done: step %d, train loss %.4f, val loss %@, %.0f chars/s, %.0f s",
@@ -352,10 +358,17 @@ public final class Trainer {
             : "no checkpoint was written before it" + (options.checkpointEvery == 0 ? " (--checkpoint-every N keeps one every N steps)" : "")
     }
 
-    /// Validation loss over the held-out part, in `batch` columns with carried state from the initial state.
-    public func validate() -> Double? {
+    /// The validation of the raw parameters and, when the run keeps one, of the average; timed together for the
+    /// budget's plan, since the end of a run does both.
+    func validateBoth() -> (raw: Double, averaged: Double?)? {
         let t0 = Date()
         defer { budget?.measuredValidation = Date().timeIntervalSince(t0) }
+        guard let raw = validate() else { return nil }
+        return (raw, validateAverage())
+    }
+
+    /// Validation loss over the held-out part, in `batch` columns with carried state from the initial state.
+    public func validate() -> Double? {
         let v = evaluate(model: model, params: params, tokens: valTokens, columns: config.batch, bptt: config.bptt,
                          threads: config.threads)
         return v.chars > 0 ? v.loss : nil

@@ -181,9 +181,13 @@ struct TrainingFlags: ParsableArguments {
 
     /// The run's options, shared by `bard train` and `bard coordinator`.
     func makeOptions(_ output: OutputFlags, resume: String?, defaultCheckpointEvery: Int) throws -> TrainOptions {
-        let out = output.out, initFile = output.initFile, sampleLength = output.sampleLength
+        let out = output.directory, initFile = output.initFile, sampleLength = output.sampleLength
         let checkpointEvery = output.checkpointEvery ?? defaultCheckpointEvery
         if resume != nil && initFile != nil { throw BardError.invalidArgument("--init and --resume exclude each other") }
+        if let resume, let given = output.out,
+           URL(fileURLWithPath: given).standardizedFileURL.path != URL(fileURLWithPath: resume).standardizedFileURL.path {
+            throw BardError.invalidArgument("--out \(given) with --resume \(resume): a resumed run goes on writing in its own directory; leave out --out")
+        }
         guard sampleLength >= 0 else { throw BardError.invalidArgument("--sample-length must be >= 0, got \(sampleLength)") }
         guard checkpointEvery >= 0 else { throw BardError.invalidArgument("--checkpoint-every must be >= 0, got \(checkpointEvery)") }
         var options = TrainOptions(config: try makeConfig(), dataPath: try corpusPath(resume: resume))
@@ -213,7 +217,8 @@ extension Schedule: ExpressibleByArgument {}
 
 /// Where a run writes and what it starts from: shared by `bard train` and `bard coordinator`.
 struct OutputFlags: ParsableArguments {
-    @Option(help: "Output directory for checkpoints and metrics.") var out: String = "out"
+    @Option(help: "Output directory for checkpoints and metrics (default: out; a resumed run writes in its own).") var out: String?
+    var directory: String { out ?? "out" }
     @Option(name: .customLong("init"), help: "Start from the weights of a safetensors file with Bard's tensor names.") var initFile: String?
     @Option(help: "Continue the run whose checkpoint is in this directory (its corpus too, unless --data is given); only \(TrainingFlags.changeableOnResume) may differ from its settings.") var resume: String?
     @Option(name: .customLong("checkpoint-every"), help: "Also checkpoint every N steps, besides epoch ends and the end (0 = only those; default: 0 for train, 100 for coordinator).") var checkpointEvery: Int?

@@ -72,7 +72,7 @@ struct CoordinatorCommand: ParsableCommand {
     }
 
     func run() throws {
-        let out = output.out
+        let out = output.directory
         let resumeDir = output.resume ?? (autoResume && Trainer.hasCheckpoint(in: out) ? out : nil)
         var options = try flags.makeOptions(output, resume: resumeDir, defaultCheckpointEvery: 100)
         // The reduction and the optimiser step run while the workers wait: they take every core of this host,

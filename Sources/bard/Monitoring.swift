@@ -25,7 +25,7 @@ struct MonitorFlags: ParsableArguments {
         let monitor = RunMonitor(title: title, totalSteps: trainer.totalSteps,
                                  charsPerEpoch: Double(trainer.windowsPerEpoch * trainer.config.batch * trainer.config.bptt),
                                  reference: ref)
-        trainer.onRecord = { monitor.record($0, workers: workers?()) }
+        trainer.onRecord = { [unowned trainer] in monitor.record($0, workers: workers?(), totalSteps: trainer.totalSteps) }
         trainer.onSample = { monitor.setSample($0) }
         let server: MonitorServer
         do { server = try MonitorServer(address: metrics, monitor: monitor) } catch let e as MonitorError {

@@ -102,8 +102,11 @@ final class CLITests: XCTestCase {
         let conflict = try bard(["train", "--resume", out, "--steps", "30", "--hidden", "128"])
         assertOneLineError(conflict, contains: "--hidden 128 (the checkpoint has 16)")
         XCTAssertTrue(conflict.err.contains("only --steps, --epochs, --threads, --budget and --data may change"), conflict.err)
+        // A resumed run writes in its own directory: another --out is refused, not silently dropped.
+        assertOneLineError(try bard(["train", "--resume", out, "--steps", "30", "--out", dir + "/elsewhere"]),
+                           contains: "leave out --out")
         // The same values as the checkpoint's are no conflict.
-        let same = try bard(["train", "--resume", out, "--steps", "25", "--hidden", "16", "--layers", "1"])
+        let same = try bard(["train", "--resume", out, "--steps", "25", "--hidden", "16", "--layers", "1", "--out", out + "/"])
         XCTAssertEqual(same.status, 0, same.err)
         let alone = try bard(["train", "--resume", out, "--steps", "30"])
         XCTAssertEqual(alone.status, 0, alone.err)

@@ -176,7 +176,7 @@ final class RecipeTests: XCTestCase {
             XCTAssertNoThrow(try c.validate())
             XCTAssertTrue(c.summary.contains(String(format: "budget %.0fs", seconds)), c.summary)
         }
-        XCTAssertEqual(try Config.recipe("60m").hidden, 768)
+        XCTAssertEqual(try Config.recipe("60m").hidden, 640)
         XCTAssertEqual(try Config.recipe("60m").ema, 0.998)
         XCTAssertNil(try Config.recipe("10m").ema)
         XCTAssertNil(try Config.recipe("default").budget)

@@ -115,6 +115,22 @@ final class TrainerTests: XCTestCase {
         XCTAssertEqual(again.totalSteps, again.step)
     }
 
+    /// A budget run stopped part way and resumed plans its length from the pace of the steps already done, so its
+    /// schedule is in the right place from its first step (not at the start of a run of unknown length).
+    func testResumedBudgetRunPlansFromItsPace() throws {
+        let corpus = Corpus(text: syntheticText(6000))
+        var cfg = smallConfig()
+        cfg.budget = 60; cfg.schedule = .cosine
+        let first = try trainer(cfg, corpus: corpus, out: dir + "/part")
+        first.stopAfter = 5
+        try first.run()
+        let again = try trainer(cfg, corpus: corpus, out: dir + "/part", resume: true)
+        XCTAssertEqual(again.step, 5)
+        XCTAssertGreaterThan(again.totalSteps, 5)
+        XCTAssertLessThan(again.totalSteps, 10_000_000, "planned from the pace, not left open")
+        XCTAssertEqual(again.budget?.seconds, 60)
+    }
+
     /// With --ema the model file holds the average (validated beside the raw parameters in metrics), and a resume
     /// continues both exactly.
     func testAveragedRunResumesExactly() throws {
