@@ -389,17 +389,35 @@ public final class Coordinator: GradientComputer {
             let r0 = clock()
             var (loss, nonFinite) = Reducer.reduce(round.results, into: grads, state: state, threads: hostThreads,
                                                    shared: sharedResults.mapValues(\.region))
-            if !nonFinite.isEmpty {
+            var unchecked = false
+            while !nonFinite.isEmpty && !unchecked {
                 // A worker answered "done, in shared memory" over a NaN or an infinity there. As when a worker reports a
                 // divergence: its columns are computed here; finite, they stand in for its answer and it is quarantined.
+                // Each pass replaces at least one region, so a worker that spoils its region between passes only
+                // adds passes.
                 for first in nonFinite {
-                    guard let peer = sharedResults.removeValue(forKey: first)?.peer, let request = requests[peer] else { continue }
-                    round.replace(try verified(request, from: peer, what: "left non-finite gradients in shared memory for step \(stepID)",
-                                               params: params))
+                    guard let peer = sharedResults[first]?.peer, let request = requests[peer] else { unchecked = true; break }
+                    let result = try verified(request, from: peer, what: "left non-finite gradients in shared memory for step \(stepID)",
+                                              params: params)
+                    guard round.replace(result) else { unchecked = true; break }
+                    sharedResults[first] = nil
                 }
                 grads.zero(threads: hostThreads)
-                (loss, nonFinite) = Reducer.reduce(round.results, into: grads, state: state, threads: hostThreads,
-                                                   shared: sharedResults.mapValues(\.region))
+                if !unchecked {
+                    (loss, nonFinite) = Reducer.reduce(round.results, into: grads, state: state, threads: hostThreads,
+                                                       shared: sharedResults.mapValues(\.region))
+                }
+            }
+            if unchecked {
+                // Not expected (every accepted result has its request and its columns); but then the attempt is done
+                // again from the state it started from, which the reduction overwrote.
+                for request in requests.values {
+                    ColumnPlan.write(request.h, into: state.h, state: state, shard: request.columns)
+                    ColumnPlan.write(request.c, into: state.c, state: state, shard: request.columns)
+                }
+                redone += 1
+                log("redoing step \(stepID): a result in shared memory could not be checked")
+                continue
             }
             deadline.record(waited)
             let compute = round.results.map(\.computeSeconds).max() ?? 0

@@ -18,9 +18,12 @@ public final class ShardServer {
     let log: (String) -> Void
     public private(set) var core: ShardCore?
     var assignment: SliceState?
-    /// Workers waiting for a version this shard has not reached yet (the lead's `apply` is on its way).
-    var waiting: [PeerID: UInt64] = [:]
-    static let maxWaiting = 4096
+    /// Workers waiting for the next version (the lead's `apply` is on its way), and those served the current one: each
+    /// peer gets each version once, from one frame encoded once.
+    var waiting: Set<PeerID> = []
+    var served: Set<PeerID> = []
+    var parametersFrames: (version: UInt64, frames: [[UInt8]])?
+    static let maxPeers = 4096
     var joined = false
     var lastBeat = -Double.infinity
     var lastJoin = -Double.infinity
@@ -36,8 +39,8 @@ public final class ShardServer {
         self.lead = lead; self.workers = workers; self.name = name; self.endpoint = endpoint; self.serverKey = serverKey
         self.threads = threads; self.clock = clock; self.log = log
         lastHeardLead = clock()
-        // Until a slice is assigned: control messages only. The lead's `assign` carries four slice-sized frames.
-        lead.limits = ReceiveLimits(maxFrames: 5, maxBytes: Wire.maxFrameBytes)
+        // The lead's `assign` carries four slice-sized frames (parameters, average, two moments), each up to a frame's limit.
+        lead.limits = ReceiveLimits(maxFrames: 5, maxBytes: 4 * Wire.maxFrameBytes + 4096)
         workers.limits = .control
     }
 
@@ -115,10 +118,9 @@ public final class ShardServer {
             stepsApplied += 1
             _ = lead.send(Message.applied(stepID: order.stepID, version: core.version, paramsFinite: report.paramsFinite,
                                           momentsFinite: report.momentsFinite).encode())
-            for (peer, version) in waiting where version == core.version {
-                waiting[peer] = nil
-                send(peer, .parameters(version: version, core.params.array))
-            }
+            served = []
+            for peer in waiting { serveParameters(to: peer, core) }
+            waiting = []
         case .gather(let version):
             guard let core, let a = assignment, core.version == version else {
                 _ = lead.send(Message.refuse(.badRequest, reason: "shard \(LogText.escape(name)) is not at version \(version)").encode())
@@ -153,7 +155,7 @@ public final class ShardServer {
                       version: s.version)
         self.core = core
         assignment = s
-        waiting = [:]
+        waiting = []; served = []; parametersFrames = nil
         joined = true
         // A worker's largest legitimate message is a gradient slice.
         workers.limits = ReceiveLimits(maxFrames: 2, maxBytes: Header.size + 64 + 4 * s.slice.count)
@@ -163,6 +165,16 @@ public final class ShardServer {
     // MARK: - Workers
 
     func send(_ peer: PeerID, _ m: Message) { _ = workers.send(to: peer, m.encode()) }
+
+    /// The slice's parameters at the current version, encoded once per version, to a peer not yet served it.
+    func serveParameters(to peer: PeerID, _ core: ShardCore) {
+        guard served.count < ShardServer.maxPeers else { return }
+        if parametersFrames?.version != core.version {
+            parametersFrames = (core.version, Message.parameters(version: core.version, core.params.array).encode())
+        }
+        served.insert(peer)
+        if let frames = parametersFrames?.frames { _ = workers.send(to: peer, frames) }
+    }
 
     func handleWorker(_ e: Envelope) {
         if let c = e.credential, c.role != .worker {
@@ -185,9 +197,9 @@ public final class ShardServer {
         switch message {
         case .want(let version):
             if version == core.version {
-                send(e.peer, .parameters(version: version, core.params.array))
-            } else if version > core.version, waiting.count < ShardServer.maxWaiting {
-                waiting[e.peer] = version
+                if served.contains(e.peer) { reject("a second want of version \(version)") } else { serveParameters(to: e.peer, core) }
+            } else if version == core.version &+ 1, waiting.count < ShardServer.maxPeers {
+                waiting.insert(e.peer)
             } else {
                 send(e.peer, .refuse(.staleParameters, reason: "shard \(LogText.escape(name)) is at version \(core.version), not \(version)"))
             }

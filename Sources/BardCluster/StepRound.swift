@@ -62,9 +62,11 @@ public struct StepRound: Sendable {
     }
 
     /// The coordinator computed accepted columns again itself (what the worker left in shared memory was not finite).
-    public mutating func replace(_ r: StepResult) {
-        guard let i = results.firstIndex(where: { $0.columns == r.columns }) else { return }
+    @discardableResult
+    public mutating func replace(_ r: StepResult) -> Bool {
+        guard let i = results.firstIndex(where: { $0.columns == r.columns }) else { return false }
         results[i] = r
+        return true
     }
 
     /// A restarted worker on a new connection owes what its old connection owed.

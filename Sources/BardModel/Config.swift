@@ -118,7 +118,8 @@ public struct Config: Codable, Equatable, Sendable {
         try check(steps.map { $0 >= 1 } ?? true, "--steps must be >= 1")
         try check(valFraction >= 0 && valFraction < 1, "--val-fraction must be in [0, 1) (got \(valFraction))")
         try check(threads >= 1 && threads <= 256, "--threads must be 1...256 (got \(threads))")
-        try check(cell.cell().usesActivation || activation == .tanh, "--activation applies to --cell rnn only")
+        try check(cell.cell().usesActivation || activation == .tanh,
+                  "--activation applies to --cell \(CellKind.allCases.filter { $0.cell().usesActivation }.map(\.rawValue).joined(separator: ", ")) only")
     }
 
     /// One line per group, for the start of a run.

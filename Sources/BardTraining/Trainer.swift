@@ -225,7 +225,7 @@ public final class Trainer {
             if elapsedBefore >= plan.seconds {
                 totalSteps = step
             } else if step > 0 && elapsedBefore > 0 {
-                totalSteps = min(cap, plan.totalSteps(step: step, elapsed: elapsedBefore, stepSeconds: elapsedBefore / Double(step)))
+                totalSteps = max(step, min(cap, plan.totalSteps(step: step, elapsed: elapsedBefore, stepSeconds: elapsedBefore / Double(step))))
             } else {
                 totalSteps = max(step, cap)
             }

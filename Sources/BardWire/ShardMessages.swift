@@ -176,8 +176,9 @@ extension Message {
             guard count <= Wire.maxFrameBytes / 4 / 8 else { throw WireError("\(count) norm parts") }
             var parts: [Double] = []
             for _ in 0..<count {
+                // +infinity is a real outcome (finite gradients whose squares overflow): the lead calls it a divergence.
                 let p = try r.f64()
-                guard p.isFinite, p >= 0 else { throw WireError("a norm part that is negative or not finite") }
+                guard !p.isNaN, p >= 0 else { throw WireError("a norm part that is negative or not a number") }
                 parts.append(p)
             }
             return .summed(stepID: stepID, parts: parts)

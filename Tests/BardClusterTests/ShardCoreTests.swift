@@ -180,6 +180,13 @@ final class ShardServerTests: XCTestCase {
         XCTAssertEqual(try fromLead(), .applied(stepID: 5, version: 1, paramsFinite: true, momentsFinite: true))
         guard case .parameters(1, let updated) = try reply(w1) else { return XCTFail("the waiting worker gets version 1") }
         XCTAssertEqual(updated, initial.map { $0 - 0.1 }, accuracy: 1e-6)  // Adam's first step: lr x sign
+        // Each worker gets each version once; a version far ahead is refused, not remembered.
+        _ = w1.send(Message.want(version: 1).encode())
+        _ = w0.send(Message.want(version: 7).encode())
+        XCTAssertTrue(try shard.pass())
+        XCTAssertNil(try reply(w1))
+        XCTAssertEqual(shard.rejected, 4)
+        guard case .refuse(.staleParameters, _) = try reply(w0) else { return XCTFail("a want of a version far ahead") }
 
         toShard(.apply(UpdateOrder(stepID: 5, lr: 0.1, norm: 1, clip: 0, decay: 0, version: 2)))  // applied once
         toShard(.gather(version: 1))
@@ -203,4 +210,46 @@ final class ShardServerTests: XCTestCase {
 private func XCTAssertEqual(_ a: [Float], _ b: [Float], accuracy: Float, file: StaticString = #filePath, line: UInt = #line) {
     XCTAssertEqual(a.count, b.count, file: file, line: line)
     for (x, y) in zip(a, b) { XCTAssertEqual(x, y, accuracy: accuracy, file: file, line: line) }
+}
+
+/// The lead's bookkeeping of one sharded step: parts in any order give one process's norm, and only what is owed,
+/// once, for this step, counts.
+final class ShardRoundTests: XCTestCase {
+    func testPartsInAnyOrderGiveOneProcesssNormAndOnlyWhatIsOwedCounts() throws {
+        let n = 4 * Blocks.size + 99  // 5 blocks: slices of 1, 2 and 2
+        let grads = FloatBuffer(count: n)
+        var rng = RNG(seed: 3)
+        for i in 0..<n { grads[i] = rng.uniform(-2, 2) }
+        let whole = Optimizer.mean(FloatBuffer(grads.array), over: 7, threads: 2).reduce(0, +).squareRoot()
+        let slices = try ParameterSlices.plan(parameterCount: n, shards: 3)
+        let peers: [PeerID] = [[1], [2], [3]]
+        var round = ShardRound(stepID: 9, shards: Array(zip(peers, slices)).map { (peer: $0.0, slice: $0.1) })
+        let parts = slices.map { Optimizer.mean(FloatBuffer(Array(grads.array[$0])), over: 7, threads: 1) }
+        XCTAssertEqual(round.summed(stepID: 8, parts: parts[2], from: peers[2]), .rejected("norm parts for step 8, the current one is 9"))
+        XCTAssertEqual(round.summed(stepID: 9, parts: parts[2], from: [7]), .rejected("norm parts from a shard not in this step"))
+        XCTAssertEqual(round.summed(stepID: 9, parts: parts[0], from: peers[2]), .rejected("1 norm parts for a slice of 2 blocks"))
+        for i in [2, 0] { XCTAssertEqual(round.summed(stepID: 9, parts: parts[i], from: peers[i]), .accepted) }
+        XCTAssertEqual(round.summed(stepID: 9, parts: parts[0], from: peers[0]), .rejected("norm parts sent twice for step 9"))
+        XCTAssertNil(round.norm)
+        XCTAssertEqual(round.owing, [peers[1]])
+        XCTAssertEqual(round.summed(stepID: 9, parts: parts[1], from: peers[1]), .accepted)
+        XCTAssertEqual(round.norm, whole, "the same bits as one process's norm")
+
+        XCTAssertEqual(round.applied(stepID: 9, version: 4, paramsFinite: true, momentsFinite: true, from: peers[0]),
+                       .rejected("an acknowledgement of step 9 version 4, the update in progress is step 9 version none"))
+        round.ordered(version: 4)
+        XCTAssertEqual(round.owing, peers)
+        XCTAssertEqual(round.applied(stepID: 9, version: 3, paramsFinite: true, momentsFinite: true, from: peers[0]),
+                       .rejected("an acknowledgement of step 9 version 3, the update in progress is step 9 version 4"))
+        XCTAssertEqual(round.applied(stepID: 9, version: 4, paramsFinite: true, momentsFinite: true, from: peers[0]), .accepted)
+        XCTAssertEqual(round.applied(stepID: 9, version: 4, paramsFinite: true, momentsFinite: true, from: peers[0]),
+                       .rejected("an acknowledgement sent twice for step 9"))
+        XCTAssertEqual(round.applied(stepID: 9, version: 4, paramsFinite: true, momentsFinite: false, from: peers[2]), .accepted)
+        XCTAssertFalse(round.isApplied)
+        XCTAssertEqual(round.applied(stepID: 9, version: 4, paramsFinite: true, momentsFinite: true, from: peers[1]), .accepted)
+        XCTAssertTrue(round.isApplied)
+        XCTAssertTrue(round.paramsFinite)
+        XCTAssertFalse(round.momentsFinite)
+        XCTAssertEqual(round.owing, [])
+    }
 }
