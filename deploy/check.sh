@@ -4,7 +4,7 @@
 # the failing check's output under it, a closing "N passed, N failed" line;
 # exits 1 if any check failed.
 #
-#   systemd     systemd-analyze verify of both units (in a scratch root with a stub
+#   systemd     systemd-analyze verify of the three units (in a scratch root with a stub
 #               bard, so the ExecStart check passes only for the path the units
 #               name), any warning counts as a failure; the variables the units
 #               use have defaults and match bard.env.example; systemd-analyze
@@ -40,7 +40,7 @@ need() {
 
 check_systemd() {
     need systemd-analyze || return 1
-    local src=deploy/systemd root=$scratch/systemd-root units=(bard-coordinator.service bard-worker@.service)
+    local src=deploy/systemd root=$scratch/systemd-root units=(bard-coordinator.service bard-worker@.service bard-shard@.service)
     mkdir -p "$root/etc/systemd/system" "$root/etc/bard" "$root/usr/lib/systemd"
     # The distribution's units (sysinit.target, network-online.target, ...) that
     # ours depend on, as on a real host.
@@ -58,7 +58,8 @@ check_systemd() {
         chmod 755 "$root$exe"
     done
     out=$(systemd-analyze verify --root="$root" --man=no --generators=no \
-        bard-coordinator.service bard-worker@0.service "$root/etc/systemd/system/bard-worker@.service" 2>&1) || rc=1
+        bard-coordinator.service bard-worker@0.service bard-shard@5601.service \
+        "$root/etc/systemd/system/bard-worker@.service" "$root/etc/systemd/system/bard-shard@.service" 2>&1) || rc=1
     # verify exits 0 on unknown keys and unparsable values; they are errors here.
     if [[ -n $out ]]; then echo "${out//$root/}"; rc=1; fi
 
@@ -77,7 +78,7 @@ check_systemd() {
     done < <(sed -n 's/^\([A-Z_][A-Z0-9_]*\)=.*/\1/p' "$src/bard.env.example")
 
     local level summary=""
-    for u in bard-coordinator.service bard-worker@0.service; do
+    for u in bard-coordinator.service bard-worker@0.service bard-shard@5601.service; do
         out=$(systemd-analyze security --offline=yes --root="$root" --threshold=20 --no-pager "$u" 2>&1) ||
             { echo "${out//$root/}"; rc=1; continue; }
         level=$(sed -n 's/.*Overall exposure level for [^:]*: \([0-9.]*\).*/\1/p' <<<"$out")
@@ -86,7 +87,7 @@ check_systemd() {
             echo "$u: security exposure ${level:-unknown} above 2.0"; rc=1
         fi
     done
-    ((rc == 0)) && echo "2 units verified; exposure:$summary"
+    ((rc == 0)) && echo "${#units[@]} units verified; exposure:$summary"
     return $rc
 }
 

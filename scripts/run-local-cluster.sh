@@ -5,7 +5,9 @@
 #   scripts/run-local-cluster.sh 2 --epochs 1
 #   scripts/run-local-cluster.sh 4 --recipe default
 #   scripts/run-local-cluster.sh 2 --data my.txt    # the workers get the same corpus (else their fingerprint differs)
-# except --bind: the script owns the address (BARD_PORT sets the port, default 5555).
+# except --bind: the script owns the address (BARD_PORT sets the port, default 5555), and --shards K, which starts K
+# coordinator shards too (bard shard, on the next K ports), so the parameters and the update live on them:
+#   scripts/run-local-cluster.sh 2 --shards 2 --epochs 1
 # The default recipe, 10m, trains for ten minutes (one-layer LSTM 512 annealed to the deadline; see docs/budget.md),
 # plus the build on a fresh machine.
 set -euo pipefail
@@ -19,6 +21,7 @@ endpoint="tcp://127.0.0.1:$port"
 
 # The pass-through flags: --bind is refused; --data is taken out and given to the coordinator and the workers alike.
 data=
+shards=0
 flags=()
 while [[ $# -gt 0 ]]; do
     case $1 in
@@ -28,6 +31,13 @@ while [[ $# -gt 0 ]]; do
         --data)
             [[ $# -ge 2 && -n $2 ]] || { echo "run-local-cluster: --data needs a path" >&2; exit 2; }
             data=$2; shift 2 ;;
+        --shards)
+            [[ $# -ge 2 && $2 =~ ^[1-9][0-9]*$ ]] || { echo "run-local-cluster: --shards needs a positive number" >&2; exit 2; }
+            shards=$2; shift 2 ;;
+        --shards=*)
+            shards=${1#--shards=}
+            [[ $shards =~ ^[1-9][0-9]*$ ]] || { echo "run-local-cluster: --shards needs a positive number" >&2; exit 2; }
+            shift ;;
         --data=*)
             data=${1#--data=}
             [[ -n $data ]] || { echo "run-local-cluster: --data needs a path" >&2; exit 2; }
@@ -59,18 +69,25 @@ cleanup() {
 trap cleanup EXIT
 trap 'echo "interrupted: stopping the cluster" >&2; exit 130' INT TERM
 
-echo "cluster: coordinator on $endpoint, $workers worker(s); run directory $run"
+echo "cluster: coordinator on $endpoint, $workers worker(s), $shards coordinator shard(s); run directory $run"
+shard_flags=()
+((shards == 0)) || shard_flags=(--shards "$shards")
 "$bard" coordinator --bind "$endpoint" --workers "$workers" --data "$data" --out "$run/coordinator" --linger 120 \
-    --recipe 10m "${flags[@]}" &
+    --recipe 10m "${shard_flags[@]}" "${flags[@]}" &
 coordinator=$!; pids+=("$coordinator")
+watched=("$coordinator")
+for ((k = 1; k <= shards; k++)); do
+    "$bard" shard --connect "$endpoint" --bind "tcp://127.0.0.1:$((port + k))" --name "shard-$k" 2>>"$run/shards.log" &
+    pids+=("$!"); watched+=("$!")
+done
 "$bard" worker --connect "$endpoint" --count "$workers" --data "$data" 2>"$run/workers.log" &
-pool=$!; pids+=("$pool")
+pool=$!; pids+=("$pool"); watched+=("$pool")
 "$bard" fetch --from "$endpoint" --out out --wait --timeout 1000000 2>"$run/fetch.log" &
 fetcher=$!; pids+=("$fetcher")
 
 # Wait for the final checkpoint; any process that fails first ends the run.
 while kill -0 "$fetcher" 2>/dev/null; do
-    for p in "$coordinator" "$pool"; do
+    for p in "${watched[@]}"; do
         if ! kill -0 "$p" 2>/dev/null; then
             status=0; wait "$p" || status=$?
             if [[ $status -ne 0 ]]; then

@@ -45,17 +45,33 @@ public final class Coordinator: GradientComputer {
     /// Recomputes a worker's columns here when it reports a divergence or leaves non-finite gradients in shared memory.
     lazy var verifier = ColumnComputer(model: model, threads: 1)
 
+    /// Coordinator shards (`--shards K`; nil: this process makes the update). ShardLead.swift drives them.
+    public internal(set) var shards: ShardRoster?
+    /// The sharded step in progress, from its plan to the shards' acknowledgements of its update.
+    var shardRound: ShardRound?
+    /// The version of the parameters on the shards: random at every seeding, then one more per update, so a worker's
+    /// slice from another seeding never passes for current.
+    var shardVersion: UInt64 = 0
+    /// Workers told the shard map since they registered.
+    var mapSent: Set<PeerID> = []
+    /// Slices coming back to the lead (a gather in progress), by shard index.
+    var gathering: [Int: SliceState]?
+    /// Set when a shard lost its slice mid-run (it restarted or fell silent): the run must go back to a checkpoint.
+    var shardFailure: String?
+    /// Workers that reported a divergence within the attempts of the current sharded step.
+    var divergenceReports: Set<String> = []
+
     public private(set) var rejected = 0
     public private(set) var evictions = 0
     public private(set) var bytesMoved = 0
     /// Step attempts abandoned because a worker was lost, and done again over the others.
-    public private(set) var redone = 0
+    public internal(set) var redone = 0
     public private(set) var quarantines = 0
     /// Divergence reports checked here: (did not reproduce, did).
     public private(set) var verifications = (refuted: 0, confirmed: 0)
     /// Seconds of the last step: slowest worker's compute, the rest of the wait (communication), sending the
     /// requests, the reduction, and the coordinator's time between steps (update, logging, checkpoints).
-    public private(set) var timing = (compute: 0.0, communication: 0.0, send: 0.0, reduce: 0.0, update: 0.0)
+    public internal(set) var timing = (compute: 0.0, communication: 0.0, send: 0.0, reduce: 0.0, update: 0.0)
     var lastStepEnd: Double?
 
     public init(transport: ServerTransport, model: Model, fingerprint: String, minWorkers: Int,
@@ -101,7 +117,9 @@ public final class Coordinator: GradientComputer {
     }
 
     func name(_ peer: PeerID) -> String {
-        membership.member(peer).map { LogText.escape($0.name) } ?? "unknown peer " + LogText.peer(peer)
+        membership.member(peer).map { LogText.escape($0.name) }
+            ?? shards?.index(of: peer).map { "shard " + LogText.escape(shards?.shards[$0].name ?? "") }
+            ?? "unknown peer " + LogText.peer(peer)
     }
 
     func reject(_ why: String) {
@@ -118,12 +136,17 @@ public final class Coordinator: GradientComputer {
         guard transport.authenticationHealthy else {
             throw BardError.io("the CURVE authentication handler stopped, so the socket could admit anyone; stopping (restart the coordinator with --resume)")
         }
-        if let last = lastListen, now - last > heartbeatInterval { membership.excuse(gap: now - last, now: now) }
+        if let last = lastListen, now - last > heartbeatInterval {
+            membership.excuse(gap: now - last, now: now)
+            shards?.excuse(gap: now - last, now: now)
+        }
         lastListen = now
         if now - lastBeat >= heartbeatInterval {
             for m in membership.members { send(m.peer, .heartbeat) }
+            for s in shards?.shards ?? [] { send(s.peer, .heartbeat) }
             lastBeat = now
         }
+        try tickShards(now: now)
         let silent = membership.silent(now: now)
         for m in silent {
             evict(m.peer, because: String(format: "silent for %.1f s (heartbeat timeout %.1f s)", now - m.lastHeard,
@@ -164,7 +187,7 @@ public final class Coordinator: GradientComputer {
     /// Decodes an envelope, or counts and drops it (a Bard peer of another protocol version is told why, and a
     /// message on a member's connection with another key than the member's is refused).
     func open(_ e: Envelope) -> Message? {
-        guard membership.isAuthentic(e.peer, credential: e.credential) else {
+        guard membership.isAuthentic(e.peer, credential: e.credential), shards?.isAuthentic(e.peer, credential: e.credential) ?? true else {
             reject("a message on \(name(e.peer))'s connection signed by another key")
             return nil
         }
@@ -201,6 +224,7 @@ public final class Coordinator: GradientComputer {
     func handle(_ e: Envelope, _ message: Message) -> Registration? {
         let peer = e.peer
         membership.heard(peer, now: clock())
+        shards?.heard(peer, now: clock())
         switch message {
         case .hello(let name, let theirs, let host):
             if !theirs.isEmpty && theirs != fingerprint {
@@ -226,6 +250,7 @@ public final class Coordinator: GradientComputer {
                 log("worker \(LogText.escape(name)) registered again (restarted)" + (previous != peer ? " on a new connection" : ""))
             }
             toldToRegister[peer] = nil
+            mapSent.remove(peer)
             // A registration replaced or voided another connection's: that one's shared region goes.
             shared?.keep(only: Set(membership.members.map(\.peer)))
             // After the run, the same checks of name, key and role, and then the news that it is over.
@@ -244,14 +269,15 @@ public final class Coordinator: GradientComputer {
             }
             send(peer, .chunk(checkpoints.chunk(offset: offset, wantFinal: wantFinal)))
         case .heartbeat:
-            askToRegisterIfUnknown(peer)
+            if shards?.index(of: peer) == nil { askToRegisterIfUnknown(peer) }
         case .result(let r):
             reject("stale or unexpected result for step \(r.stepID) from \(name(peer))")
             askToRegisterIfUnknown(peer)
         case .refuse(let code, let reason):
             reject("\(name(peer)) refused (\(code)): \(LogText.escape(reason))")
-        case .welcome, .step, .done, .chunk, .join, .assign, .gather, .gathered, .plan, .summed, .apply, .applied,
-             .shardMap, .want, .parameters, .gradient:
+        case .join, .summed, .applied, .gathered:
+            handleShard(e, message)
+        case .welcome, .step, .done, .chunk, .assign, .gather, .plan, .apply, .shardMap, .want, .parameters, .gradient:
             reject("unexpected \(message.type) from \(name(peer))")
         }
         return nil
@@ -276,16 +302,15 @@ public final class Coordinator: GradientComputer {
     public func computeGradients(params: FloatBuffer, grads: FloatBuffer, window: UnsafePointer<Int32>, steps: Int,
                                  totalColumns: Int, state: RecurrentState, dropout: DropoutKey?) throws -> Double {
         if let end = lastStepEnd { timing.update = clock() - end }
+        if shards != nil {
+            return try shardedStep(window: window, steps: steps, totalColumns: totalColumns, state: state, dropout: dropout)
+        }
         parameterVersion += 1
         // Encoded once per step, and only if a worker needs the parameters by message (none does on shared memory).
         lazy var parameterFrame = floatFrame(params.pointer, count: params.count)
         while true {
-            _ = try tick()
-            if membership.active(now: clock()).count < minWorkers { try waitForWorkers(minWorkers) }
-            stepID += 1
-            let t0 = clock()
-            let plan = ColumnPlan.assign(columns: totalColumns, to: membership.active(now: t0).map(\.peer))
-            var round = StepRound(stepID: stepID, assignments: plan, now: t0, timeout: deadline.seconds)
+            let (t0, plan, firstRound) = try beginAttempt(totalColumns: totalColumns)
+            var round = firstRound
             var requests: [PeerID: StepRequest] = [:]
             for (peer, shard) in plan {
                 // A worker on this host reads the parameters from the shared region, written once per version before
@@ -319,18 +344,8 @@ public final class Coordinator: GradientComputer {
             /// mapped while held here).
             var sharedResults: [Int: (region: SharedRegion, peer: PeerID)] = [:]
             while !round.isComplete && failed == nil {
-                if stopRequested != 0 { throw StopTraining() }
-                if let lost = try tick().first(where: { round.owes($0.peer) }) {
-                    failed = "\(LogText.escape(lost.name)) was evicted"
-                    break
-                }
-                let overdue = round.overdue(now: clock())
-                if !overdue.isEmpty {
-                    for peer in overdue {
-                        quarantine(peer, because: String(format: "no reply to step %llu within %.1f s%@", stepID, deadline.seconds,
-                                                         deadline.override == nil ? " (the deadline follows the measured step time; --step-timeout sets it)" : ""))
-                    }
-                    failed = "\(overdue.count) worker(s) missed the deadline"
+                if let why = try attemptFailed(round) {
+                    failed = why
                     break
                 }
                 guard let e = try receive(until: round.deadline), let message = open(e) else { continue }
@@ -430,6 +445,30 @@ public final class Coordinator: GradientComputer {
         }
     }
 
+    /// Why the attempt in `round` cannot complete, if it cannot: a signal (thrown), a worker that owes columns was
+    /// evicted, or the deadline passed (the workers that still owe are quarantined).
+    func attemptFailed(_ round: StepRound) throws -> String? {
+        if stopRequested != 0 { throw StopTraining() }
+        if let lost = try tick().first(where: { round.owes($0.peer) }) { return "\(LogText.escape(lost.name)) was evicted" }
+        let overdue = round.overdue(now: clock())
+        for peer in overdue {
+            quarantine(peer, because: String(format: "no reply to step %llu within %.1f s%@", stepID, deadline.seconds,
+                                             deadline.override == nil ? " (the deadline follows the measured step time; --step-timeout sets it)" : ""))
+        }
+        return overdue.isEmpty ? nil : "\(overdue.count) worker(s) missed the deadline"
+    }
+
+    /// A new attempt at a step: enough workers, a new step id, the columns planned over the active workers, and the
+    /// round that collects their replies.
+    func beginAttempt(totalColumns: Int) throws -> (start: Double, plan: [(peer: PeerID, columns: Range<Int>)], round: StepRound) {
+        _ = try tick()
+        if membership.active(now: clock()).count < minWorkers { try waitForWorkers(minWorkers) }
+        stepID += 1
+        let t0 = clock()
+        let plan = ColumnPlan.assign(columns: totalColumns, to: membership.active(now: t0).map(\.peer))
+        return (t0, plan, StepRound(stepID: stepID, assignments: plan, now: t0, timeout: deadline.seconds))
+    }
+
     /// A worker reports a non-finite loss or gradient, or left one in shared memory (`what` it did, for the log). One
     /// worker's word cannot end a run: the coordinator computes the same columns itself. If they are finite here, the
     /// worker is quarantined and the coordinator's own result (returned) stands in for its reply; if the divergence
@@ -473,6 +512,7 @@ public final class Coordinator: GradientComputer {
         finished = true
         checkpoints.finished = true
         for m in membership.members { send(m.peer, .done) }
+        for s in shards?.shards ?? [] { send(s.peer, .done) }
         let deadline = clock() + linger
         if linger > 0 { log("serving the final checkpoint for \(Int(linger)) s (bard fetch --wait); Ctrl-C ends it") }
         while clock() < deadline && stopRequested == 0 {

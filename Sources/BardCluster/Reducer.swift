@@ -37,12 +37,18 @@ public enum Reducer {
         }
         let nonFinite = ordered.indices.filter { k in stride(from: k, to: bad.count, by: ordered.count).contains { bad[$0] != 0 } }
             .map { ordered[$0].columns.lowerBound }
+        return (collect(ordered, state: state), nonFinite)
+    }
+
+    /// The results' loss sum (added in column order) and their final state rows written into `state`: all a
+    /// coordinator takes from a step whose gradients went to its shards.
+    public static func collect(_ results: [StepResult], state: RecurrentState) -> Double {
         var loss = 0.0
-        for r in ordered {
+        for r in results.sorted(by: { $0.columns.lowerBound < $1.columns.lowerBound }) {
             loss += r.lossSum
             ColumnPlan.write(r.h, into: state.h, state: state, shard: r.columns)
             ColumnPlan.write(r.c, into: state.c, state: state, shard: r.columns)
         }
-        return (loss, nonFinite)
+        return loss
     }
 }

@@ -18,10 +18,11 @@ public final class ShardCore {
     let threads: Int
     var round: Round?
 
-    /// The gradient slices owed for one step attempt, by first column, and those received.
+    /// The gradient slices owed for one step attempt, by first column (with the worker that owes each), and those
+    /// received.
     struct Round {
         let stepID: UInt64
-        let owed: [Int: Range<Int>]
+        let owed: [Int: (columns: Range<Int>, owner: PeerID)]
         /// The targets the step's loss is summed over (batch x bptt): the gradient's mean divides by it.
         let meanOver: Int
         var received: [Int: [Float]] = [:]
@@ -57,21 +58,26 @@ public final class ShardCore {
         round = nil
     }
 
-    /// A new step attempt: the workers' column ranges whose gradient slices it waits for, and the targets the loss is
-    /// summed over. Replaces any earlier attempt (the lead abandoned it: a worker was lost).
-    public func begin(stepID: UInt64, columns: [Range<Int>], meanOver: Int) {
-        round = Round(stepID: stepID, owed: Dictionary(columns.map { ($0.lowerBound, $0) }, uniquingKeysWith: { a, _ in a }),
+    /// A new step attempt: the workers' column ranges whose gradient slices it waits for, each with the worker that
+    /// owes it, and the targets the loss is summed over. Replaces any earlier attempt (the lead abandoned it: a worker
+    /// was lost).
+    public func begin(stepID: UInt64, columns: [Range<Int>], owners: [PeerID], meanOver: Int) {
+        round = Round(stepID: stepID, owed: Dictionary(zip(columns, owners).map { ($0.0.lowerBound, (columns: $0.0, owner: $0.1)) },
+                                                       uniquingKeysWith: { a, _ in a }),
                       meanOver: meanOver)
     }
 
     /// A worker's gradient sums over this slice for its columns of step `stepID`: accepted once, only for the step
-    /// in progress, only for columns owed, only of the slice's size and finite.
-    public func accept(stepID: UInt64, columns: Range<Int>, gradients: [Float]) -> Reply {
+    /// in progress, only for columns owed and from the worker that owes them, only of the slice's size and finite.
+    public func accept(stepID: UInt64, columns: Range<Int>, gradients: [Float], from peer: PeerID) -> Reply {
         guard var r = round, r.stepID == stepID else {
             return .rejected("a gradient slice for step \(stepID), which is not the step in progress")
         }
         guard r.parts == nil else { return .rejected("a gradient slice for step \(stepID), which is already summed") }
-        guard r.owed[columns.lowerBound] == columns else { return .rejected("a gradient slice for columns \(columns), not owed") }
+        guard let owed = r.owed[columns.lowerBound], owed.columns == columns else {
+            return .rejected("a gradient slice for columns \(columns), not owed")
+        }
+        guard owed.owner == peer else { return .rejected("a gradient slice for columns \(columns) from a worker that does not owe them") }
         guard r.received[columns.lowerBound] == nil else { return .rejected("a second gradient slice for columns \(columns)") }
         guard gradients.count == slice.count else {
             return .rejected("a gradient slice of \(gradients.count) floats, the slice has \(slice.count)")

@@ -18,10 +18,11 @@ public final class ShardServer {
     let log: (String) -> Void
     public private(set) var core: ShardCore?
     var assignment: SliceState?
-    /// Workers waiting for the next version (the lead's `apply` is on its way), and those served the current one: each
-    /// peer gets each version once, from one frame encoded once.
+    /// Workers waiting for the next version (the lead's `apply` is on its way); every version goes out from one frame
+    /// encoded once.
     var waiting: Set<PeerID> = []
-    var served: Set<PeerID> = []
+    /// Times each peer was served the current version: twice at most (a reply lost on the way), then refused.
+    var served: [PeerID: Int] = [:]
     var parametersFrames: (version: UInt64, frames: [[UInt8]])?
     static let maxPeers = 4096
     var joined = false
@@ -33,6 +34,11 @@ public final class ShardServer {
     public var leadTimeout: Double = 10
     public private(set) var rejected = 0
     public private(set) var stepsApplied = 0
+    /// The last step the lead announced, and gradient slices for later steps that came before their announcement (a
+    /// worker's path to this shard can be faster than the lead's): kept, up to a bound, until it comes.
+    var lastPlanned: UInt64 = 0
+    var early: [(stepID: UInt64, columns: Range<Int>, values: [Float], peer: PeerID)] = []
+    static let maxEarly = 16
 
     public init(lead: ClientTransport, workers: ServerTransport, name: String, endpoint: String, serverKey: String,
                 threads: Int, clock: @escaping () -> Double = monotonicSeconds, log: @escaping (String) -> Void) {
@@ -99,15 +105,23 @@ public final class ShardServer {
             return true
         }
         lastHeardLead = clock()
+        // A shard that said `join` again while the lead was busy (validating, writing a checkpoint) still holds its
+        // slice: the lead's next word means it is still the lead's shard.
+        if core != nil { joined = true }
         switch message {
         case .assign(let s):
             do { try take(s) } catch {
                 reject("an assignment that does not fit: \(error)")
                 _ = lead.send(Message.refuse(.badRequest, reason: "\(error)").encode())
             }
-        case .plan(let stepID, let meanOver, let columns):
+        case .plan(let stepID, let meanOver, let columns, let owners):
             guard let core else { reject("a plan before any assignment"); break }
-            core.begin(stepID: stepID, columns: columns, meanOver: meanOver)
+            guard owners.count == columns.count else { reject("a plan whose column ranges and workers do not pair up"); break }
+            core.begin(stepID: stepID, columns: columns, owners: owners, meanOver: meanOver)
+            lastPlanned = max(lastPlanned, stepID)
+            let ready = early.filter { $0.stepID == stepID }
+            early.removeAll { $0.stepID <= stepID }
+            for g in ready { accept(core, stepID: g.stepID, columns: g.columns, values: g.values, from: g.peer) }
         case .apply(let order):
             guard let core else { reject("an update before any assignment"); break }
             guard let report = core.apply(stepID: order.stepID, lr: order.lr, norm: order.norm, clip: order.clip,
@@ -118,7 +132,7 @@ public final class ShardServer {
             stepsApplied += 1
             _ = lead.send(Message.applied(stepID: order.stepID, version: core.version, paramsFinite: report.paramsFinite,
                                           momentsFinite: report.momentsFinite).encode())
-            served = []
+            served = [:]
             for peer in waiting { serveParameters(to: peer, core) }
             waiting = []
         case .gather(let version):
@@ -155,8 +169,10 @@ public final class ShardServer {
                       version: s.version)
         self.core = core
         assignment = s
-        waiting = []; served = []; parametersFrames = nil
+        waiting = []; served = [:]; parametersFrames = nil; early = []; lastPlanned = 0
         joined = true
+        // The acknowledgement of a seeding: an update of step 0 to the seeded version.
+        _ = lead.send(Message.applied(stepID: 0, version: s.version, paramsFinite: true, momentsFinite: true).encode())
         // A worker's largest legitimate message is a gradient slice.
         workers.limits = ReceiveLimits(maxFrames: 2, maxBytes: Header.size + 64 + 4 * s.slice.count)
         log("shard \(s.index + 1) of \(s.shards): parameters \(s.slice) of \(s.parameterCount), at version \(s.version)")
@@ -164,15 +180,26 @@ public final class ShardServer {
 
     // MARK: - Workers
 
+    func accept(_ core: ShardCore, stepID: UInt64, columns: Range<Int>, values: [Float], from peer: PeerID) {
+        switch core.accept(stepID: stepID, columns: columns, gradients: values, from: peer) {
+        case .accepted: break
+        case .complete(let parts): _ = lead.send(Message.summed(stepID: stepID, parts: parts).encode())
+        case .rejected(let why): reject(why)
+        }
+    }
+
     func send(_ peer: PeerID, _ m: Message) { _ = workers.send(to: peer, m.encode()) }
 
-    /// The slice's parameters at the current version, encoded once per version, to a peer not yet served it.
+    /// The slice's parameters at the current version, encoded once per version.
     func serveParameters(to peer: PeerID, _ core: ShardCore) {
-        guard served.count < ShardServer.maxPeers else { return }
+        guard served[peer] != nil || served.count < ShardServer.maxPeers else {
+            send(peer, .refuse(.full, reason: "shard \(LogText.escape(name)) serves \(ShardServer.maxPeers) workers at most"))
+            return
+        }
         if parametersFrames?.version != core.version {
             parametersFrames = (core.version, Message.parameters(version: core.version, core.params.array).encode())
         }
-        served.insert(peer)
+        served[peer, default: 0] += 1
         if let frames = parametersFrames?.frames { _ = workers.send(to: peer, frames) }
     }
 
@@ -197,18 +224,29 @@ public final class ShardServer {
         switch message {
         case .want(let version):
             if version == core.version {
-                if served.contains(e.peer) { reject("a second want of version \(version)") } else { serveParameters(to: e.peer, core) }
+                if served[e.peer, default: 0] >= 2 {
+                    reject("a third want of version \(version)")
+                    send(e.peer, .refuse(.badRequest, reason: "version \(version) was sent to you twice already"))
+                } else {
+                    serveParameters(to: e.peer, core)
+                }
             } else if version == core.version &+ 1, waiting.count < ShardServer.maxPeers {
                 waiting.insert(e.peer)
             } else {
                 send(e.peer, .refuse(.staleParameters, reason: "shard \(LogText.escape(name)) is at version \(core.version), not \(version)"))
             }
         case .gradient(let stepID, let columns, let values):
-            switch core.accept(stepID: stepID, columns: columns, gradients: values) {
-            case .accepted: break
-            case .complete(let parts): _ = lead.send(Message.summed(stepID: stepID, parts: parts).encode())
-            case .rejected(let why): reject(why)
+            if stepID > lastPlanned {
+                // Only for the next steps, of the slice's size, a bounded number, one per worker and step.
+                guard stepID <= lastPlanned &+ 2, values.count == core.slice.count, early.count < ShardServer.maxEarly,
+                      !early.contains(where: { $0.peer == e.peer && $0.stepID == stepID }) else {
+                    reject("a gradient slice for step \(stepID), not announced (the last announced is \(lastPlanned))")
+                    return
+                }
+                early.append((stepID, columns, values, e.peer))
+                return
             }
+            accept(core, stepID: stepID, columns: columns, values: values, from: e.peer)
         case .heartbeat:
             break
         default:

@@ -22,6 +22,25 @@ public final class WorkerCore {
     /// Why the last offer could not be used.
     var sharedProblem = "no shared memory was offered"
     public private(set) var stepsComputed = 0
+    /// Connects to a coordinator shard of the lead's shard map (ZeroMQ with its server key in `bard worker`,
+    /// in-memory in tests); nil: this worker cannot join a sharded run.
+    public var shardConnector: ((ShardEndpoint) throws -> ClientTransport)?
+    /// The shards of the map, with the version of the slice this worker holds from each.
+    var shardLinks: [(endpoint: ShardEndpoint, transport: ClientTransport, version: UInt64?)] = []
+    var shardProblem = "no coordinator shard map"
+    /// Seconds to wait for a parameter slice from a shard (below the lead's shortest step deadline, 10 s).
+    public var shardTimeout: Double = 8
+    /// Set while the main thread waits to abandon the step in flight, so a wait for slices ends at once.
+    let abandoning = Flag()
+
+    final class Flag: @unchecked Sendable {
+        let lock = NSLock()
+        var raised = false
+        var value: Bool {
+            get { lock.lock(); defer { lock.unlock() }; return raised }
+            set { lock.lock(); raised = newValue; lock.unlock() }
+        }
+    }
 
     public init(transport: ClientTransport, name: String, fingerprint: String, threads: Int,
                 maxParameters: Int = WorkerCore.defaultMaxParameters, sharedMemory: SharedMemory? = nil,
@@ -62,7 +81,7 @@ public final class WorkerCore {
         let done = DispatchSemaphore(value: 0)
         var inFlight: ComputeSlot?
         func abandon() {
-            if inFlight != nil { done.wait(); inFlight = nil }
+            if inFlight != nil { abandoning.value = true; done.wait(); inFlight = nil; abandoning.value = false }
         }
         func perform(_ actions: [WorkerSession.Action]) throws -> Bool {
             for action in actions {
@@ -72,6 +91,7 @@ public final class WorkerCore {
                 case .abandon: abandon()
                 case .build(let shape): build(shape)
                 case .attach(let offer): attach(offer)
+                case .useShards(let map): useShards(map)
                 case .compute(let request):
                     let slot = ComputeSlot(request)
                     inFlight = slot
@@ -118,6 +138,7 @@ public final class WorkerCore {
         params = FloatBuffer(count: model.parameterCount)
         shared = nil
         parameterVersion = .max
+        for i in shardLinks.indices { shardLinks[i].version = nil }
         let state = shape.layers * shape.columns * shape.hidden
         // A step request: header, parameters, tokens, h, c; nothing larger is legitimate.
         transport.limits = ReceiveLimits(maxFrames: 5, maxBytes: Header.size + 128 + 4 * model.parameterCount
@@ -145,6 +166,62 @@ public final class WorkerCore {
         }
     }
 
+    /// Connects to the coordinator shards of a map (a step in flight has been abandoned); the same map keeps its links.
+    func useShards(_ map: [ShardEndpoint]) {
+        guard map != shardLinks.map(\.endpoint) else { return }
+        shardLinks = []
+        guard let connector = shardConnector else {
+            shardProblem = "this worker cannot connect to coordinator shards"
+            log(shardProblem)
+            return
+        }
+        do {
+            for s in map {
+                let t = try connector(s)
+                // A parameter slice is the largest legitimate message from a shard.
+                t.limits = ReceiveLimits(maxFrames: 2, maxBytes: Header.size + 64 + 4 * s.slice.count)
+                shardLinks.append((s, t, nil))
+            }
+            log("coordinator shards: \(map.map { "\(LogText.escape($0.endpoint)) \($0.slice)" }.joined(separator: ", "))")
+        } catch {
+            shardLinks = []
+            shardProblem = "cannot connect to the coordinator shards: \(error)"
+            log(shardProblem)
+        }
+    }
+
+    /// The parameter slices of `version` from every shard this worker holds an older one of, into `params`; nil when
+    /// all are in, else why not.
+    func fetchSlices(version: UInt64, into params: FloatBuffer) -> String? {
+        guard !shardLinks.isEmpty, shardLinks.last?.endpoint.slice.upperBound == params.count else { return shardProblem }
+        var missing = Set(shardLinks.indices.filter { shardLinks[$0].version != version })
+        for i in missing { _ = shardLinks[i].transport.send(Message.want(version: version).encode()) }
+        let end = clock() + shardTimeout
+        while !missing.isEmpty {
+            if abandoning.value { return "the step was abandoned" }
+            guard clock() < end else {
+                return "no parameters of version \(version) from shard(s) \(missing.sorted().map { LogText.escape(shardLinks[$0].endpoint.endpoint) }.joined(separator: ", ")) within \(Int(shardTimeout)) s"
+            }
+            for i in missing.sorted() {
+                let link = shardLinks[i]
+                guard let frames = try? link.transport.receive(timeout: missing.count == 1 ? 0.05 : 0.001) else { continue }
+                switch try? Message.decode(frames) {
+                case .parameters(let v, let values)? where v == version && values.count == link.endpoint.slice.count:
+                    values.withUnsafeBufferPointer { b in
+                        if let base = b.baseAddress { (params.pointer + link.endpoint.slice.lowerBound).update(from: base, count: b.count) }
+                    }
+                    shardLinks[i].version = version
+                    missing.remove(i)
+                case .refuse(_, let reason)?:
+                    return "coordinator shard \(LogText.escape(link.endpoint.endpoint)) refused: \(LogText.escape(reason))"
+                default:
+                    continue  // a slice of an older version, or noise
+                }
+            }
+        }
+        return nil
+    }
+
     /// One window for one shard, as the frames of the reply: a result, or a refusal the coordinator acts on.
     func compute(_ r: StepRequest) -> [[UInt8]] {
         guard let computer, let params, r.steps == computer.model.config.bptt, r.totalColumns == computer.model.config.batch,
@@ -154,7 +231,13 @@ public final class WorkerCore {
         }
         // The parameters in shared memory (and the gradient sums go there too), or the copy messages brought.
         let source: (params: FloatBuffer, grads: FloatBuffer)
-        if r.sharedParameters {
+        if r.fromShards {
+            if let problem = fetchSlices(version: r.parameterVersion, into: params) {
+                return Message.refuse(.staleParameters, reason: problem).encode()
+            }
+            parameterVersion = .max  // the buffer now holds the shards' slices, not a whole message's parameters
+            source = (params, computer.grads)
+        } else if r.sharedParameters {
             guard let (parameters, gradients) = shared else {
                 return Message.refuse(.noSharedMemory, reason: sharedProblem).encode()
             }
@@ -183,6 +266,16 @@ public final class WorkerCore {
             return Message.refuse(.diverged, reason: "non-finite loss or gradient at step \(r.dropoutStep &+ 1)").encode()
         }
         stepsComputed += 1
+        if r.fromShards {
+            // Each shard gets the gradient sums over its slice; the lead gets the loss and the state.
+            for link in shardLinks {
+                let slice = link.endpoint.slice
+                _ = link.transport.send(Message.gradient(stepID: r.stepID, columns: r.columns,
+                                                         Array(UnsafeBufferPointer(start: source.grads.pointer + slice.lowerBound, count: slice.count))).encode())
+            }
+            result.toShards = true
+            return Message.encodeResult(result, gradientFrame: [])
+        }
         result.sharedGradients = r.sharedParameters
         return Message.encodeResult(result, gradientFrame: r.sharedParameters ? [] : floatFrame(source.grads.pointer, count: source.grads.count))
     }

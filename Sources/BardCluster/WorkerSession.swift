@@ -26,6 +26,9 @@ public struct WorkerSession {
         case build(ModelShape)
         /// Open the shared memory offered (nil: close what is open), after the step in flight, if any, was abandoned.
         case attach(SharedOffer?)
+        /// Take parameters from, and send gradients to, these coordinator shards (after the step in flight, if any,
+        /// was abandoned).
+        case useShards([ShardEndpoint])
         /// Compute this request (only ever one at a time).
         case compute(StepRequest)
         /// Wait for the step in flight and drop its reply.
@@ -139,8 +142,18 @@ public struct WorkerSession {
             queue.removeAll { $0.stepID < request.stepID }
             queue.append(request)
             return next()
+        case .shardMap(let map):
+            guard registered else { rejected += 1; return [.log("ignored a shard map before a welcome")] }
+            let parameters = shape.flatMap { s in WorkerSession.config(for: s).map { ParameterLayout(config: $0, vocabularySize: s.vocabularySize).total } }
+            guard let parameters, map.last?.slice.upperBound == parameters else {
+                rejected += 1
+                return [.log("rejected a shard map that does not cover the model's parameters")]
+            }
+            var actions: [Action] = []
+            if computing != nil { actions.append(.abandon); computing = nil }
+            return actions + [.useShards(map)] + next()
         case .hello, .result, .fetch, .chunk, .join, .assign, .gather, .gathered, .plan, .summed, .apply, .applied,
-             .shardMap, .want, .parameters, .gradient:
+             .want, .parameters, .gradient:
             rejected += 1
             return [.log("ignored an unexpected \(message.type) message")]
         }

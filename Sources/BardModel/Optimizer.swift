@@ -44,6 +44,9 @@ public final class Optimizer {
         self.m.copy(from: FloatBuffer(m)); self.v.copy(from: FloatBuffer(v))
     }
 
+    /// The step count of moments written into `m` and `v` from elsewhere (the slices gathered from coordinator shards).
+    public func setStep(_ n: Int) { step = n }
+
     /// params -= update(grads), in place: one step over the whole buffer on this thread (the reference that
     /// `step` is tested against).
     public func apply(params: FloatBuffer, grads: FloatBuffer) {
@@ -57,6 +60,9 @@ public final class Optimizer {
         public let norm: Double
         public let paramsFinite: Bool
         public let momentsFinite: Bool
+        public init(norm: Double, paramsFinite: Bool, momentsFinite: Bool) {
+            self.norm = norm; self.paramsFinite = paramsFinite; self.momentsFinite = momentsFinite
+        }
     }
 
     /// One training step on `grads`, the gradient of a loss summed over `meanOver` targets, in two passes over the

@@ -104,6 +104,9 @@ public final class Trainer {
     public var onSample: ((String) -> Void)?
     /// Stop after this step as a signal would (checkpoint, then return); for tests and tools.
     public var stopAfter: Int?
+    /// Where the update is made when not here (coordinator shards), and whether the buffers here are behind it.
+    var remote: RemoteUpdate?
+    var remoteAhead = false
 
     public var modelPath: String { options.outDir + "/model.safetensors" }
     public var statePath: String { options.outDir + "/training-state.safetensors" }
@@ -232,17 +235,22 @@ public final class Trainer {
         }
     }
 
-    /// Trains until `totalSteps`; throws `BardError.diverged` on a non-finite loss (the last checkpoint stays).
+    /// Trains until `totalSteps`; throws `BardError.diverged` on a non-finite loss (the last checkpoint stays). With
+    /// `remote`, the update is made where it says (coordinator shards), and the state is brought back here for
+    /// validation, samples and checkpoints.
     @discardableResult
-    public func run(computer: GradientComputer? = nil) throws -> TrainResult {
+    public func run(computer: GradientComputer? = nil, remote: RemoteUpdate? = nil) throws -> TrainResult {
         let cfg = config, B = cfg.batch, T = cfg.bptt
         let computer = computer ?? ColumnParallel(model: model, steps: T, columns: 0..<B, threads: cfg.threads)
         try AtomicFile.prepareDirectory(options.outDir)
         let metrics = try MetricsLog(path: options.outDir + "/metrics.jsonl", keepThroughStep: step)
         let progress = Progress(total: totalSteps, windowsPerEpoch: windowsPerEpoch, interval: options.logInterval)
         log(cfg.summary)
-        log("data: \(options.dataPath) \(corpus.tokens.count) chars, vocabulary \(corpus.vocabulary.count); \(windowsPerEpoch) windows per epoch, \(totalSteps) steps; \(model.parameterCount) parameters; BLAS \(BLAS.coreName)")
+        log("data: \(options.dataPath) \(corpus.tokens.count) chars, vocabulary \(corpus.vocabulary.count); \(windowsPerEpoch) windows per epoch, \(budget == nil ? "\(totalSteps) steps" : "steps planned from the pace to end within the budget"); \(model.parameterCount) parameters; BLAS \(BLAS.coreName)")
         if step > 0 { log("resumed at step \(step) (epoch \(epoch + 1), window \(window))") }
+        self.remote = remote
+        try remote?.seed(params: params, average: average, optimizer: optimizer)
+        remoteAhead = false
         // Temporary files of a run killed mid-write; this run is now the directory's only writer.
         for name in AtomicFile.removeLeftovers(in: options.outDir) { log("removed \(options.outDir)/\(name), left by an interrupted write") }
         var tokens = [Int32](repeating: 0, count: (T + 1) * B)
@@ -265,7 +273,7 @@ public final class Trainer {
                 }
             } catch is StopTraining {
                 // Parameters, state and cursor are still those of the last completed step.
-                if lastCheckpointStep != step { try saveCheckpoint(elapsed: elapsedBefore + Date().timeIntervalSince(start)) }
+                if lastCheckpointStep != step { try bringBack(); try saveCheckpoint(elapsed: elapsedBefore + Date().timeIntervalSince(start)) }
                 progress.finishLine()
                 log("stopped by signal at step \(step); resume with --resume \(options.outDir)")
                 break
@@ -277,11 +285,18 @@ public final class Trainer {
             optimizer.lr = LearningRate.at(step: step, epoch: epoch, totalSteps: totalSteps, config: cfg)
             // Mean, norm, clipping, the update, the average and the finiteness checks, in two passes on every update
             // thread. The parameters are only written once the norm is known to be finite.
-            let report = try optimizer.step(params: params, grads: grads, meanOver: B * T, clip: cfg.clip, average: average,
-                                            decay: cfg.ema ?? 0, threads: updateThreads) { norm in
+            let checkNorm = { (norm: Double) throws in
                 guard norm.isFinite else {
-                    throw BardError.diverged("training diverged at step \(step + 1) (loss \(loss), gradient norm \(norm)); \(keptCheckpoint(lastCheckpointStep)); lower --lr or set --clip")
+                    throw BardError.diverged("training diverged at step \(self.step + 1) (loss \(loss), gradient norm \(norm)); \(self.keptCheckpoint(lastCheckpointStep)); lower --lr or set --clip")
                 }
+            }
+            let report: Optimizer.StepReport
+            if let remote {
+                report = try remote.update(lr: optimizer.lr, clip: cfg.clip, decay: cfg.ema ?? 0, checkNorm: checkNorm)
+                remoteAhead = true
+            } else {
+                report = try optimizer.step(params: params, grads: grads, meanOver: B * T, clip: cfg.clip, average: average,
+                                            decay: cfg.ema ?? 0, threads: updateThreads, checkNorm: checkNorm)
             }
             let norm = report.norm
             // A finite loss and gradient do not make a finite update (lr * g, or Adam's g^2, can overflow): this step is
@@ -307,6 +322,8 @@ public final class Trainer {
             record.charsPerS = progress.charsPerSecond; record.lr = optimizer.lr; record.time = elapsed; record.gradNorm = norm
             computer.annotate(&record)
             let epochEnds = window == windowsPerEpoch
+            let checkpointDue = epochEnds || (options.checkpointEvery > 0 && step % options.checkpointEvery == 0) || step == totalSteps
+            if checkpointDue || stopRequested != 0 || stopAfter == step { try bringBack() }
             // A run that ends mid-epoch is validated at its end, and the record says so like an epoch end's.
             if step == totalSteps && !epochEnds, let v = validateBoth() {
                 record.valLoss = v.raw; record.valPerplexity = exp(v.raw); record.valLossEma = v.averaged
@@ -334,7 +351,7 @@ public final class Trainer {
             }
             metrics.write(record)
             onRecord?(record)
-            if epochEnds || (options.checkpointEvery > 0 && step % options.checkpointEvery == 0) || step == totalSteps {
+            if checkpointDue {
                 // A budget run that ends has spent its budget (what is left went to the final validation and this
                 // checkpoint), so a resume of it is a complete run.
                 try saveCheckpoint(elapsed: step == totalSteps ? max(elapsed, budget?.seconds ?? 0) : elapsed)
@@ -349,6 +366,13 @@ public final class Trainer {
         }
         progress.finishLine()
         return TrainResult(step: step, trainLoss: lastLoss, valLoss: lastValLoss)
+    }
+
+    /// The parameters, average and optimiser state back from where the updates were made, if they are behind.
+    func bringBack() throws {
+        guard let remote, remoteAhead else { return }
+        try remote.gather(params: params, average: average, optimizer: optimizer)
+        remoteAhead = false
     }
 
     /// Where a diverged run's last good state is, for its error message.

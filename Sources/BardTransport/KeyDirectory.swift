@@ -144,13 +144,19 @@ public enum KeyDirectory {
     /// The coordinator's side: `coordinator.key` and `authorized_keys` (its `warnings` are for the operator's log).
     public static func serverSecurity(dir: String) throws -> ServerSecurity {
         let pair = try CurveKeyPair.load(from: dir + "/" + coordinatorKey)
+        let (clients, warnings) = try authorizedClients(dir: dir)
+        return ServerSecurity(keyPair: pair, clients: clients, warnings: warnings)
+    }
+
+    /// The client keys `authorized_keys` admits, with their roles (a coordinator shard admits workers by them).
+    public static func authorizedClients(dir: String) throws -> (clients: [String: PeerRole], warnings: [String]) {
         let path = dir + "/" + authorizedKeys
         guard let text = try? String(contentsOfFile: path, encoding: .utf8) else {
             throw ZMQError.keyFile(path: path, reason: "missing or unreadable (the client public keys to admit, one per line)")
         }
         let (clients, warnings) = try parseAuthorizedKeys(text, path: path)
         guard !clients.isEmpty else { throw ZMQError.keyFile(path: path, reason: "lists no client keys, so nobody could join") }
-        return ServerSecurity(keyPair: pair, clients: clients, warnings: warnings)
+        return (clients, warnings)
     }
 
     /// A client's side: `client.key` (or `keyFile`) and `coordinator.pub`.

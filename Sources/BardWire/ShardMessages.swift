@@ -82,9 +82,12 @@ extension Message {
         case .gather(let version):
             w.u64(version)
             return [w.bytes]
-        case .plan(let stepID, let meanOver, let columns):
+        case .plan(let stepID, let meanOver, let columns, let owners):
             w.u64(stepID); w.u64(UInt64(meanOver)); w.u32(UInt32(columns.count))
-            for c in columns { w.u32(UInt32(c.lowerBound)); w.u32(UInt32(c.upperBound)) }
+            for (c, owner) in zip(columns, owners) {
+                w.u32(UInt32(c.lowerBound)); w.u32(UInt32(c.upperBound)); w.u8(UInt8(truncatingIfNeeded: owner.count))
+                w.bytes.append(contentsOf: owner.prefix(255))
+            }
             return [w.bytes]
         case .summed(let stepID, let parts):
             w.u64(stepID); w.u32(UInt32(parts.count))
@@ -164,12 +167,15 @@ extension Message {
             let stepID = try r.uint(UInt64.self), meanOver = try size(try r.uint(UInt64.self), "targets")
             let count = Int(try r.uint(UInt32.self))
             guard count >= 1, count <= 1 << 16, meanOver >= 1 else { throw WireError("a plan of \(count) column ranges over \(meanOver) targets") }
-            var columns: [Range<Int>] = []
+            var columns: [Range<Int>] = [], owners: [[UInt8]] = []
             for _ in 0..<count {
                 let lo = Int(try r.uint(UInt32.self)), hi = Int(try r.uint(UInt32.self))
                 columns.append(try range(lo, hi, within: 1 << 20, "column range"))
+                let n = Int(try r.u8())
+                guard n >= 1 else { throw WireError("a column range without its worker") }
+                owners.append(Array(try r.take(n)))
             }
-            return .plan(stepID: stepID, meanOver: meanOver, columns: columns)
+            return .plan(stepID: stepID, meanOver: meanOver, columns: columns, owners: owners)
         case .summed:
             try expectFrames(1)
             let stepID = try r.uint(UInt64.self), count = Int(try r.uint(UInt32.self))

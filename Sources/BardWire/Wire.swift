@@ -8,8 +8,9 @@ public enum Wire {
     public static let magic: [UInt8] = Array("BARD".utf8)
     /// 2: typed refusals, the model's shape in `welcome`. 3: shared memory between processes of one host (the host in
     /// `hello`, an offer in `welcome`, flags in `step` and `result`). 4: sharded coordinators' messages (`join` to
-    /// `gradient`, ShardMessages.swift).
-    public static let version: UInt16 = 4
+    /// `gradient`, ShardMessages.swift). 5: the place of a step's parameters and a result's gradients may be the
+    /// coordinator shards (2).
+    public static let version: UInt16 = 5
     /// Largest frame a peer may send (ZMQ_MAXMSGSIZE) before the run's shapes are known: a 64M-parameter model's gradient.
     public static let maxFrameBytes = 256 << 20
     /// Longest string we accept.
@@ -164,9 +165,10 @@ public enum Message: Equatable, Sendable {
     case gather(version: UInt64)
     /// Shard -> lead: the slice's state, in answer to `gather`.
     case gathered(SliceState)
-    /// Lead -> shard: step `stepID` is under way; the workers' column ranges whose gradient slices it waits for, and
-    /// the targets the loss is summed over.
-    case plan(stepID: UInt64, meanOver: Int, columns: [Range<Int>])
+    /// Lead -> shard: step `stepID` is under way; the workers' column ranges whose gradient slices it waits for, each
+    /// with the routing identity of the worker that owes it (only that connection may send it), and the targets the
+    /// loss is summed over.
+    case plan(stepID: UInt64, meanOver: Int, columns: [Range<Int>], owners: [[UInt8]])
     /// Shard -> lead: every slice of the step is in; its blocks' parts of the squared gradient norm.
     case summed(stepID: UInt64, parts: [Double])
     /// Lead -> shard: apply the step.
@@ -201,14 +203,17 @@ public struct StepRequest: Equatable, Sendable {
     public var c: [Float]
     /// The parameters of `parameterVersion` are in the shared region offered in `welcome` (`parameters` is empty).
     public var sharedParameters: Bool
+    /// The parameters of `parameterVersion` come from the coordinator shards of the `shardMap`, slice by slice, and
+    /// the gradient goes back to them (sharded coordinators; `parameters` is empty).
+    public var fromShards: Bool
 
     public init(stepID: UInt64, parameterVersion: UInt64, columns: Range<Int>, totalColumns: Int, steps: Int,
                 dropoutSeed: UInt64, dropoutStep: UInt64, training: Bool, parameters: [Float], tokens: [Int32],
-                h: [Float], c: [Float], sharedParameters: Bool = false) {
+                h: [Float], c: [Float], sharedParameters: Bool = false, fromShards: Bool = false) {
         self.stepID = stepID; self.parameterVersion = parameterVersion; self.columns = columns
         self.totalColumns = totalColumns; self.steps = steps; self.dropoutSeed = dropoutSeed
         self.dropoutStep = dropoutStep; self.training = training; self.parameters = parameters; self.tokens = tokens
-        self.h = h; self.c = c; self.sharedParameters = sharedParameters
+        self.h = h; self.c = c; self.sharedParameters = sharedParameters; self.fromShards = fromShards
     }
 }
 
@@ -224,11 +229,13 @@ public struct StepResult: Equatable, Sendable {
     public var c: [Float]
     /// The gradient sums are in the worker's shared region (`gradients` is empty).
     public var sharedGradients: Bool
+    /// The gradient sums went to the coordinator shards, slice by slice (`gradients` is empty).
+    public var toShards: Bool
 
     public init(stepID: UInt64, columns: Range<Int>, lossSum: Double, computeSeconds: Double, gradients: [Float],
-                h: [Float], c: [Float], sharedGradients: Bool = false) {
+                h: [Float], c: [Float], sharedGradients: Bool = false, toShards: Bool = false) {
         self.stepID = stepID; self.columns = columns; self.lossSum = lossSum; self.computeSeconds = computeSeconds
-        self.gradients = gradients; self.h = h; self.c = c; self.sharedGradients = sharedGradients
+        self.gradients = gradients; self.h = h; self.c = c; self.sharedGradients = sharedGradients; self.toShards = toShards
     }
 }
 
@@ -385,7 +392,7 @@ extension Message {
         w.u32(UInt32(s.columns.lowerBound)); w.u32(UInt32(s.columns.upperBound)); w.u32(UInt32(s.totalColumns))
         w.u32(UInt32(s.steps)); w.u64(s.dropoutSeed); w.u64(s.dropoutStep); w.u8(s.training ? 1 : 0)
         w.u64(UInt64(parameterFrame.count / 4)); w.u64(UInt64(s.h.count)); w.u64(UInt64(s.c.count))
-        w.u8(s.sharedParameters ? 1 : 0)
+        w.u8(s.sharedParameters ? 1 : s.fromShards ? 2 : 0)  // where the parameters are: message, shared memory, shards
         return [w.bytes, parameterFrame, int32Frame(s.tokens), floatFrame(s.h), floatFrame(s.c)]
     }
 
@@ -395,7 +402,7 @@ extension Message {
         w.u64(r.stepID); w.u32(UInt32(r.columns.lowerBound)); w.u32(UInt32(r.columns.upperBound))
         w.f64(r.lossSum); w.f64(r.computeSeconds)
         w.u64(UInt64(gradientFrame.count / 4)); w.u64(UInt64(r.h.count)); w.u64(UInt64(r.c.count))
-        w.u8(r.sharedGradients ? 1 : 0)
+        w.u8(r.sharedGradients ? 1 : r.toShards ? 2 : 0)  // where the gradients are: message, shared memory, shards
         return [w.bytes, gradientFrame, floatFrame(r.h), floatFrame(r.c)]
     }
 
@@ -429,10 +436,11 @@ extension Message {
         func expectFrames(_ n: Int) throws {
             guard frames.count == n else { throw WireError("\(type) message with \(frames.count) frames, expected \(n)") }
         }
-        func flag(_ r: inout Reader, _ name: String) throws -> Bool {
+        /// Where a step's parameters or a result's gradients are: 0 in the message, 1 shared memory, 2 the shards.
+        func place(_ r: inout Reader, _ name: String) throws -> UInt8 {
             let v = try r.u8()
-            guard v <= 1 else { throw WireError("\(name) flag \(v)") }
-            return v == 1
+            guard v <= 2 else { throw WireError("\(name) place \(v)") }
+            return v
         }
         func count(_ v: UInt64, _ name: String, max: Int = Wire.maxFrameBytes / 4) throws -> Int {
             guard v <= UInt64(max) else { throw WireError("\(name) count \(v) too large") }
@@ -490,8 +498,8 @@ extension Message {
             let seed = try r.uint(UInt64.self), dstep = try r.uint(UInt64.self), training = try r.u8() != 0
             let np = try count(try r.uint(UInt64.self), "parameter"), nh = try count(try r.uint(UInt64.self), "h")
             let nc = try count(try r.uint(UInt64.self), "c")
-            let sharedParameters = try flag(&r, "shared parameters")
-            guard !sharedParameters || np == 0 else { throw WireError("parameters both shared and sent") }
+            let parametersAt = try place(&r, "parameters")
+            guard parametersAt == 0 || np == 0 else { throw WireError("parameters both elsewhere and sent") }
             guard lo < hi, hi <= total, total <= 1 << 20 else { throw WireError("bad column range \(lo)..<\(hi) of \(total)") }
             guard steps >= 1, steps <= 100_000 else { throw WireError("bad window length \(steps)") }
             let ntok = (steps + 1) * (hi - lo)
@@ -503,7 +511,7 @@ extension Message {
                                         steps: steps, dropoutSeed: seed, dropoutStep: dstep, training: training,
                                         parameters: try floats(frames[1], count: np, name: "parameters"), tokens: tokens,
                                         h: try floats(frames[3], count: nh, name: "h"), c: try floats(frames[4], count: nc, name: "c"),
-                                        sharedParameters: sharedParameters))
+                                        sharedParameters: parametersAt == 1, fromShards: parametersAt == 2))
         case .result:
             try expectFrames(4)
             let id = try r.uint(UInt64.self)
@@ -511,14 +519,14 @@ extension Message {
             let loss = try r.f64(), seconds = try r.f64()
             let ng = try count(try r.uint(UInt64.self), "gradient"), nh = try count(try r.uint(UInt64.self), "h")
             let nc = try count(try r.uint(UInt64.self), "c")
-            let sharedGradients = try flag(&r, "shared gradients")
-            guard !sharedGradients || ng == 0 else { throw WireError("gradients both shared and sent") }
+            let gradientsAt = try place(&r, "gradients")
+            guard gradientsAt == 0 || ng == 0 else { throw WireError("gradients both elsewhere and sent") }
             guard lo < hi else { throw WireError("bad column range \(lo)..<\(hi)") }
             guard loss.isFinite, seconds.isFinite, seconds >= 0 else { throw WireError("non-finite loss or time") }
             message = .result(StepResult(stepID: id, columns: lo..<hi, lossSum: loss, computeSeconds: seconds,
                                          gradients: try floats(frames[1], count: ng, name: "gradients"),
                                          h: try floats(frames[2], count: nh, name: "h"), c: try floats(frames[3], count: nc, name: "c"),
-                                         sharedGradients: sharedGradients))
+                                         sharedGradients: gradientsAt == 1, toShards: gradientsAt == 2))
         default:
             guard let m = try decodeShardMessage(type, &r, frames) else { throw WireError("unknown message type") }
             message = m

@@ -10,7 +10,7 @@ struct Bard: ParsableCommand {
         commandName: "bard",
         abstract: "Train character-level RNN/LSTM/GRU language models and sample from them.",
         subcommands: [Train.self, Sample.self, Eval.self, Inspect.self, Gradients.self, Bench.self,
-                      CoordinatorCommand.self, WorkerCommand.self, Fetch.self, Keys.self, Plot.self])
+                      CoordinatorCommand.self, ShardCommand.self, WorkerCommand.self, Fetch.self, Keys.self, Plot.self])
 
     static func main() {
         OpenBLASCore.preferFastKernels()

@@ -57,9 +57,11 @@ struct CoordinatorCommand: ParsableCommand {
     @Flag(help: "Allow binding a non-loopback address without --keys (plaintext, anyone can join).") var insecure = false
     @OptionGroup var sharedMemory: SharedMemoryFlag
     @OptionGroup var monitoring: MonitorFlags
+    @Option(help: "Coordinator shards (bard shard) to wait for: they hold the parameters and optimiser state in slices and make the update, so this process's link carries no parameters (docs/scaling.md).") var shards: Int?
 
     func validate() throws {
         if let m = minWorkers, m < 1 { throw ValidationError("--min-workers must be >= 1") }
+        if let shards, shards < 1 || shards > 1024 { throw ValidationError("--shards must be 1...1024") }
         guard startWorkers >= 1 else { throw ValidationError("--workers must be >= 1") }
         guard heartbeatTimeout > 0 else { throw ValidationError("--heartbeat-timeout must be > 0") }
         if autoResume && (output.resume != nil || output.initFile != nil) { throw ValidationError("--auto-resume excludes --resume and --init") }
@@ -101,13 +103,18 @@ struct CoordinatorCommand: ParsableCommand {
         coordinator.hostThreads = hostThreads
         coordinator.membership.policy.heartbeatTimeout = heartbeatTimeout
         coordinator.membership.policy.maxWorkers = maxWorkers
+        if let shards {
+            // A model with fewer blocks than shards is a one-line error now, not after the shards joined.
+            _ = try ParameterSlices.plan(parameterCount: trainer.model.parameterCount, shards: shards)
+            coordinator.useShards(shards)
+        }
         // From here a signal only asks the run to stop, so every exit goes through the defers below.
         installStopHandlers()
         // Workers on this host read the parameters from, and write their gradients to, shared memory. What a killed
         // coordinator of this user left behind goes first.
         let stale = PosixSharedMemory.removeStale()
         if !stale.isEmpty { say("removed \(stale.count) shared-memory region(s) left by a coordinator that is gone") }
-        if let memory = sharedMemory.memory {
+        if let memory = sharedMemory.memory, shards == nil {
             do {
                 coordinator.shared = try SharedExchange(memory: memory, parameterCount: trainer.model.parameterCount,
                                                         log: stderrLog("coordinator: "))
@@ -135,11 +142,17 @@ struct CoordinatorCommand: ParsableCommand {
             try coordinator.finish(linger: linger)
             return
         }
-        do { try coordinator.waitForWorkers(startWorkers) } catch is StopTraining {
+        do {
+            if let shards {
+                say("waiting for \(shards) coordinator shard(s) (bard shard --connect \(server.endpoint) --bind tcp://ADDR:PORT)")
+                try coordinator.waitForShards()
+            }
+            try coordinator.waitForWorkers(startWorkers)
+        } catch is StopTraining {
             say("stopped by signal before the first step; the workers wait for the next coordinator")
             throw ExitCode(130)
         }
-        let result = try trainer.run(computer: coordinator)
+        let result = try trainer.run(computer: coordinator, remote: shards == nil ? nil : coordinator)
         if stopRequested != 0 {
             say("stopped by signal at step \(result.step); the workers wait for the next coordinator (--resume \(out))")
             throw ExitCode(130)
@@ -189,6 +202,18 @@ struct WorkerCommand: ParsableCommand {
                                 maxParameters: maxParameters, sharedMemory: sharedMemory.memory,
                                 log: stderrLog("worker \(identity): "))
         worker.idleTimeout = idleTimeout
+        // Coordinator shards are reached with the same client key, and must prove the server key the lead announced.
+        worker.shardConnector = { shard in
+            let shardSecurity: ClientSecurity?
+            switch (security, shard.serverKey.isEmpty) {
+            case (nil, true): shardSecurity = nil
+            case (let s?, false): shardSecurity = ClientSecurity(keyPair: s.keyPair, serverPublicKey: shard.serverKey)
+            case (nil, false): throw BardError.badInput("the coordinator shards use CURVE: give this worker --keys")
+            case (.some, true): throw BardError.badInput("the lead announced a plaintext coordinator shard to a worker with --keys")
+            }
+            return try ZMQClientTransport(context: context, connect: shard.endpoint, identity: routing, security: shardSecurity,
+                                          maxFrameBytes: 4 * maxParameters + 4096)
+        }
         installStopHandlers()
         do { try worker.run() } catch let stop as WorkerStop {
             client.close()

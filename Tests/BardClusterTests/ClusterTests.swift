@@ -41,7 +41,7 @@ final class WireTests: XCTestCase {
         let order = UpdateOrder(stepID: 3, lr: 1e-3, norm: 2.5, clip: 5, decay: 0.998, version: 9)
         let messages: [Message] = [
             .join(name: "s0", endpoint: "tcp://10.0.0.2:5600", serverKey: key), .join(name: "s1", endpoint: "tcp://h:1", serverKey: ""),
-            .assign(state), .gathered(state), .gather(version: 5), .plan(stepID: 3, meanOver: 350, columns: [0..<3, 3..<7]),
+            .assign(state), .gathered(state), .gather(version: 5), .plan(stepID: 3, meanOver: 350, columns: [0..<3, 3..<7], owners: [[1], Array("w.1f".utf8)]),
             .summed(stepID: 3, parts: [0.5, 0, 2, .infinity]), .apply(order),
             .applied(stepID: 3, version: 9, paramsFinite: true, momentsFinite: false),
             .shardMap([ShardEndpoint(endpoint: "tcp://a:1", serverKey: key, slice: 0..<4), ShardEndpoint(endpoint: "tcp://b:2", serverKey: key, slice: 4..<9)]),
@@ -57,8 +57,9 @@ final class WireTests: XCTestCase {
         let bad: [Message] = [
             .join(name: "s", endpoint: "ipc:///tmp/x", serverKey: ""), .join(name: "s", endpoint: "tcp://a b:1", serverKey: ""),
             .join(name: "s", endpoint: "tcp://a:1", serverKey: "short"), .assign(outside), .assign(misfit), .gathered(nan),
-            .assign(index), .plan(stepID: 1, meanOver: 0, columns: [0..<1]), .plan(stepID: 1, meanOver: 5, columns: []),
-            .plan(stepID: 1, meanOver: 5, columns: [3..<3]), .summed(stepID: 1, parts: [-1]), .summed(stepID: 1, parts: [.nan]),
+            .assign(index), .plan(stepID: 1, meanOver: 0, columns: [0..<1], owners: [[1]]),
+            .plan(stepID: 1, meanOver: 5, columns: [], owners: []), .plan(stepID: 1, meanOver: 5, columns: [3..<3], owners: [[1]]),
+            .plan(stepID: 1, meanOver: 5, columns: [0..<3], owners: [[]]), .summed(stepID: 1, parts: [-1]), .summed(stepID: 1, parts: [.nan]),
             .apply(nanOrder), .apply(badDecay), .parameters(version: 1, [.nan]), .gradient(stepID: 1, columns: 0..<1, [.infinity]),
             .shardMap([ShardEndpoint(endpoint: "tcp://a:1", serverKey: "", slice: 0..<4), ShardEndpoint(endpoint: "tcp://b:1", serverKey: "", slice: 5..<9)]),
             .shardMap([ShardEndpoint(endpoint: "tcp://a:1", serverKey: "", slice: 1..<4)]), .shardMap([]),
@@ -131,13 +132,16 @@ final class WireTests: XCTestCase {
 }
 
 /// The coordinator and workers over the in-memory transport: the same parameters as one process.
+/// A word corpus of about 4,000 characters for in-memory runs.
+func wordCorpus() -> String {
+    var rng = RNG(seed: 4), s = ""
+    let words = ["to", "be", "or", "not", "that", "is", "the", "question", "\n"]
+    while s.count < 4000 { s += words[Int(rng.next() % UInt64(words.count))] + " " }
+    return s
+}
+
 final class InMemoryClusterTests: XCTestCase {
-    func text() -> String {
-        var rng = RNG(seed: 4), s = ""
-        let words = ["to", "be", "or", "not", "that", "is", "the", "question", "\n"]
-        while s.count < 4000 { s += words[Int(rng.next() % UInt64(words.count))] + " " }
-        return s
-    }
+    func text() -> String { wordCorpus() }
 
     func config() -> Config {
         var c = Config()

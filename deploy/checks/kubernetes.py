@@ -13,6 +13,11 @@
    selects the coordinator pod, both use the bard-keys Secret, the coordinator
    uses --auto-resume and --keys, and every container runs as non-root on a
    read-only root file system.
+5. The overlay DIR-sharded (deploy/kubernetes-sharded, when present) renders and validates the same way,
+   and its coordinator shards agree with the coordinator: --shards equals the
+   shards' replicas, they connect to the coordinator's address, advertise
+   their pod's name on their own headless Service, and use the bard-keys
+   Secret with coordinator.pub, shard.key and authorized_keys.
 
 Usage: kubernetes.py DIR   Prints one line per problem; exits 1 if any.
 """
@@ -165,6 +170,46 @@ def check_consistency(docs):
                         "and allowPrivilegeEscalation: false")
 
 
+def check_shards(docs):
+    sts = {d["metadata"]["name"]: d for d in docs if d["kind"] == "StatefulSet"}
+    svcs = {d["metadata"]["name"]: d for d in docs if d["kind"] == "Service"}
+    coord, shard = sts.get("bard-coordinator"), sts.get("bard-shard")
+    if not coord or not shard:
+        problem("sharded: expected StatefulSets bard-coordinator and bard-shard")
+        return
+    cargs = pod_spec(coord)["containers"][0].get("args", [])
+    c = pod_spec(shard)["containers"][0]
+    sargs = c.get("args", [])
+    if arg_after(cargs, "--shards") != str(shard["spec"].get("replicas")):
+        problem(f"sharded: coordinator --shards {arg_after(cargs, '--shards')} must equal bard-shard's replicas "
+                f"{shard['spec'].get('replicas')}")
+    if arg_after(sargs, "--connect") != "tcp://bard-coordinator-0.bard:5555":
+        problem("sharded: shards must connect to tcp://bard-coordinator-0.bard:5555")
+    svc = svcs.get(shard["spec"].get("serviceName"))
+    if not svc or svc["spec"].get("clusterIP") != "None":
+        problem("sharded: bard-shard's serviceName must name a headless Service")
+    else:
+        port = arg_after(sargs, "--bind").rsplit(":", 1)[-1]
+        if arg_after(sargs, "--advertise") != f"tcp://$(POD_NAME).{svc['metadata']['name']}:{port}":
+            problem("sharded: shards must advertise tcp://$(POD_NAME).<their Service>:<--bind port>")
+        if int(port) not in {p["port"] for p in svc["spec"]["ports"]}:
+            problem(f"sharded: Service {svc['metadata']['name']} must expose the shards' port {port}")
+    if "--insecure" in sargs:
+        problem("sharded: --insecure in the manifests")
+    keys = arg_after(sargs, "--keys")
+    vols = {v["name"]: v for v in pod_spec(shard).get("volumes", [])}
+    vol = vols.get({m["mountPath"]: m["name"] for m in c.get("volumeMounts", [])}.get(keys))
+    secret = (vol or {}).get("secret", {})
+    if secret.get("secretName") != "bard-keys" or {i["path"] for i in secret.get("items", [])} != {"coordinator.pub", "shard.key", "authorized_keys"}:
+        problem("sharded: shards' --keys must be the bard-keys Secret with coordinator.pub, shard.key and authorized_keys")
+    if arg_after(sargs, "--key-file") != f"{keys}/shard.key":
+        problem("sharded: shards must use --key-file <keys>/shard.key")
+    sc = c.get("securityContext", {})
+    if not pod_spec(shard).get("securityContext", {}).get("runAsNonRoot") or not sc.get("readOnlyRootFilesystem") \
+            or sc.get("allowPrivilegeEscalation") is not False:
+        problem("sharded: the shard must run as non-root on a read-only root file system without privilege escalation")
+
+
 def main():
     folder = sys.argv[1] if len(sys.argv) > 1 else os.path.join(os.path.dirname(__file__), "..", "kubernetes")
     check_resource_list(folder)
@@ -172,6 +217,14 @@ def main():
     if docs:
         check_schemas(docs)
         check_consistency(docs)
+    overlay = os.path.normpath(folder) + "-sharded"
+    if os.path.isdir(overlay):
+        sharded = render(overlay)
+        if sharded:
+            check_schemas(sharded)
+            check_consistency(sharded)
+            check_shards(sharded)
+        docs = docs + sharded
     for p in problems:
         print(p)
     if not problems:

@@ -9,6 +9,8 @@
 #   crash      the coordinator fails at start: the job fails fast, nothing left running
 #   signal     SIGTERM to the job (scancel, time limit): the coordinator gets
 #              SIGTERM (checkpoint), the job exits 143, nothing left running
+#   sharded    BARD_SHARDS=1: a shard key is made, one coordinator shard per
+#              node joins a coordinator started with --shards 2, exit 0
 # Prints one line per failed expectation; exits 1 if any.
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
@@ -65,11 +67,14 @@ echo "bard $cmd $*" >>"$FAKE_LOG"
 case $cmd in
 keys)
     out=$(opt --out "$@"); mkdir -p "$out"
-    touch "$out"/{coordinator.key,coordinator.pub,client.key,client.pub,authorized_keys} ;;
+    client=$(opt --client "$@")
+    if [[ -n $client ]]; then touch "$out/$client.key" "$out/$client.pub"
+    else touch "$out"/{coordinator.key,coordinator.pub,client.key,client.pub,authorized_keys}; fi ;;
 coordinator)
     [[ ${FAKE_COORDINATOR_FAIL:-0} == 1 ]] && { echo "fake coordinator: failing" >&2; exit 1; }
     trap 'echo "coordinator: SIGTERM" >>"$FAKE_LOG"; exit 130' TERM
-    want=$(opt --workers "$@"); out=$(opt --out "$@")
+    want=$(opt --workers "$@"); out=$(opt --out "$@"); shards=$(opt --shards "$@")
+    until (($(find "$FAKE_RUN" -name 'shard-*' | wc -l) >= ${shards:-0})); do sleep 0.1; done
     until (($(find "$FAKE_RUN" -name 'worker-*' | wc -l) >= want)); do sleep 0.1; done
     [[ ${FAKE_NEVER_FINISH:-0} == 1 ]] && while :; do sleep 0.1; done
     echo weights >"$out/model.safetensors"; touch "$FAKE_RUN/done"
@@ -77,6 +82,11 @@ coordinator)
 worker)
     connect=$(opt --connect "$@")
     touch "$FAKE_RUN/worker-$SLURMD_NODENAME-$$-${connect//\//_}"
+    trap 'exit 130' TERM
+    until [[ -e $FAKE_RUN/done ]]; do sleep 0.1; done ;;
+shard)
+    [[ -e $(opt --key-file "$@") ]] || { echo "fake shard: no key file" >&2; exit 1; }
+    touch "$FAKE_RUN/shard-$SLURMD_NODENAME-$$"
     trap 'exit 130' TERM
     until [[ -e $FAKE_RUN/done ]]; do sleep 0.1; done ;;
 fetch)
@@ -102,7 +112,7 @@ setup() {   # a fresh submit dir and run dir for one scenario
     export PATH="$tmp/bin:$PATH" FAKE_NODES="n1 n2" FAKE_LOG=$sub/log FAKE_RUN=$sub/run \
         SLURM_JOB_ID=4242 SLURM_SUBMIT_DIR=$sub SLURM_JOB_NODELIST="n[1-2]" SLURM_JOB_NUM_NODES=2 \
         SLURM_NTASKS=4 SLURM_NTASKS_PER_NODE=2 BARD=bard
-    unset BARD_DATA BARD_STATE BARD_RESULT BARD_KEYS BARD_PORT BARD_LINGER FAKE_COORDINATOR_FAIL FAKE_NEVER_FINISH
+    unset BARD_DATA BARD_STATE BARD_RESULT BARD_KEYS BARD_PORT BARD_LINGER BARD_SHARDS FAKE_COORDINATOR_FAIL FAKE_NEVER_FINISH
 }
 
 no_leftovers() { ! pgrep -f "$tmp/bin/" >/dev/null; }
@@ -145,5 +155,18 @@ expect "exit status $rc, expected 143" test "$rc" -eq 143
 expect "coordinator did not get SIGTERM" logged '^coordinator: SIGTERM'
 expect "processes left running" no_leftovers
 
+# --- sharded ---
+setup sharded
+export BARD_SHARDS=1
+rc=0; (cd "$sub" && timeout 60 bash "$script" --epochs 1) >"$sub/out" 2>&1 || rc=$?
+expect "exit status $rc, expected 0: $(tail -n 3 "$sub/out" | tr '\n' ' ')" test "$rc" -eq 0
+expect "no shard key made" logged "^bard keys generate --out $sub/.bard-keys-4242 --client shard --role shard\$"
+expect "coordinator not told --shards 2" logged '^bard coordinator .* --linger 600 --shards 2 --epochs 1$'
+expect "shards step wrong" logged '^srun --nodes=2 --ntasks=2 --ntasks-per-node=1 .*--overlap'
+expect "shard flags wrong" logged "^bard shard --connect tcp://n1:28484 --bind tcp://0.0.0.0:28486 --advertise tcp://node:28486 --keys $sub/.bard-keys-4242 --key-file $sub/.bard-keys-4242/shard.key\$"
+expect "not 2 shards joined" test "$(find "$sub/run" -name 'shard-*' | wc -l)" -eq 2
+expect "result missing" test -s "$sub/bard-result-4242/model.safetensors"
+expect "processes left running" no_leftovers
+
 if ((failures)); then exit 1; fi
-echo "3 scenarios (ok, crash, signal) behaved"
+echo "4 scenarios (ok, crash, signal, sharded) behaved"

@@ -18,7 +18,7 @@ let templates: [[[UInt8]]] = [
     Message.join(name: "s0", endpoint: "tcp://h:5601", serverKey: "").encode(),
     Message.assign(SliceState(index: 0, shards: 2, slice: 1..<3, parameterCount: 4, optimizer: "adam", optimizerStep: 2,
                               version: 2, params: [1, 2], average: [1, 2], m: [0, 1], v: [1, 1])).encode(),
-    Message.plan(stepID: 3, meanOver: 8, columns: [0..<1, 1..<4]).encode(),
+    Message.plan(stepID: 3, meanOver: 8, columns: [0..<1, 1..<4], owners: [[1], [2, 3]]).encode(),
     Message.summed(stepID: 3, parts: [0.5, 2]).encode(),
     Message.apply(UpdateOrder(stepID: 3, lr: 0.001, norm: 2, clip: 5, decay: 0.9, version: 3)).encode(),
     Message.applied(stepID: 3, version: 3, paramsFinite: true, momentsFinite: true).encode(),

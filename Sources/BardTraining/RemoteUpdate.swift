@@ -1,0 +1,16 @@
+import BardModel
+import BardNumerics
+
+/// Where the update is made when the parameters live outside this process: coordinator shards (issue 11), each
+/// owning a slice of the parameters, of their average and of the optimiser's state. The trainer still decides
+/// everything (the rate, the clipping, what a non-finite norm means, when to validate and checkpoint); this carries
+/// its decisions out and brings the state back when the trainer needs it.
+public protocol RemoteUpdate: AnyObject {
+    /// Hands the owners the trainer's parameters, average and optimiser state (the start of a run, or a resume).
+    func seed(params: FloatBuffer, average: FloatBuffer?, optimizer: Optimizer) throws
+    /// The update of the step whose gradient was just computed: the global norm from the owners' parts, `checkNorm`
+    /// on it (if it throws, nothing is written), then the clipped update with `lr` and the average on every owner.
+    func update(lr: Double, clip: Double, decay: Double, checkNorm: (Double) throws -> Void) throws -> Optimizer.StepReport
+    /// Copies the owners' parameters, average and optimiser state into the trainer's buffers.
+    func gather(params: FloatBuffer, average: FloatBuffer?, optimizer: Optimizer) throws
+}
