@@ -18,6 +18,14 @@ def main():
     p.add_argument("--link-gbit", type=float, default=10.0)
     p.add_argument("--latency-ms", type=float, default=0.05, help="per message, one way")
     p.add_argument("--update-ns-per-param", type=float, default=1.5, help="Adam + clip + reduction on one core")
+    p.add_argument("--sharded-link-p", type=float, default=2.0,
+                   help="bytes per step on the busiest host link with one coordinator shard per host, in units of P, each "
+                        "way (scripts/bench-hosts.sh measures it; 2 = a worker's P plus its shard's P)")
+    p.add_argument("--sharded-overhead-ms", type=float, default=5.0,
+                   help="per-step overhead of the sharded step beyond compute and transfer: the lead's plan, the shards' "
+                        "norm parts and acknowledgements (round trips), measured on emulated hosts")
+    p.add_argument("--layers", type=int, default=2)
+    p.add_argument("--hidden", type=int, default=512)
     a = p.parse_args()
 
     link = a.link_gbit * 1e9 / 8  # bytes/s, full duplex
@@ -44,6 +52,25 @@ def main():
         ring16 = compute + (2 * (n - 1) / n * (b / 2) / link if n > 1 else 0) + 2 * (n - 1) * a.latency_ms * 1e-3 + update / n
         print(f"{n:>5} | {single * 1e3:>10.0f} ms | {sharded * 1e3:>11.0f} ms | {ring * 1e3:>11.0f} ms | {ring16 * 1e3:>8.0f} ms | "
               f"{n * chars / ring16:>17,.0f}")
+    print()
+    # The design built (issue 11): one shard per host, slices cut on 32 K-parameter blocks, so at most
+    # params / 32768 shards; the lead's link carries every host's tokens and carried state (h and c) each step.
+    blocks = -(-a.params // 32768)
+    state = 2 * 4 * a.layers * a.hidden * a.columns_per_host + 4 * (a.bptt + 1) * a.columns_per_host
+    print(f"sharded coordinators as built: one shard per host (at most {blocks} shards: {blocks} blocks of 32 K), "
+          f"busiest host link {a.sharded_link_p:g} P each way, lead link {state / 1e3:.0f} kB of tokens and state per host, "
+          f"{a.sharded_overhead_ms:g} ms per step of round trips")
+    print(f"{'hosts':>5} | {'shards':>6} | {'step':>8} | {'efficiency':>10} | {'chars/s':>10} | limit")
+    for n in [16, 64, 256]:
+        k = min(n, blocks)
+        b = a.params * 4
+        # A shard host's link: its worker's P plus (when N > K) its shard serving N/K workers their slices.
+        host_link = max(a.sharded_link_p, 1 + n / k) * b / link
+        lead_link = n * state / link
+        step = compute + max(host_link, lead_link) + 2 * a.latency_ms * 1e-3 + a.update_ns_per_param * 1e-9 * a.params / k \
+            + a.sharded_overhead_ms * 1e-3
+        limit = "the lead's link (tokens and state)" if lead_link > host_link else "the shard hosts' links"
+        print(f"{n:>5} | {k:>6} | {step * 1e3:>5.0f} ms | {compute / step:>9.0%} | {n * chars / step:>10,.0f} | {limit}")
     print()
     crossover = compute * link / (a.params * 4)
     print(f"the single coordinator's link time equals one host's compute at N = {crossover:.1f} hosts: "

@@ -176,7 +176,8 @@ final class RecipeTests: XCTestCase {
             XCTAssertNoThrow(try c.validate())
             XCTAssertTrue(c.summary.contains(String(format: "budget %.0fs", seconds)), c.summary)
         }
-        XCTAssertEqual(try Config.recipe("60m").hidden, 640)
+        XCTAssertEqual(try Config.recipe("60m").hidden, 704)
+        XCTAssertEqual(try Config.recipe("60m").dropout, 0.3)
         XCTAssertEqual(try Config.recipe("30m").ema, 0.998)
         XCTAssertTrue(try Config.recipe("30m").summary.contains(" ema 0.998"))  // the start-up line shows averaging
         XCTAssertEqual(try Config.recipe("60m").ema, 0.998)
