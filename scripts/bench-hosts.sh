@@ -145,6 +145,7 @@ run() {
     for ((i = 0; i < n; i++)); do tx0[i]=$(counter "$i" tx); rx0[i]=$(counter "$i" rx); done
     wait_step $((steps - 1))
     local s1; s1=$(last_step "$out/run")
+    ((s1 > s0)) || fail "$mode, $n hosts: no step measured (steps $s0 to $s1)"
     t1=$(date +%s.%N)
     local tx=0 rx=0 d
     for ((i = 0; i < n; i++)); do
@@ -167,8 +168,9 @@ echo
 echo "| hosts | columns | mode | chars/s | busiest link, out per step | in per step | out / P | in / P |"
 echo "| --- | --- | --- | --- | --- | --- | --- | --- |"
 for n in $hosts_list; do
-    for columns in 32 $((8 * n)); do
-        [[ $columns == 32 || $n != 4 ]] || continue  # 8 x 4 = 32: measured already
+    column_counts=32
+    ((8 * n != 32)) && column_counts="32 $((8 * n))"  # 8 x 4 = 32: measured once
+    for columns in $column_counts; do
         for mode in star sharded; do
             run "$n" "$mode" "$columns"
             read -r cps tx rx <<<"$measured"

@@ -11,16 +11,19 @@ import Foundation
 /// checks the global norm and the lead orders the update (`apply`) on every shard. The state comes back to the
 /// trainer (`gather`) only for validation, samples and checkpoints.
 ///
-/// Faults: a shard that falls silent or restarts mid-run has lost its slice, and the run stops with the last
-/// checkpoint kept; restarting the lead with `--resume` (or under a supervisor, `--auto-resume`) seeds the shards
-/// from it.
+/// Faults: a shard that falls silent (dead, or cut off) or restarts mid-run has lost its slice. The lead throws
+/// `RemoteStateLost`; the trainer goes back to its last checkpoint, and the next seeding plans the slices again over
+/// the shards that remain, a restarted one included. A shard that joins mid-run (a replacement for a lost one) gets a
+/// slice at the next checkpoint, when the whole state is here anyway. A resumed lead (`--resume`, or `--auto-resume`
+/// under a supervisor) seeds the shards from the checkpoint on disk.
 extension Coordinator: RemoteUpdate {
     /// Runs with `count` coordinator shards: they join, get slices once all are in, and make every update. Workers
-    /// then take no shared memory: their parameters and gradients go to the shards.
-    public func useShards(_ count: Int) {
+    /// then take no shared memory: their parameters and gradients go to the shards. A shard silent for
+    /// `heartbeatTimeout` seconds is lost (nil: the workers' timeout, at least 10 s, since a shard heartbeats between
+    /// its passes and a pass may add or update a large slice).
+    public func useShards(_ count: Int, heartbeatTimeout: Double? = nil) {
         var roster = ShardRoster(wanted: count)
-        // A shard heartbeats between its passes, and a pass may add or update a large slice: at least 10 s.
-        roster.heartbeatTimeout = max(10, membership.policy.heartbeatTimeout)
+        roster.heartbeatTimeout = heartbeatTimeout ?? max(10, membership.policy.heartbeatTimeout)
         shards = roster
         shared?.close()
         shared = nil
@@ -33,7 +36,7 @@ extension Coordinator: RemoteUpdate {
     /// Seconds to wait for the shards' replies to an order (their acknowledgements, a gather) before calling them lost.
     var shardReplyTimeout: Double { max(30, deadline.seconds) }
 
-    /// Serves messages until every shard has joined, then assigns their slices.
+    /// Serves messages until every shard has joined (the slices are planned at the seeding).
     public func waitForShards(timeout: Double = .infinity) throws {
         guard let wanted = shards?.wanted else { return }
         let end = clock() + timeout
@@ -48,30 +51,25 @@ extension Coordinator: RemoteUpdate {
             _ = try tick()
             if let e = try receive(until: end), let m = open(e) { handle(e, m) }
         }
-        if shards?.map.count != wanted {
-            try shards?.assignSlices(parameterCount: model.parameterCount)
-            for s in shards?.shards ?? [] {
-                log("coordinator shard \(LogText.escape(s.name)) at \(LogText.escape(s.endpoint)) owns parameters \(s.slice.map { "\($0)" } ?? "-")")
-            }
-        }
     }
 
-    /// Time passing for the shards: before the run they may come and go; once seeded, one that falls silent has lost
-    /// the run's state.
+    /// Time passing for the shards: one that falls silent is removed; if it owned a slice of the run's state, the
+    /// state is lost (`RemoteStateLost`: the trainer goes back to its last checkpoint).
     func tickShards(now: Double) throws {
         guard let roster = shards else { return }
         for s in roster.silent(now: now) {
             let why = String(format: "coordinator shard %@ was silent for %.1f s (heartbeat timeout %.1f s)", LogText.escape(s.name),
                              now - s.lastHeard, roster.heartbeatTimeout)
-            if s.slice != nil && shardFailure == nil && shardVersion != 0 {
-                shardFailure = why
-            } else if s.slice == nil {
-                _ = shards?.remove(s.peer)
-                log(why + "; it left before the run started")
+            _ = shards?.remove(s.peer)
+            if s.slice != nil && shardVersion != 0 {
+                shardFailure = shardFailure ?? why
+            } else {
+                log(why + "; it left before it owned a slice")
             }
         }
         if let failure = shardFailure {
-            throw BardError.io("\(failure), and its slice of the parameters with it; the last checkpoint stands: restart the coordinator with --resume to seed the shards from it")
+            shardFailure = nil
+            throw RemoteStateLost(reason: "\(failure), and its slice of the state with it")
         }
     }
 
@@ -88,11 +86,13 @@ extension Coordinator: RemoteUpdate {
             let outcome = shards!.join(peer: peer, name: name, endpoint: endpoint, serverKey: key, credential: e.credential, now: clock())
             switch outcome {
             case .joined:
-                log("coordinator shard \(LogText.escape(name)) joined from \(LogText.escape(endpoint)) (\(shards!.shards.count)/\(shards!.wanted))")
+                log("coordinator shard \(LogText.escape(name)) joined from \(LogText.escape(endpoint)) (\(shards!.shards.count)/\(shards!.wanted))"
+                    + (shardVersion != 0 ? "; it gets a slice at the next checkpoint" : ""))
             case .rejoined(_, let lostState):
                 guard lostState else { return }  // it says join until its seeding arrives
-                if shardVersion != 0 && shardFailure == nil {
-                    shardFailure = "coordinator shard \(LogText.escape(name)) joined again (it restarted or lost the lead)"
+                if shardVersion != 0 && shards?.shards.first(where: { $0.peer == peer })?.slice != nil {
+                    // It stays in the roster and is seeded again with the rest.
+                    shardFailure = shardFailure ?? "coordinator shard \(LogText.escape(name)) joined again (it restarted or lost the lead)"
                 } else {
                     log("coordinator shard \(LogText.escape(name)) joined again from \(LogText.escape(endpoint))")
                 }
@@ -140,10 +140,26 @@ extension Coordinator: RemoteUpdate {
 
     // MARK: - RemoteUpdate
 
-    /// Every shard gets its slice of the trainer's state under a new version, and acknowledges it.
+    /// The slices are planned over the shards there are (all `--shards` of them at the start; after a loss, those
+    /// that remain and any replacement), and every shard gets its slice of the trainer's state under a new version,
+    /// and acknowledges it.
     public func seed(params: FloatBuffer, average: FloatBuffer?, optimizer: Optimizer) throws {
-        try waitForShards()
+        guard shards != nil else { return }
+        if shardVersion == 0 { try waitForShards() }
+        guard !(shards?.shards.isEmpty ?? true) else {
+            throw BardError.io("every coordinator shard is lost; the last checkpoint stands: start shards and restart the coordinator with --resume")
+        }
+        let before = shards!.map
+        try shards!.assignSlices(parameterCount: model.parameterCount)
         guard let roster = shards else { return }
+        if roster.map != before {
+            for s in roster.shards {
+                log("coordinator shard \(LogText.escape(s.name)) at \(LogText.escape(s.endpoint)) owns parameters \(s.slice.map { "\($0)" } ?? "-")")
+            }
+        }
+        // A shard's `gathered` (parameters, average, two moments of its slice) is larger than any worker's message.
+        let largestSlice = roster.shards.compactMap(\.slice?.count).max() ?? 0
+        transport.limits.maxBytes = max(transport.limits.maxBytes, Header.size + 4096 + 4 * 4 * largestSlice)
         shardVersion = UInt64.random(in: (1 << 32)...(1 << 62))
         shardRound = nil
         mapSent = []
@@ -152,14 +168,14 @@ extension Coordinator: RemoteUpdate {
             guard let slice = s.slice else { continue }
             let adam = optimizer.kind == .adam
             send(s.peer, .assign(SliceState(
-                index: i, shards: roster.wanted, slice: slice, parameterCount: params.count, optimizer: optimizer.kind.rawValue,
+                index: i, shards: roster.owners, slice: slice, parameterCount: params.count, optimizer: optimizer.kind.rawValue,
                 optimizerStep: optimizer.step, version: shardVersion, params: part(params, slice),
                 average: average.map { part($0, slice) } ?? [], m: adam ? part(optimizer.m, slice) : [],
                 v: adam ? part(optimizer.v, slice) : [])))
         }
         try serve(until: { shards?.isSeeded ?? true }, timeout: shardReplyTimeout,
                   what: "acknowledgement of their slices from every coordinator shard")
-        log("seeded \(roster.wanted) coordinator shard\(roster.wanted == 1 ? "" : "s") at optimiser step \(optimizer.step)")
+        log("seeded \(roster.owners) coordinator shard\(roster.owners == 1 ? "" : "s") at optimiser step \(optimizer.step)")
     }
 
     public func update(lr: Double, clip: Double, decay: Double, checkNorm: (Double) throws -> Void) throws -> Optimizer.StepReport {
@@ -170,7 +186,7 @@ extension Coordinator: RemoteUpdate {
         shardVersion &+= 1
         shardRound?.ordered(version: shardVersion)
         let order = UpdateOrder(stepID: round.stepID, lr: lr, norm: norm, clip: clip, decay: decay, version: shardVersion)
-        for s in roster.shards { send(s.peer, .apply(order)) }
+        for s in roster.round { send(s.peer, .apply(order)) }
         try serve(until: { shardRound?.isApplied ?? true }, timeout: shardReplyTimeout,
                   what: "acknowledgement of the update of step \(round.stepID) from every coordinator shard")
         let report = Optimizer.StepReport(norm: norm, paramsFinite: shardRound?.paramsFinite ?? false,
@@ -179,17 +195,19 @@ extension Coordinator: RemoteUpdate {
         return report
     }
 
-    /// Every shard's slice at the current version, written into the trainer's buffers.
+    /// Every shard's slice at the current version, written into the trainer's buffers. Shards waiting for a slice
+    /// (replacements) are then given theirs: the state is whole here, so the plan changes without going back.
     public func gather(params: FloatBuffer, average: FloatBuffer?, optimizer: Optimizer) throws {
         guard let roster = shards else { return }
+        let owners = roster.owners
         gathering = [:]
         defer { gathering = nil }
-        for s in roster.shards { send(s.peer, .gather(version: shardVersion)) }
-        try serve(until: { (gathering?.count ?? 0) == roster.wanted }, timeout: shardReplyTimeout,
+        for s in roster.round { send(s.peer, .gather(version: shardVersion)) }
+        try serve(until: { (gathering?.count ?? 0) == owners }, timeout: shardReplyTimeout,
                   what: "slice from every coordinator shard for a checkpoint")
-        let states = (0..<roster.wanted).compactMap { gathering?[$0] }
-        guard states.count == roster.wanted, Set(states.map(\.optimizerStep)).count == 1,
-              states.allSatisfy({ $0.optimizer == optimizer.kind.rawValue && $0.parameterCount == params.count && $0.shards == roster.wanted }) else {
+        let states = (0..<owners).compactMap { gathering?[$0] }
+        guard states.count == owners, Set(states.map(\.optimizerStep)).count == 1,
+              states.allSatisfy({ $0.optimizer == optimizer.kind.rawValue && $0.parameterCount == params.count && $0.shards == owners }) else {
             throw BardError.io("the coordinator shards returned slices of different optimiser steps, optimisers or models")
         }
         for st in states {
@@ -205,6 +223,10 @@ extension Coordinator: RemoteUpdate {
             if !st.m.isEmpty { write(st.m, optimizer.m); write(st.v, optimizer.v) }
         }
         optimizer.setStep(states[0].optimizerStep)
+        if let joining = shards?.waiting, !joining.isEmpty {
+            log("coordinator shard\(joining.count == 1 ? "" : "s") \(joining.map { LogText.escape($0.name) }.joined(separator: ", ")) join\(joining.count == 1 ? "s" : "") the run at optimiser step \(optimizer.step)")
+            try seed(params: params, average: average, optimizer: optimizer)
+        }
     }
 
     // MARK: - A step
@@ -222,7 +244,7 @@ extension Coordinator: RemoteUpdate {
             shardRound = ShardRound(stepID: stepID, shards: roster.round)
             // The plan reaches each shard before any worker's gradient can: the workers hear of the step after it.
             let owed = plan.sorted { $0.columns.lowerBound < $1.columns.lowerBound }
-            for s in roster.shards {
+            for s in roster.round {
                 send(s.peer, .plan(stepID: stepID, meanOver: steps * totalColumns, columns: owed.map(\.columns), owners: owed.map(\.peer)))
             }
             for (peer, shard) in plan {
@@ -268,6 +290,11 @@ extension Coordinator: RemoteUpdate {
                     }
                     quarantine(peer, because: "it reports a divergence (\(LogText.escape(reason))) that the other workers will check")
                     failed = "\(name(peer)) reports a divergence"
+                case .refuse(.staleParameters, let reason) where round.owes(peer):
+                    // Its parameter slices did not come: a shard is slow, lost or cut off from it. The shards'
+                    // heartbeats tell which; the worker is not at fault.
+                    membership.heard(peer, now: clock())
+                    failed = "coordinator shard(s) did not serve \(name(peer)) its parameters (\(LogText.escape(reason)))"
                 case .refuse(let code, let reason) where round.owes(peer):
                     membership.heard(peer, now: clock())
                     mapSent.remove(peer)
@@ -283,7 +310,7 @@ extension Coordinator: RemoteUpdate {
             if let failed, failed.hasPrefix("coordinator shard(s)") {
                 shardMisses += 1
                 if shardMisses >= 5 {
-                    throw BardError.io("\(failed), in \(shardMisses) attempts of one step: a worker's gradient slices do not reach them (see the shards' logs); the last checkpoint stands")
+                    throw BardError.io("\(failed), in \(shardMisses) attempts of one step: workers and shards do not reach each other (see the shards' logs); the last checkpoint stands")
                 }
             }
             if let failed {

@@ -2,7 +2,9 @@ import BardModel
 
 /// The lead's list of its coordinator shards (sharded coordinators, issue 11): who joined under which name, key and
 /// endpoint, which slice each owns, and when each was last heard. Takes joins and the current time; does no I/O and
-/// reads no clock. The run needs exactly `wanted` shards; slices are assigned in join order once all are in.
+/// reads no clock. The run starts with `wanted` shards, slices assigned in join order once all are in. A shard lost
+/// mid-run is removed and the slices planned again over those that remain; one that joins mid-run (a replacement)
+/// waits without a slice until the next plan.
 public struct ShardRoster: Sendable {
     public struct Shard: Sendable {
         public var peer: PeerID
@@ -36,7 +38,15 @@ public struct ShardRoster: Sendable {
     public init(wanted: Int) { self.wanted = wanted }
 
     public var isComplete: Bool { shards.count == wanted }
-    public var isSeeded: Bool { isComplete && shards.allSatisfy { $0.seeded && $0.slice != nil } }
+    /// The shards that own slices (every one of them acknowledged its seeding), at least one.
+    public var isSeeded: Bool {
+        let owners = shards.filter { $0.slice != nil }
+        return !owners.isEmpty && owners.allSatisfy(\.seeded)
+    }
+    /// The shards that own a slice now.
+    public var owners: Int { shards.filter { $0.slice != nil }.count }
+    /// Shards that joined after the slices were planned (replacements), waiting for the next plan.
+    public var waiting: [Shard] { shards.filter { $0.slice == nil } }
 
     public func index(of peer: PeerID) -> Int? { shards.firstIndex { $0.peer == peer } }
 
@@ -97,11 +107,18 @@ public struct ShardRoster: Sendable {
         return shards.remove(at: i)
     }
 
-    /// Assigns the slices of `parameterCount` parameters over the shards, in join order (all must have joined).
-    public mutating func assignSlices(parameterCount: Int) throws {
-        precondition(isComplete, "slices are assigned once every shard has joined")
-        let slices = try ParameterSlices.plan(parameterCount: parameterCount, shards: wanted)
-        for i in shards.indices { shards[i].slice = slices[i] }
+    /// Plans the slices of `parameterCount` parameters over the shards there are, in join order; each is then
+    /// unseeded until it acknowledges its new slice. Returns whether any shard's slice changed.
+    @discardableResult
+    public mutating func assignSlices(parameterCount: Int) throws -> Bool {
+        let slices = try ParameterSlices.plan(parameterCount: parameterCount, shards: shards.count)
+        var changed = false
+        for i in shards.indices {
+            changed = changed || shards[i].slice != slices[i]
+            shards[i].slice = slices[i]
+            shards[i].seeded = false
+        }
+        return changed
     }
 
     public mutating func seeded(_ peer: PeerID) {

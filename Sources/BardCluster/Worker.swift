@@ -166,9 +166,11 @@ public final class WorkerCore {
         }
     }
 
-    /// Connects to the coordinator shards of a map (a step in flight has been abandoned); the same map keeps its links.
+    /// Connects to the coordinator shards of a map (a step in flight has been abandoned); the same map keeps its links,
+    /// and a shard at the same endpoint with the same key keeps its link when its slice changes (a re-planned run).
     func useShards(_ map: [ShardEndpoint]) {
         guard map != shardLinks.map(\.endpoint) else { return }
+        let old = shardLinks
         shardLinks = []
         guard let connector = shardConnector else {
             shardProblem = "this worker cannot connect to coordinator shards"
@@ -177,7 +179,8 @@ public final class WorkerCore {
         }
         do {
             for s in map {
-                let t = try connector(s)
+                let t = try old.first { $0.endpoint.endpoint == s.endpoint && $0.endpoint.serverKey == s.serverKey }?.transport
+                    ?? connector(s)
                 // A parameter slice is the largest legitimate message from a shard.
                 t.limits = ReceiveLimits(maxFrames: 2, maxBytes: Header.size + 64 + 4 * s.slice.count)
                 shardLinks.append((s, t, nil))

@@ -37,9 +37,11 @@ public struct MetricsRecord: Codable, Equatable, Sendable {
     public var droppedMessages: Int?
     public var deniedHandshakes: Int?
     public var stepDeadlineS: Double?
+    /// Times a sharded run went back to its last checkpoint because a coordinator shard lost its slice.
+    public var rollbacks: Int?
 
     enum CodingKeys: String, CodingKey {
-        case step, epoch, chars, lr, time, workers, evictions, rejected, redone, quarantines, quarantined
+        case step, epoch, chars, lr, time, workers, evictions, rejected, redone, quarantines, quarantined, rollbacks
         case trainLoss = "train_loss", charsPerS = "chars_per_s", gradNorm = "grad_norm", valLoss = "val_loss"
         case valPerplexity = "val_perplexity", valLossEma = "val_loss_ema", computeS = "compute_s", communicationS = "communication_s", sendS = "send_s"
         case reduceS = "reduce_s", updateS = "update_s", bytesMoved = "bytes_moved", droppedMessages = "dropped_messages"

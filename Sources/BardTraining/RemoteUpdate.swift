@@ -14,3 +14,12 @@ public protocol RemoteUpdate: AnyObject {
     /// Copies the owners' parameters, average and optimiser state into the trainer's buffers.
     func gather(params: FloatBuffer, average: FloatBuffer?, optimizer: Optimizer) throws
 }
+
+/// Thrown by a `RemoteUpdate` (or the gradient computer beside it) that lost part of the state it holds: an owner
+/// died, restarted or was cut off. The trainer goes back to its last checkpoint (kept in memory), seeds the owners
+/// that remain with it and goes on; `reason` says what was lost, for the log.
+public struct RemoteStateLost: Error, CustomStringConvertible {
+    public let reason: String
+    public init(reason: String) { self.reason = reason }
+    public var description: String { reason }
+}

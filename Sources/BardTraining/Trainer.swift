@@ -83,8 +83,8 @@ public final class Trainer {
     public let grads: FloatBuffer
     public let optimizer: Optimizer
     public let state: RecurrentState
-    public private(set) var step = 0
-    public private(set) var epoch = 0
+    public internal(set) var step = 0
+    public internal(set) var epoch = 0
     var window = 0
     var chars = 0
     var minLoss = Double.infinity
@@ -107,6 +107,9 @@ public final class Trainer {
     /// Where the update is made when not here (coordinator shards), and whether the buffers here are behind it.
     var remote: RemoteUpdate?
     var remoteAhead = false
+
+    /// Losses of remote state in a row, without a completed step between them, before the run stops.
+    static let maxRecoveries = 8
 
     public var modelPath: String { options.outDir + "/model.safetensors" }
     public var statePath: String { options.outDir + "/training-state.safetensors" }
@@ -243,14 +246,15 @@ public final class Trainer {
         let cfg = config, B = cfg.batch, T = cfg.bptt
         let computer = computer ?? ColumnParallel(model: model, steps: T, columns: 0..<B, threads: cfg.threads)
         try AtomicFile.prepareDirectory(options.outDir)
-        let metrics = try MetricsLog(path: options.outDir + "/metrics.jsonl", keepThroughStep: step)
+        var metrics = try MetricsLog(path: options.outDir + "/metrics.jsonl", keepThroughStep: step)
         let progress = Progress(total: totalSteps, windowsPerEpoch: windowsPerEpoch, interval: options.logInterval)
         log(cfg.summary)
         log("data: \(options.dataPath) \(corpus.tokens.count) chars, vocabulary \(corpus.vocabulary.count); \(windowsPerEpoch) windows per epoch, \(budget == nil ? "\(totalSteps) steps" : "steps planned from the pace to end within the budget"); \(model.parameterCount) parameters; BLAS \(BLAS.coreName)")
         if step > 0 { log("resumed at step \(step) (epoch \(epoch + 1), window \(window))") }
         self.remote = remote
-        try remote?.seed(params: params, average: average, optimizer: optimizer)
-        remoteAhead = false
+        // With the update made elsewhere: the last checkpoint's state, to go back to when its owners lose theirs.
+        var rollback = remote.map { _ in Rollback(of: self) }
+        var needsSeed = remote != nil, rollbacks = 0, recoveries = 0
         // Temporary files of a run killed mid-write; this run is now the directory's only writer.
         for name in AtomicFile.removeLeftovers(in: options.outDir) { log("removed \(options.outDir)/\(name), left by an interrupted write") }
         var tokens = [Int32](repeating: 0, count: (T + 1) * B)
@@ -260,108 +264,130 @@ public final class Trainer {
         let startStep = step, stepCap = options.explicitSteps ?? config.steps ?? Int.max / 4
         let updateThreads = options.updateThreads ?? cfg.threads
 
-        while step < totalSteps {
-            let t0 = Date()
-            grads.zero(threads: updateThreads)
-            let lossSum: Double
+        training: while step < totalSteps {
             do {
-                lossSum = try tokens.withUnsafeMutableBufferPointer { w -> Double in
-                    guard let base = w.baseAddress else { return .nan }
-                    trainStreams.window(startRow: window * T, steps: T, into: base)
-                    return try computer.computeGradients(params: params, grads: grads, window: base, steps: T, totalColumns: B,
-                                                         state: state, dropout: DropoutKey(seed: cfg.seed, step: step))
+                if needsSeed, let remote {
+                    try remote.seed(params: params, average: average, optimizer: optimizer)
+                    needsSeed = false; remoteAhead = false
                 }
-            } catch is StopTraining {
-                // Parameters, state and cursor are still those of the last completed step.
-                if lastCheckpointStep != step { try bringBack(); try saveCheckpoint(elapsed: elapsedBefore + Date().timeIntervalSince(start)) }
-                progress.finishLine()
-                log("stopped by signal at step \(step); resume with --resume \(options.outDir)")
-                break
-            }
-            let loss = lossSum / Double(B * T)
-            guard loss.isFinite else {
-                throw BardError.diverged("training diverged at step \(step + 1) (loss \(loss)); \(keptCheckpoint(lastCheckpointStep)); lower --lr or set --clip")
-            }
-            optimizer.lr = LearningRate.at(step: step, epoch: epoch, totalSteps: totalSteps, config: cfg)
-            // Mean, norm, clipping, the update, the average and the finiteness checks, in two passes on every update
-            // thread. The parameters are only written once the norm is known to be finite.
-            let checkNorm = { (norm: Double) throws in
-                guard norm.isFinite else {
-                    throw BardError.diverged("training diverged at step \(self.step + 1) (loss \(loss), gradient norm \(norm)); \(self.keptCheckpoint(lastCheckpointStep)); lower --lr or set --clip")
+                let t0 = Date()
+                grads.zero(threads: updateThreads)
+                let lossSum: Double
+                do {
+                    lossSum = try tokens.withUnsafeMutableBufferPointer { w -> Double in
+                        guard let base = w.baseAddress else { return .nan }
+                        trainStreams.window(startRow: window * T, steps: T, into: base)
+                        return try computer.computeGradients(params: params, grads: grads, window: base, steps: T, totalColumns: B,
+                                                             state: state, dropout: DropoutKey(seed: cfg.seed, step: step))
+                    }
+                } catch is StopTraining {
+                    // Parameters, state and cursor are still those of the last completed step.
+                    if lastCheckpointStep != step { try bringBack(); try saveCheckpoint(elapsed: elapsedBefore + Date().timeIntervalSince(start)) }
+                    progress.finishLine()
+                    log("stopped by signal at step \(step); resume with --resume \(options.outDir)")
+                    break training
                 }
-            }
-            let report: Optimizer.StepReport
-            if let remote {
-                report = try remote.update(lr: optimizer.lr, clip: cfg.clip, decay: cfg.ema ?? 0, checkNorm: checkNorm)
-                remoteAhead = true
-            } else {
-                report = try optimizer.step(params: params, grads: grads, meanOver: B * T, clip: cfg.clip, average: average,
-                                            decay: cfg.ema ?? 0, threads: updateThreads, checkNorm: checkNorm)
-            }
-            let norm = report.norm
-            // A finite loss and gradient do not make a finite update (lr * g, or Adam's g^2, can overflow): this step is
-            // the diverged one, and nothing it produced may reach a checkpoint.
-            let paramsFinite = report.paramsFinite
-            guard paramsFinite, report.momentsFinite else {
-                let what = paramsFinite ? "the optimiser moments" : "the parameters"
-                throw BardError.diverged("training diverged at step \(step + 1) (loss \(loss), gradient norm \(norm), but the update made \(what) overflow); \(keptCheckpoint(lastCheckpointStep)); lower --lr or set --clip")
-            }
-            step += 1; window += 1; chars += B * T
-            lastLoss = loss
-            minLoss = min(minLoss, loss)
-            let elapsed = elapsedBefore + Date().timeIntervalSince(start)
-            if let plan = budget, step - startStep >= 2 {
-                // Plan again from this run's own pace: wall time per step, everything included.
-                let pace = Date().timeIntervalSince(start) / Double(step - startStep)
-                totalSteps = min(stepCap, plan.totalSteps(step: step, elapsed: elapsed, stepSeconds: pace))
-                progress.total = totalSteps
-            }
-            progress.record(stepSeconds: Date().timeIntervalSince(t0), chars: B * T)
-            var record = MetricsRecord()
-            record.step = step; record.epoch = epoch + 1; record.chars = chars; record.trainLoss = loss
-            record.charsPerS = progress.charsPerSecond; record.lr = optimizer.lr; record.time = elapsed; record.gradNorm = norm
-            computer.annotate(&record)
-            let epochEnds = window == windowsPerEpoch
-            let checkpointDue = epochEnds || (options.checkpointEvery > 0 && step % options.checkpointEvery == 0) || step == totalSteps
-            if checkpointDue || stopRequested != 0 || stopAfter == step { try bringBack() }
-            // A run that ends mid-epoch is validated at its end, and the record says so like an epoch end's.
-            if step == totalSteps && !epochEnds, let v = validateBoth() {
-                record.valLoss = v.raw; record.valPerplexity = exp(v.raw); record.valLossEma = v.averaged
-                lastValLoss = v.averaged ?? v.raw
-            }
-            if epochEnds {
-                epoch += 1; window = 0
-                if !cfg.carryState { state.reset(cfg.initialState) }
-                if let v = validateBoth() {
+                let loss = lossSum / Double(B * T)
+                guard loss.isFinite else {
+                    throw BardError.diverged("training diverged at step \(step + 1) (loss \(loss)); \(keptCheckpoint(lastCheckpointStep)); lower --lr or set --clip")
+                }
+                optimizer.lr = LearningRate.at(step: step, epoch: epoch, totalSteps: totalSteps, config: cfg)
+                // Mean, norm, clipping, the update, the average and the finiteness checks, in two passes on every update
+                // thread. The parameters are only written once the norm is known to be finite.
+                let checkNorm = { (norm: Double) throws in
+                    guard norm.isFinite else {
+                        throw BardError.diverged("training diverged at step \(self.step + 1) (loss \(loss), gradient norm \(norm)); \(self.keptCheckpoint(lastCheckpointStep)); lower --lr or set --clip")
+                    }
+                }
+                let report: Optimizer.StepReport
+                if let remote {
+                    report = try remote.update(lr: optimizer.lr, clip: cfg.clip, decay: cfg.ema ?? 0, checkNorm: checkNorm)
+                    remoteAhead = true
+                } else {
+                    report = try optimizer.step(params: params, grads: grads, meanOver: B * T, clip: cfg.clip, average: average,
+                                                decay: cfg.ema ?? 0, threads: updateThreads, checkNorm: checkNorm)
+                }
+                let norm = report.norm
+                // A finite loss and gradient do not make a finite update (lr * g, or Adam's g^2, can overflow): this step is
+                // the diverged one, and nothing it produced may reach a checkpoint.
+                let paramsFinite = report.paramsFinite
+                guard paramsFinite, report.momentsFinite else {
+                    let what = paramsFinite ? "the optimiser moments" : "the parameters"
+                    throw BardError.diverged("training diverged at step \(step + 1) (loss \(loss), gradient norm \(norm), but the update made \(what) overflow); \(keptCheckpoint(lastCheckpointStep)); lower --lr or set --clip")
+                }
+                step += 1; window += 1; chars += B * T
+                lastLoss = loss
+                minLoss = min(minLoss, loss)
+                let elapsed = elapsedBefore + Date().timeIntervalSince(start)
+                if let plan = budget, step - startStep >= 2 {
+                    // Plan again from this run's own pace: wall time per step, everything included.
+                    let pace = Date().timeIntervalSince(start) / Double(step - startStep)
+                    totalSteps = min(stepCap, plan.totalSteps(step: step, elapsed: elapsed, stepSeconds: pace))
+                    progress.total = totalSteps
+                }
+                progress.record(stepSeconds: Date().timeIntervalSince(t0), chars: B * T)
+                var record = MetricsRecord()
+                record.step = step; record.epoch = epoch + 1; record.chars = chars; record.trainLoss = loss
+                record.charsPerS = progress.charsPerSecond; record.lr = optimizer.lr; record.time = elapsed; record.gradNorm = norm
+                computer.annotate(&record)
+                if remote != nil { record.rollbacks = rollbacks }
+                let epochEnds = window == windowsPerEpoch
+                let checkpointDue = epochEnds || (options.checkpointEvery > 0 && step % options.checkpointEvery == 0) || step == totalSteps
+                if checkpointDue || stopRequested != 0 || stopAfter == step { try bringBack() }
+                // A run that ends mid-epoch is validated at its end, and the record says so like an epoch end's.
+                if step == totalSteps && !epochEnds, let v = validateBoth() {
                     record.valLoss = v.raw; record.valPerplexity = exp(v.raw); record.valLossEma = v.averaged
                     lastValLoss = v.averaged ?? v.raw
                 }
+                if epochEnds {
+                    epoch += 1; window = 0
+                    if !cfg.carryState { state.reset(cfg.initialState) }
+                    if let v = validateBoth() {
+                        record.valLoss = v.raw; record.valPerplexity = exp(v.raw); record.valLossEma = v.averaged
+                        lastValLoss = v.averaged ?? v.raw
+                    }
+                    progress.finishLine()
+                    log(String(format: "epoch %d done: step %d, train loss %.4f, val loss %@, %.0f chars/s, %.0f s",
+                               epoch, step, loss, (lastValLoss.map { String(format: "%.4f (ppl %.2f)", $0, exp($0)) } ?? "n/a")
+                                + (record.valLossEma != nil ? String(format: " averaged, %.4f raw", record.valLoss ?? .nan) : ""),
+                               progress.charsPerSecond, elapsed))
+                    let text = sample(length: options.sampleLength)
+                    onSample?(text)
+                    log("sample: " + text.replacingOccurrences(of: "\n", with: "\n        "))
+                } else {
+                    let left = budget.map { "left " + formatDuration($0.seconds - elapsed) }
+                    let suffix = [left, computer.statusSuffix.isEmpty ? nil : computer.statusSuffix].compactMap { $0 }.joined(separator: " | ")
+                    progress.show(step: step, epoch: epoch, window: window, loss: loss, minLoss: minLoss, suffix: suffix)
+                }
+                metrics.write(record)
+                onRecord?(record)
+                if checkpointDue {
+                    // A budget run that ends has spent its budget (what is left went to the final validation and this
+                    // checkpoint), so a resume of it is a complete run.
+                    try saveCheckpoint(elapsed: step == totalSteps ? max(elapsed, budget?.seconds ?? 0) : elapsed)
+                    lastCheckpointStep = step
+                    if remote != nil { rollback = Rollback(of: self) }
+                }
+                if stopRequested != 0 || stopAfter == step {
+                    if lastCheckpointStep != step { try saveCheckpoint(elapsed: elapsed) }
+                    progress.finishLine()
+                    log("stopped by signal at step \(step); resume with --resume \(options.outDir)")
+                    break training
+                }
+                recoveries = 0
+            } catch let lost as RemoteStateLost {
+                // An owner of the remote state is gone: back to the last checkpoint (in memory), seed the owners that
+                // remain (or a replacement) with it, and on. A run that cannot take a step between losses stops.
+                guard let back = rollback else { throw lost }
+                recoveries += 1
+                guard recoveries <= Trainer.maxRecoveries else {
+                    throw BardError.io("\(lost.reason); \(recoveries) losses without a step between them: stopping; \(keptCheckpoint(lastCheckpointStep))")
+                }
                 progress.finishLine()
-                log(String(format: "epoch %d done: step %d, train loss %.4f, val loss %@, %.0f chars/s, %.0f s",
-                           epoch, step, loss, (lastValLoss.map { String(format: "%.4f (ppl %.2f)", $0, exp($0)) } ?? "n/a")
-                            + (record.valLossEma != nil ? String(format: " averaged, %.4f raw", record.valLoss ?? .nan) : ""),
-                           progress.charsPerSecond, elapsed))
-                let text = sample(length: options.sampleLength)
-                onSample?(text)
-                log("sample: " + text.replacingOccurrences(of: "\n", with: "\n        "))
-            } else {
-                let left = budget.map { "left " + formatDuration($0.seconds - elapsed) }
-                let suffix = [left, computer.statusSuffix.isEmpty ? nil : computer.statusSuffix].compactMap { $0 }.joined(separator: " | ")
-                progress.show(step: step, epoch: epoch, window: window, loss: loss, minLoss: minLoss, suffix: suffix)
-            }
-            metrics.write(record)
-            onRecord?(record)
-            if checkpointDue {
-                // A budget run that ends has spent its budget (what is left went to the final validation and this
-                // checkpoint), so a resume of it is a complete run.
-                try saveCheckpoint(elapsed: step == totalSteps ? max(elapsed, budget?.seconds ?? 0) : elapsed)
-                lastCheckpointStep = step
-            }
-            if stopRequested != 0 || stopAfter == step {
-                if lastCheckpointStep != step { try saveCheckpoint(elapsed: elapsed) }
-                progress.finishLine()
-                log("stopped by signal at step \(step); resume with --resume \(options.outDir)")
-                break
+                log("\(lost.reason): going back to step \(back.step) (the last checkpoint) and on without it")
+                back.restore(into: self)
+                metrics = try MetricsLog(path: options.outDir + "/metrics.jsonl", keepThroughStep: step)
+                needsSeed = true; remoteAhead = false; rollbacks += 1
             }
         }
         progress.finishLine()

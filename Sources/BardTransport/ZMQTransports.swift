@@ -3,6 +3,11 @@ import Foundation
 
 /// Socket options every Bard socket gets: no linger (a vanished peer must not block shutdown), bounded queues,
 /// a frame size cap (a hostile peer cannot make libzmq allocate a larger frame), ZMTP heartbeats to notice dead links.
+///
+/// The ZMTP timeout is long because libzmq hears nothing on a connection until a whole frame is in: a worker's
+/// parameters (17 MB for the default model) to one of seven workers behind one 100 Mbit/s link take about 10 s, and
+/// a 3 s timeout cut such connections mid-frame, losing the step (found on emulated hosts, issue 11). Dead peers are
+/// the application's heartbeats' business (`--heartbeat-timeout`); this only ends connections that are gone.
 func configureCommon(_ s: ZMQSocket, maxFrameBytes: Int, receiveHighWaterMark: Int32) throws {
     guard maxFrameBytes >= 1 else { throw ZMQError.invalidArgument("maxFrameBytes must be >= 1, got \(maxFrameBytes)") }
     try s.setLinger(milliseconds: 0)
@@ -10,8 +15,11 @@ func configureCommon(_ s: ZMQSocket, maxFrameBytes: Int, receiveHighWaterMark: I
     try s.setReceiveHighWaterMark(receiveHighWaterMark)
     try s.setMaxMessageSize(bytes: Int64(maxFrameBytes))
     try s.setHeartbeatInterval(milliseconds: 1000)
-    try s.setHeartbeatTimeout(milliseconds: 3000)
+    try s.setHeartbeatTimeout(milliseconds: zmtpHeartbeatTimeoutMilliseconds)
 }
+
+/// How long a connection may carry no complete frame after a ZMTP PING before libzmq drops it.
+let zmtpHeartbeatTimeoutMilliseconds: Int32 = 60_000
 
 /// Receives one message within `limits`, waiting up to `timeout` seconds in all: a dropped message is counted and
 /// the wait goes on for the next one, so a flood of oversized messages cannot pass for silence or for traffic.
@@ -84,8 +92,11 @@ public final class ZMQServerTransport: ServerTransport {
     ///     larger one is disconnected by libzmq before it is buffered.
     ///   - limits: what `receive` keeps of one message until changed.
     ///   - onDenial: called on the ZAP handler's thread for every denied handshake; must return quickly.
+    /// `handover`: a new connection with a routing id in use takes it over (a coordinator shard's socket: a worker's
+    /// new link to it, after a re-planned run, has its old link's id, and libzmq would otherwise ignore it for good).
     public init(context: ZMQContext, bind: String, security: ServerSecurity? = nil, maxFrameBytes: Int = Wire.maxFrameBytes,
-                limits: ReceiveLimits = .control, onDenial: (@Sendable (HandshakeDenial) -> Void)? = nil) throws {
+                limits: ReceiveLimits = .control, handover: Bool = false,
+                onDenial: (@Sendable (HandshakeDenial) -> Void)? = nil) throws {
         self.context = context
         self.limits = limits
         roles = security?.clients ?? [:]
@@ -105,9 +116,9 @@ public final class ZMQServerTransport: ServerTransport {
         }
         failsClosedWithoutAuthenticator = enforced
         try socket.setRouterMandatory(true)
-        // Off: no connection may take over another's identity. Workers use a fresh routing id per process, and the
-        // coordinator decides by name and key who is who (Membership).
-        try socket.setRouterHandover(false)
+        // Off for the coordinator: no connection may take over another's identity. Workers use a fresh routing id
+        // per process, and the coordinator decides by name and key who is who (Membership).
+        try socket.setRouterHandover(handover)
         try socket.bind(bind)
         endpoint = try socket.lastEndpoint
     }

@@ -43,7 +43,11 @@ struct ShardCommand: ParsableCommand {
         let context = try ZMQContext()
         let workers: ZMQServerTransport
         do {
-            workers = try ZMQServerTransport(context: context, bind: bind, security: server, maxFrameBytes: 4 * maxParameters + 4096)
+            // Handover: a worker reconnecting (a restarted shard on the same port, a new map) keeps its routing id,
+            // which the lead's plan names; any admitted worker key could claim another's id, as it could send it
+            // wrong gradients anyway.
+            workers = try ZMQServerTransport(context: context, bind: bind, security: server, maxFrameBytes: 4 * maxParameters + 4096,
+                                             handover: true)
         } catch {
             throw BardError.io("cannot bind \(bind): \(error)")
         }

@@ -1,3 +1,4 @@
+import BardMetrics
 import BardModel
 import BardNumerics
 import BardTraining
@@ -291,13 +292,13 @@ final class InMemoryShardedRunTests: XCTestCase {
     func text() -> String { wordCorpus() }
 
     /// Four blocks of parameters (about 125 K), Adam with clipping that bites, dropout and an average.
-    func trainer(_ out: String) throws -> Trainer {
+    func trainer(_ out: String, log: @escaping (String) -> Void = { _ in }) throws -> Trainer {
         var c = Config()
         c.layers = 2; c.embed = 32; c.hidden = 96; c.dropout = 0.2; c.batch = 7; c.bptt = 5; c.steps = 12; c.seed = 3
         c.clip = 0.5; c.ema = 0.9
         var o = TrainOptions(config: c, dataPath: "mem")
         o.outDir = out; o.logInterval = 1e9; o.sampleLength = 5; o.checkpointEvery = 5
-        return try Trainer(options: o, corpus: Corpus(text: text()), log: { _ in })
+        return try Trainer(options: o, corpus: Corpus(text: text()), log: log)
     }
 
     /// Runs `t` on a coordinator with `workers` workers and, when `shards` > 0, that many shard servers.
@@ -366,6 +367,70 @@ final class InMemoryShardedRunTests: XCTestCase {
             XCTAssertEqual(saved.step, 12)
             XCTAssertLessThan(relative(saved.params.array, star.average!.array), 1e-6, what)
         }
+    }
+
+    /// A shard cut off mid-run (its link to the lead severed at step 7): the lead notices its silence, the trainer goes
+    /// back to the checkpoint of step 5 and the slices are planned again over the two shards that remain; a
+    /// replacement that joins later gets a slice at the next checkpoint (step 10). The math is unchanged: the final
+    /// parameters, average and moments equal the star coordinator's to 1e-6, and metrics.jsonl has each step once.
+    func testALostShardSendsTheRunBackToItsCheckpointAndOnWithTheRest() throws {
+        let base = NSTemporaryDirectory() + "bard-sharded-lost-\(getpid())"
+        defer { try? FileManager.default.removeItem(atPath: base) }
+        let star = try trainer(base + "/star")
+        _ = try run(star, workers: 2, shards: 0)
+
+        var lines: [String] = []
+        let lock = NSLock()
+        let t = try trainer(base + "/sharded", log: { line in lock.lock(); lines.append(line); lock.unlock() })
+        let hub = InMemoryHub()
+        let coordinator = Coordinator(transport: hub.server(), model: t.model, fingerprint: "fp", minWorkers: 2,
+                                      log: { line in lock.lock(); lines.append(line); lock.unlock() })
+        coordinator.useShards(3, heartbeatTimeout: 2)
+        var shardHubs: [String: InMemoryHub] = [:]
+        func startShard(_ k: Int) {
+            let endpoint = "tcp://shard-\(k):1", shardHub = InMemoryHub()
+            lock.lock(); shardHubs[endpoint] = shardHub; lock.unlock()
+            let server = ShardServer(lead: hub.client(id: "s\(k)"), workers: shardHub.server(), name: "s\(k)", endpoint: endpoint,
+                                     serverKey: "", threads: 1, log: { _ in })
+            Thread { try? server.run() }.start()
+        }
+        for k in 0..<3 { startShard(k) }
+        for i in 0..<2 {
+            let w = WorkerCore(transport: hub.client(id: "w\(i)"), name: "w\(i)", fingerprint: "", threads: 1, log: { _ in })
+            w.shardConnector = { s in
+                lock.lock(); defer { lock.unlock() }
+                guard let h = shardHubs[s.endpoint] else { throw BardError.io("no shard at \(s.endpoint)") }
+                return h.client(id: "w\(i)")
+            }
+            Thread { try? w.run() }.start()
+        }
+        var records: [MetricsRecord] = []
+        t.onRecord = { r in
+            records.append(r)
+            if r.step == 7 && !hub.severed.contains(Array("s1".utf8)) { hub.severed.insert(Array("s1".utf8)) }
+            if r.step == 6 && records.filter({ $0.step == 6 }).count == 2 { startShard(3) }  // after the loss, once
+        }
+        try coordinator.waitForShards(timeout: 10)
+        try coordinator.waitForWorkers(2, timeout: 10)
+        try t.run(computer: coordinator, remote: coordinator)
+        try coordinator.finish(linger: 0)
+
+        lock.lock(); let log = lines; lock.unlock()
+        XCTAssertEqual(t.step, 12)
+        XCTAssertTrue(log.contains { $0.contains("coordinator shard s1 was silent") && $0.contains("going back to step 5") },
+                      log.joined(separator: "\n"))
+        XCTAssertFalse(log.contains { $0.contains("rejected") }, log.joined(separator: "\n"))
+        XCTAssertTrue(log.contains { $0.contains("coordinator shard s3 joins the run") }, log.joined(separator: "\n"))
+        XCTAssertEqual(records.map(\.step!), Array(1...7) + Array(6...12), "back to step 5 once, from step 7 or 8")
+        XCTAssertEqual(records.last?.rollbacks, 1)
+        XCTAssertLessThan(relative(t.params.array, star.params.array), 1e-6)
+        XCTAssertLessThan(relative(t.average!.array, star.average!.array), 1e-6)
+        XCTAssertLessThan(relative(t.optimizer.v.array, star.optimizer.v.array), 1e-6)
+        XCTAssertEqual(t.optimizer.step, star.optimizer.step)
+        // The log on disk: each step once, as if nothing had happened.
+        let logged = try String(contentsOfFile: base + "/sharded/metrics.jsonl", encoding: .utf8)
+            .split(separator: "\n").compactMap { MetricsRecord.decode(line: $0)?.step }
+        XCTAssertEqual(logged, Array(1...12))
     }
 
     /// A model with fewer blocks than shards is refused before anyone joins.
