@@ -47,7 +47,7 @@ let package = Package(
         .testTarget(name: "BardModelTests", dependencies: ["BardModel"]),
         .testTarget(name: "BardTrainingTests", dependencies: ["BardTraining", "BardMetrics"]),
         .testTarget(name: "BardClusterTests", dependencies: ["BardCluster", "BardTraining", "BardMetrics"]),
-        .testTarget(name: "BardCLITests", dependencies: ["BardModel", "BardTraining", "BardCluster", "BardTransport"]),
+        .testTarget(name: "BardCLITests", dependencies: ["BardMetrics", "BardModel", "BardTraining", "BardCluster", "BardTransport"]),
         .testTarget(name: "BardTransportTests", dependencies: ["BardTransport"]),
         .testTarget(name: "BardMonitorTests", dependencies: ["BardMonitor", "BardPlot", "BardMetrics"]),
     ],

@@ -63,7 +63,13 @@ public final class Coordinator: GradientComputer {
 
     public private(set) var rejected = 0
     public private(set) var evictions = 0
-    public private(set) var bytesMoved = 0
+    /// Bytes of messages sent and received by this process, over the run.
+    public private(set) var bytesSent = 0, bytesReceived = 0
+    public var bytesMoved: Int { bytesSent + bytesReceived }
+    /// The step's bytes as the other processes report them (workers with their results, shards with their
+    /// acknowledgements), by role and name, and this process's totals at the last record.
+    var peerTraffic: [String: PeerTraffic] = [:]
+    var trafficMark = (sent: 0, received: 0)
     /// Step attempts abandoned because a worker was lost, and done again over the others.
     public internal(set) var redone = 0
     public private(set) var quarantines = 0
@@ -112,7 +118,7 @@ public final class Coordinator: GradientComputer {
 
     func send(_ peer: PeerID, _ message: Message) { send(peer, message.encode()) }
     func send(_ peer: PeerID, _ frames: [[UInt8]]) {
-        bytesMoved += frames.reduce(0) { $0 + $1.count }
+        bytesSent += frames.reduce(0) { $0 + $1.count }
         _ = transport.send(to: peer, frames)
     }
 
@@ -180,7 +186,7 @@ public final class Coordinator: GradientComputer {
 
     func receive(until: Double = .infinity) throws -> Envelope? {
         let envelope = try transport.receive(timeout: wait(until: until))
-        if let e = envelope { bytesMoved += e.frames.reduce(0) { $0 + $1.count } }
+        if let e = envelope { bytesReceived += e.frames.reduce(0) { $0 + $1.count } }
         return envelope
     }
 
@@ -271,6 +277,7 @@ public final class Coordinator: GradientComputer {
         case .heartbeat:
             if shards?.index(of: peer) == nil { askToRegisterIfUnknown(peer) }
         case .result(let r):
+            count(r.traffic, of: peer, role: .worker)
             reject("stale or unexpected result for step \(r.stepID) from \(name(peer))")
             askToRegisterIfUnknown(peer)
         case .refuse(let code, let reason):
@@ -353,6 +360,7 @@ public final class Coordinator: GradientComputer {
                 switch message {
                 case .result(let r) where r.stepID == stepID && round.owes(peer):
                     membership.heard(peer, now: clock())
+                    count(r.traffic, of: peer, role: .worker)
                     let region = shared?.region(for: peer)
                     switch round.accept(r, from: peer, shape: resultShape, sharedAllowed: region != nil) {
                     case .accepted:
@@ -493,11 +501,26 @@ public final class Coordinator: GradientComputer {
                timing.reduce * 1000, timing.update * 1000)
     }
 
+    /// A worker's or shard's report of the bytes it moved since its last one.
+    func count(_ t: Traffic, of peer: PeerID, role: PeerTraffic.Role) {
+        let who = role == .shard ? shards?.shards.first { $0.peer == peer }?.name : membership.member(peer)?.name
+        guard let who else { return }
+        let key = role.rawValue + "/" + who
+        var entry = peerTraffic[key] ?? PeerTraffic(name: who, role: role, sent: 0, received: 0)
+        entry.sent += Int(clamping: t.sent); entry.received += Int(clamping: t.received)
+        peerTraffic[key] = entry
+    }
+
     public func annotate(_ r: inout MetricsRecord) {
         r.workers = membership.members.count
         r.computeS = timing.compute; r.communicationS = timing.communication; r.sendS = timing.send
         r.reduceS = timing.reduce; r.updateS = timing.update
-        r.bytesMoved = bytesMoved; r.evictions = evictions; r.rejected = rejected; r.redone = redone
+        r.bytesMoved = bytesMoved
+        r.traffic = [PeerTraffic(name: "lead", role: .lead, sent: bytesSent - trafficMark.sent, received: bytesReceived - trafficMark.received)]
+            + peerTraffic.values.sorted { ($0.role.rawValue, $0.name) < ($1.role.rawValue, $1.name) }
+        trafficMark = (bytesSent, bytesReceived)
+        peerTraffic = [:]
+        r.evictions = evictions; r.rejected = rejected; r.redone = redone
         r.quarantines = quarantines; r.quarantined = membership.quarantined(now: clock()).count
         r.droppedMessages = transport.droppedMessages; r.deniedHandshakes = transport.deniedHandshakes
         r.stepDeadlineS = deadline.seconds

@@ -18,6 +18,8 @@ public final class ShardServer {
     let log: (String) -> Void
     public private(set) var core: ShardCore?
     var assignment: SliceState?
+    /// Bytes sent and received on both sockets since the last `applied`.
+    let traffic = TrafficCounter()
     /// Workers waiting for the next version (the lead's `apply` is on its way); every version goes out from one frame
     /// encoded once.
     var waiting: Set<PeerID> = []
@@ -72,24 +74,26 @@ public final class ShardServer {
             joined = false
         }
         if !joined && now - lastJoin >= heartbeatInterval {
-            _ = lead.send(Message.join(name: name, endpoint: endpoint, serverKey: serverKey).encode())
+            toLead(Message.join(name: name, endpoint: endpoint, serverKey: serverKey).encode())
             lastJoin = now; lastBeat = now
         } else if joined && now - lastBeat >= heartbeatInterval {
-            _ = lead.send(Message.heartbeat.encode())
+            toLead(Message.heartbeat.encode())
             lastBeat = now
         }
         var busy = false
         for _ in 0..<64 {
             guard let frames = try lead.receive(timeout: 0) else { break }
+            traffic.received(frames)
             busy = true
             if try !handleLead(frames) { return false }
         }
         for _ in 0..<256 {
             guard let e = try workers.receive(timeout: 0) else { break }
+            traffic.received(e.frames)
             busy = true
             handleWorker(e)
         }
-        if !busy, let e = try workers.receive(timeout: 0.002) { handleWorker(e) }
+        if !busy, let e = try workers.receive(timeout: 0.002) { traffic.received(e.frames); handleWorker(e) }
         return true
     }
 
@@ -112,7 +116,7 @@ public final class ShardServer {
         case .assign(let s):
             do { try take(s) } catch {
                 reject("an assignment that does not fit: \(error)")
-                _ = lead.send(Message.refuse(.badRequest, reason: "\(error)").encode())
+                toLead(Message.refuse(.badRequest, reason: "\(error)").encode())
             }
         case .plan(let stepID, let meanOver, let columns, let owners):
             guard let core else { reject("a plan before any assignment"); break }
@@ -126,21 +130,21 @@ public final class ShardServer {
             guard let core else { reject("an update before any assignment"); break }
             guard let report = core.apply(stepID: order.stepID, lr: order.lr, norm: order.norm, clip: order.clip,
                                           decay: order.decay, version: order.version) else {
-                _ = lead.send(Message.refuse(.badRequest, reason: "step \(order.stepID) is not summed on shard \(LogText.escape(name))").encode())
+                toLead(Message.refuse(.badRequest, reason: "step \(order.stepID) is not summed on shard \(LogText.escape(name))").encode())
                 break
             }
             stepsApplied += 1
-            _ = lead.send(Message.applied(stepID: order.stepID, version: core.version, paramsFinite: report.paramsFinite,
+            toLead(Message.applied(stepID: order.stepID, version: core.version, paramsFinite: report.paramsFinite,
                                           momentsFinite: report.momentsFinite).encode())
             served = [:]
             for peer in waiting { serveParameters(to: peer, core) }
             waiting = []
         case .gather(let version):
             guard let core, let a = assignment, core.version == version else {
-                _ = lead.send(Message.refuse(.badRequest, reason: "shard \(LogText.escape(name)) is not at version \(version)").encode())
+                toLead(Message.refuse(.badRequest, reason: "shard \(LogText.escape(name)) is not at version \(version)").encode())
                 break
             }
-            _ = lead.send(Message.gathered(SliceState(
+            toLead(Message.gathered(SliceState(
                 index: a.index, shards: a.shards, slice: core.slice, parameterCount: a.parameterCount, optimizer: a.optimizer,
                 optimizerStep: core.optimizer.step, version: core.version, params: core.params.array,
                 average: core.average?.array ?? [], m: core.optimizer.m.array, v: core.optimizer.v.array)).encode())
@@ -172,7 +176,7 @@ public final class ShardServer {
         waiting = []; served = [:]; parametersFrames = nil; early = []; lastPlanned = 0
         joined = true
         // The acknowledgement of a seeding: an update of step 0 to the seeded version.
-        _ = lead.send(Message.applied(stepID: 0, version: s.version, paramsFinite: true, momentsFinite: true).encode())
+        toLead(Message.applied(stepID: 0, version: s.version, paramsFinite: true, momentsFinite: true).encode())
         // A worker's largest legitimate message is a gradient slice.
         workers.limits = ReceiveLimits(maxFrames: 2, maxBytes: Header.size + 64 + 4 * s.slice.count)
         log("shard \(s.index + 1) of \(s.shards): parameters \(s.slice) of \(s.parameterCount), at version \(s.version)")
@@ -183,12 +187,24 @@ public final class ShardServer {
     func accept(_ core: ShardCore, stepID: UInt64, columns: Range<Int>, values: [Float], from peer: PeerID) {
         switch core.accept(stepID: stepID, columns: columns, gradients: values, from: peer) {
         case .accepted: break
-        case .complete(let parts): _ = lead.send(Message.summed(stepID: stepID, parts: parts).encode())
+        case .complete(let parts): toLead(Message.summed(stepID: stepID, parts: parts).encode())
         case .rejected(let why): reject(why)
         }
     }
 
-    func send(_ peer: PeerID, _ m: Message) { _ = workers.send(to: peer, m.encode()) }
+    func send(_ peer: PeerID, _ m: Message) { toWorker(peer, m.encode()) }
+
+    func toWorker(_ peer: PeerID, _ frames: [[UInt8]]) {
+        traffic.sent(frames)
+        _ = workers.send(to: peer, frames)
+    }
+
+    /// Sends to the lead, counted; an `applied` carries what this shard sent and received since its last one.
+    func toLead(_ frames: [[UInt8]]) {
+        var frames = frames
+        traffic.report(in: &frames)
+        _ = lead.send(frames)
+    }
 
     /// The slice's parameters at the current version, encoded once per version.
     func serveParameters(to peer: PeerID, _ core: ShardCore) {
@@ -200,7 +216,7 @@ public final class ShardServer {
             parametersFrames = (core.version, Message.parameters(version: core.version, core.params.array).encode())
         }
         served[peer, default: 0] += 1
-        if let frames = parametersFrames?.frames { _ = workers.send(to: peer, frames) }
+        if let frames = parametersFrames?.frames { toWorker(peer, frames) }
     }
 
     func handleWorker(_ e: Envelope) {

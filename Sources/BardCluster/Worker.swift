@@ -32,6 +32,8 @@ public final class WorkerCore {
     public var shardTimeout: Double = 8
     /// Set while the main thread waits to abandon the step in flight, so a wait for slices ends at once.
     let abandoning = Flag()
+    /// Bytes sent and received on every socket since the last result.
+    let traffic = TrafficCounter()
 
     final class Flag: @unchecked Sendable {
         let lock = NSLock()
@@ -74,6 +76,13 @@ public final class WorkerCore {
         init(_ r: StepRequest) { request = r }
     }
 
+    /// Sends to the lead, counted; a result carries what this worker sent and received since its last one.
+    func toLead(_ frames: [[UInt8]]) {
+        var frames = frames
+        traffic.report(in: &frames)
+        _ = transport.send(frames)
+    }
+
     /// Runs until the coordinator says done (returns) or refuses us, goes silent, or a signal comes (throws
     /// `WorkerStop`). The socket is used from this thread only; a step is computed on a background thread so
     /// heartbeats keep flowing meanwhile.
@@ -86,7 +95,7 @@ public final class WorkerCore {
         func perform(_ actions: [WorkerSession.Action]) throws -> Bool {
             for action in actions {
                 switch action {
-                case .send(let m): _ = transport.send(m.encode())
+                case .send(let m): toLead(m.encode())
                 case .log(let line): log(line)
                 case .abandon: abandon()
                 case .build(let shape): build(shape)
@@ -113,11 +122,12 @@ public final class WorkerCore {
             if let slot = inFlight, done.wait(timeout: .now()) == .success {
                 inFlight = nil
                 let (send, actions) = session.computed(stepID: slot.request.stepID)
-                if send, let reply = slot.reply { _ = transport.send(reply) }
+                if send, let reply = slot.reply { toLead(reply) }
                 if try perform(actions) { return }
             }
             // While a step computes, poll briefly: its result goes out within a millisecond of being ready.
             guard let frames = try transport.receive(timeout: inFlight == nil ? 0.2 : 0.001) else { continue }
+            traffic.received(frames)
             let message: Message
             do { message = try Message.decode(frames) } catch {
                 if let (version, reason) = Message.foreignRefusal(frames) {
@@ -198,7 +208,11 @@ public final class WorkerCore {
     func fetchSlices(version: UInt64, into params: FloatBuffer) -> String? {
         guard !shardLinks.isEmpty, shardLinks.last?.endpoint.slice.upperBound == params.count else { return shardProblem }
         var missing = Set(shardLinks.indices.filter { shardLinks[$0].version != version })
-        for i in missing { _ = shardLinks[i].transport.send(Message.want(version: version).encode()) }
+        for i in missing {
+            let want = Message.want(version: version).encode()
+            traffic.sent(want)
+            _ = shardLinks[i].transport.send(want)
+        }
         let end = clock() + shardTimeout
         while !missing.isEmpty {
             if abandoning.value { return "the step was abandoned" }
@@ -208,6 +222,7 @@ public final class WorkerCore {
             for i in missing.sorted() {
                 let link = shardLinks[i]
                 guard let frames = try? link.transport.receive(timeout: missing.count == 1 ? 0.05 : 0.001) else { continue }
+                traffic.received(frames)
                 switch try? Message.decode(frames) {
                 case .parameters(let v, let values)? where v == version && values.count == link.endpoint.slice.count:
                     values.withUnsafeBufferPointer { b in
@@ -273,8 +288,10 @@ public final class WorkerCore {
             // Each shard gets the gradient sums over its slice; the lead gets the loss and the state.
             for link in shardLinks {
                 let slice = link.endpoint.slice
-                _ = link.transport.send(Message.gradient(stepID: r.stepID, columns: r.columns,
-                                                         Array(UnsafeBufferPointer(start: source.grads.pointer + slice.lowerBound, count: slice.count))).encode())
+                let frames = Message.encodeGradient(stepID: r.stepID, columns: r.columns, source.grads.pointer + slice.lowerBound,
+                                                    count: slice.count)
+                traffic.sent(frames)
+                _ = link.transport.send(frames)
             }
             result.toShards = true
             return Message.encodeResult(result, gradientFrame: [])

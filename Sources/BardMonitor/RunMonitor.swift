@@ -52,7 +52,9 @@ public final class RunMonitor: @unchecked Sendable {
     let title: String
     var counted: [String: Double] = [:]
 
-    let steps, evictions, rejected, bytes: Counter
+    let steps, evictions, rejected, bytes, rollbacks: Counter
+    /// `bard_peer_bytes_total{role, peer, direction}`: made as processes first report.
+    var peerBytes: [String: Counter] = [:]
     let trainLoss, charsPerSecond, workersAlive, stepGauge, epochGauge: Gauge
     /// Made at the first validation: before it there is no value (0 would look like a perfect model).
     var valLoss: Gauge?
@@ -70,6 +72,7 @@ public final class RunMonitor: @unchecked Sendable {
         evictions = registry.makeCounter(name: "bard_evictions_total", help: "Workers evicted (silent past the heartbeat timeout or the step timeout).")
         rejected = registry.makeCounter(name: "bard_rejected_messages_total", help: "Messages rejected: undecodable, unexpected or of the wrong shape.")
         bytes = registry.makeCounter(name: "bard_bytes_moved_total", help: "Bytes of cluster messages sent and received by the coordinator.")
+        rollbacks = registry.makeCounter(name: "bard_rollbacks_total", help: "Times a sharded run went back to its last checkpoint because a coordinator shard lost its slice.")
         trainLoss = registry.makeGauge(name: "bard_train_loss", help: "Mean cross-entropy of the last training window (nats/char).")
         charsPerSecond = registry.makeGauge(name: "bard_chars_per_second", help: "Training throughput in characters per second.")
         workersAlive = registry.makeGauge(name: "bard_workers_alive", help: "Workers registered and not evicted.")
@@ -129,11 +132,22 @@ public final class RunMonitor: @unchecked Sendable {
         for (p, g) in phase { if let v = seconds[p] { g.set(v) } }
         // The coordinator reports running totals; counters take the increase.
         for (key, counter, value) in [("evictions", evictions, record.evictions), ("rejected", rejected, record.rejected),
-                                      ("bytes_moved", bytes, record.bytesMoved)] {
+                                      ("bytes_moved", bytes, record.bytesMoved), ("rollbacks", rollbacks, record.rollbacks)] {
             guard let total = value else { continue }
             let increase = Double(total) - (counted[key] ?? 0)
             if increase > 0 { counter.increment(by: Int64(increase)) }
             counted[key] = max(Double(total), counted[key] ?? 0)
+        }
+        // Each process's bytes of the step: the lead's own, and what shards and workers reported.
+        for t in record.traffic ?? [] {
+            for (direction, value) in [("sent", t.sent), ("received", t.received)] where value > 0 {
+                let key = "\(t.role.rawValue)\u{0}\(t.name)\u{0}\(direction)"
+                let counter = peerBytes[key] ?? registry.makeCounter(
+                    name: "bard_peer_bytes_total", labels: [("role", t.role.rawValue), ("peer", t.name), ("direction", direction)],
+                    help: "Bytes of messages each process of the cluster sent and received (the lead's own count; shards and workers report theirs).")
+                peerBytes[key] = counter
+                counter.increment(by: Int64(value))
+            }
         }
         // The coordinator's transport and quarantine numbers come in the same record.
         for (metric, value) in [(ClusterMetric.deniedHandshakes, record.deniedHandshakes),

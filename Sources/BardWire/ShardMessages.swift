@@ -96,8 +96,9 @@ extension Message {
         case .apply(let o):
             w.u64(o.stepID); w.f64(o.lr); w.f64(o.norm); w.f64(o.clip); w.f64(o.decay); w.u64(o.version)
             return [w.bytes]
-        case .applied(let stepID, let version, let paramsFinite, let momentsFinite):
+        case .applied(let stepID, let version, let paramsFinite, let momentsFinite, let traffic):
             w.u64(stepID); w.u64(version); w.u8(paramsFinite ? 1 : 0); w.u8(momentsFinite ? 1 : 0)
+            w.u64(traffic.sent); w.u64(traffic.received)  // last in the frame: see `Message.stampTraffic`
             return [w.bytes]
         case .shardMap(let shards):
             w.u32(UInt32(shards.count))
@@ -200,8 +201,9 @@ extension Message {
             try expectFrames(1)
             let stepID = try r.uint(UInt64.self), version = try r.uint(UInt64.self)
             let p = try r.u8(), m = try r.u8()
+            let traffic = Traffic(sent: try r.uint(UInt64.self), received: try r.uint(UInt64.self))
             guard p <= 1, m <= 1 else { throw WireError("finiteness flags \(p), \(m)") }
-            return .applied(stepID: stepID, version: version, paramsFinite: p == 1, momentsFinite: m == 1)
+            return .applied(stepID: stepID, version: version, paramsFinite: p == 1, momentsFinite: m == 1, traffic: traffic)
         case .shardMap:
             try expectFrames(1)
             let count = Int(try r.uint(UInt32.self))
@@ -234,5 +236,14 @@ extension Message {
         default:
             return nil
         }
+    }
+}
+
+extension Message {
+    /// A `gradient` straight from a worker's gradient buffer (one copy, into the frame), as `.gradient(...).encode()`.
+    public static func encodeGradient(stepID: UInt64, columns: Range<Int>, _ values: UnsafePointer<Float>, count: Int) -> [[UInt8]] {
+        var w = header(.gradient)
+        w.u64(stepID); w.u32(UInt32(columns.lowerBound)); w.u32(UInt32(columns.upperBound))
+        return [w.bytes, floatFrame(values, count: count)]
     }
 }

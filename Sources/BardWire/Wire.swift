@@ -9,8 +9,9 @@ public enum Wire {
     /// 2: typed refusals, the model's shape in `welcome`. 3: shared memory between processes of one host (the host in
     /// `hello`, an offer in `welcome`, flags in `step` and `result`). 4: sharded coordinators' messages (`join` to
     /// `gradient`, ShardMessages.swift). 5: the place of a step's parameters and a result's gradients may be the
-    /// coordinator shards (2).
-    public static let version: UInt16 = 5
+    /// coordinator shards (2). 6: a worker's `result` and a shard's `applied` end with the bytes the process sent and
+    /// received since its last one (`Traffic`).
+    public static let version: UInt16 = 6
     /// Largest frame a peer may send (ZMQ_MAXMSGSIZE) before the run's shapes are known: a 64M-parameter model's gradient.
     public static let maxFrameBytes = 256 << 20
     /// Longest string we accept.
@@ -19,7 +20,7 @@ public enum Wire {
     /// The largest legitimate message a coordinator receives in a run of these shapes (a `result`: header, gradient
     /// sums, final h and c of a whole batch), for its receive limits; anything larger is dropped unread.
     public static func largestResultBytes(parameterCount: Int, stateFloats: Int) -> Int {
-        Header.size + 64 + 4 * parameterCount + 2 * 4 * stateFloats
+        Header.size + 128 + 4 * parameterCount + 2 * 4 * stateFloats  // the fields of frame 0 take 73 bytes
     }
 }
 
@@ -45,6 +46,16 @@ public struct Header: Equatable, Sendable {
         h.type = try r.u8()
         return h
     }
+}
+
+/// The bytes of messages (frames, without ZeroMQ's or TCP's framing) a process sent and received since it last said.
+/// A worker reports it with each `result`, a shard with each `applied`, the report itself included: both end their
+/// header frame with it, so the sender stamps it last (`Message.stampTraffic`).
+public struct Traffic: Equatable, Sendable {
+    public var sent: UInt64
+    public var received: UInt64
+    public init(sent: UInt64 = 0, received: UInt64 = 0) { self.sent = sent; self.received = received }
+    static let size = 16
 }
 
 public enum MessageType: UInt8, Sendable {
@@ -173,8 +184,9 @@ public enum Message: Equatable, Sendable {
     case summed(stepID: UInt64, parts: [Double])
     /// Lead -> shard: apply the step.
     case apply(UpdateOrder)
-    /// Shard -> lead: the step is applied; whether what it wrote is finite.
-    case applied(stepID: UInt64, version: UInt64, paramsFinite: Bool, momentsFinite: Bool)
+    /// Shard -> lead: the step is applied; whether what it wrote is finite; what the shard sent and received since its
+    /// last `applied`, this one included.
+    case applied(stepID: UInt64, version: UInt64, paramsFinite: Bool, momentsFinite: Bool, traffic: Traffic = Traffic())
     /// Lead -> worker: the shards, in slice order.
     case shardMap([ShardEndpoint])
     /// Worker -> shard: its parameter slice of `version`.
@@ -231,11 +243,14 @@ public struct StepResult: Equatable, Sendable {
     public var sharedGradients: Bool
     /// The gradient sums went to the coordinator shards, slice by slice (`gradients` is empty).
     public var toShards: Bool
+    /// What the worker sent and received since its last result, this one included (stamped as it is sent).
+    public var traffic: Traffic
 
     public init(stepID: UInt64, columns: Range<Int>, lossSum: Double, computeSeconds: Double, gradients: [Float],
-                h: [Float], c: [Float], sharedGradients: Bool = false, toShards: Bool = false) {
+                h: [Float], c: [Float], sharedGradients: Bool = false, toShards: Bool = false, traffic: Traffic = Traffic()) {
         self.stepID = stepID; self.columns = columns; self.lossSum = lossSum; self.computeSeconds = computeSeconds
         self.gradients = gradients; self.h = h; self.c = c; self.sharedGradients = sharedGradients; self.toShards = toShards
+        self.traffic = traffic
     }
 }
 
@@ -403,7 +418,21 @@ extension Message {
         w.f64(r.lossSum); w.f64(r.computeSeconds)
         w.u64(UInt64(gradientFrame.count / 4)); w.u64(UInt64(r.h.count)); w.u64(UInt64(r.c.count))
         w.u8(r.sharedGradients ? 1 : r.toShards ? 2 : 0)  // where the gradients are: message, shared memory, shards
+        w.u64(r.traffic.sent); w.u64(r.traffic.received)  // last in the frame: see `stampTraffic`
         return [w.bytes, gradientFrame, floatFrame(r.h), floatFrame(r.c)]
+    }
+
+    /// Writes `traffic`, plus the bytes of `frames` themselves as sent, into an encoded `result` or `applied`, whose
+    /// header frames end with it; other messages are left alone. Returns whether it stamped.
+    @discardableResult
+    public static func stampTraffic(_ frames: inout [[UInt8]], _ traffic: Traffic) -> Bool {
+        guard let head = frames.first, head.count >= Header.size + Traffic.size, Array(head.prefix(4)) == Wire.magic,
+              head[6] == MessageType.result.rawValue || head[6] == MessageType.applied.rawValue else { return false }
+        let own = UInt64(frames.reduce(0) { $0 + $1.count })
+        var w = Writer()
+        w.u64(traffic.sent &+ own); w.u64(traffic.received)
+        frames[0].replaceSubrange((head.count - Traffic.size)..<head.count, with: w.bytes)
+        return true
     }
 
     /// The protocol version a message claims when it starts with Bard's magic but is not this side's version. Only the
@@ -520,13 +549,14 @@ extension Message {
             let ng = try count(try r.uint(UInt64.self), "gradient"), nh = try count(try r.uint(UInt64.self), "h")
             let nc = try count(try r.uint(UInt64.self), "c")
             let gradientsAt = try place(&r, "gradients")
+            let traffic = Traffic(sent: try r.uint(UInt64.self), received: try r.uint(UInt64.self))
             guard gradientsAt == 0 || ng == 0 else { throw WireError("gradients both elsewhere and sent") }
             guard lo < hi else { throw WireError("bad column range \(lo)..<\(hi)") }
             guard loss.isFinite, seconds.isFinite, seconds >= 0 else { throw WireError("non-finite loss or time") }
             message = .result(StepResult(stepID: id, columns: lo..<hi, lossSum: loss, computeSeconds: seconds,
                                          gradients: try floats(frames[1], count: ng, name: "gradients"),
                                          h: try floats(frames[2], count: nh, name: "h"), c: try floats(frames[3], count: nc, name: "c"),
-                                         sharedGradients: gradientsAt == 1, toShards: gradientsAt == 2))
+                                         sharedGradients: gradientsAt == 1, toShards: gradientsAt == 2, traffic: traffic))
         default:
             guard let m = try decodeShardMessage(type, &r, frames) else { throw WireError("unknown message type") }
             message = m

@@ -1,3 +1,4 @@
+import BardMetrics
 import BardModel
 import BardNumerics
 import Foundation
@@ -195,6 +196,7 @@ final class ClusterProcessTests: ProcessTestCase {
             }
             let saved = try ModelCheckpoint.load(path: out + "/model.safetensors")
             XCTAssertEqual(try ModelCheckpoint.load(path: dir + "/\(name)-fetched/model.safetensors").params.array, saved.params.array)
+            try checkTraffic(out, name: name, shards: shards, workers: workers, parameterBytes: 4 * saved.params.count)
             return saved.params.array
         }
         // The star coordinator with as many workers (so the same column split and the same sums): 1e-6 relative in
@@ -271,6 +273,32 @@ final class ClusterProcessTests: ProcessTestCase {
         let worst = largestElementDifference(sharded, star)
         print("sharded run through two lost shards: largest parameter difference from the star coordinator \(worst) relative")
         XCTAssertLessThan(worst, 1e-6)
+    }
+
+    /// The bytes of a step in a run's metrics.jsonl (issue 11, requirement 6), process by process: the lead, each shard
+    /// and each worker are there, and every byte one of them sent, another received (within the messages that cross
+    /// the step's edges: a heartbeat, a 64 KB margin). Sharded, each worker takes all of P from the shards and sends
+    /// them P of gradient slices, and the lead moves no parameters. (The star run's workers here are on the lead's
+    /// host and use shared memory.)
+    func checkTraffic(_ out: String, name: String, shards: Int, workers: Int, parameterBytes p: Int) throws {
+        let records = read(out + "/metrics.jsonl").split(separator: "\n").compactMap { MetricsRecord.decode(line: $0) }
+        guard let r = records.first(where: { $0.step == 12 }), let traffic = r.traffic else {
+            return XCTFail("\(name): no traffic in the record of step 12")
+        }
+        let lead = traffic.filter { $0.role == .lead }, workerT = traffic.filter { $0.role == .worker }
+        XCTAssertEqual(lead.count, 1, "\(name): \(traffic)")
+        XCTAssertEqual(traffic.filter { $0.role == .shard }.count, shards, "\(name): \(traffic)")
+        XCTAssertEqual(workerT.count, workers, "\(name): \(traffic)")
+        let sent = traffic.reduce(0) { $0 + $1.sent }, received = traffic.reduce(0) { $0 + $1.received }
+        XCTAssertGreaterThan(sent, 0, "\(name): \(traffic)")
+        XCTAssertLessThanOrEqual(abs(sent - received), 64 << 10, "\(name): \(sent) bytes sent, \(received) received: \(traffic)")
+        guard shards > 0 else { return }
+        XCTAssertLessThan(lead.first?.sent ?? .max, p / 10, "\(name): a sharded lead moves no parameters: \(traffic)")
+        for w in workerT {
+            XCTAssertGreaterThanOrEqual(w.received, p, "\(name): \(w.name) received less than the parameters")
+            XCTAssertGreaterThanOrEqual(w.sent, p, "\(name): \(w.name) sent less than a gradient")
+            XCTAssertLessThan(w.sent, p + p / 10, "\(name): \(w.name)")
+        }
     }
 
     /// A fetch during and after training gets a verified checkpoint; the coordinator lingers to serve it.

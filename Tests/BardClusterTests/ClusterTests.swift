@@ -44,6 +44,7 @@ final class WireTests: XCTestCase {
             .assign(state), .gathered(state), .gather(version: 5), .plan(stepID: 3, meanOver: 350, columns: [0..<3, 3..<7], owners: [[1], Array("w.1f".utf8)]),
             .summed(stepID: 3, parts: [0.5, 0, 2, .infinity]), .apply(order),
             .applied(stepID: 3, version: 9, paramsFinite: true, momentsFinite: false),
+            .applied(stepID: 4, version: 10, paramsFinite: true, momentsFinite: true, traffic: Traffic(sent: 1 << 40, received: 7)),
             .shardMap([ShardEndpoint(endpoint: "tcp://a:1", serverKey: key, slice: 0..<4), ShardEndpoint(endpoint: "tcp://b:2", serverKey: key, slice: 4..<9)]),
             .want(version: 8), .parameters(version: 8, [1, 2]), .gradient(stepID: 3, columns: 2..<5, [0.5, -0.5]),
         ]
@@ -66,11 +67,50 @@ final class WireTests: XCTestCase {
         ]
         for m in bad { XCTAssertThrowsError(try Message.decode(m.encode()), "\(m)") }
         var applied = Message.applied(stepID: 3, version: 9, paramsFinite: true, momentsFinite: true).encode()
-        applied[0][applied[0].count - 1] = 2
+        applied[0][applied[0].count - 17] = 2  // the second flag, before the traffic counts
         XCTAssertThrowsError(try Message.decode(applied))
         var odd = Message.gradient(stepID: 3, columns: 2..<5, [0.5]).encode()
         odd[1].removeLast()
         XCTAssertThrowsError(try Message.decode(odd))
+    }
+
+    /// A worker's result and a shard's acknowledgement carry the bytes the process moved since its last one, its own
+    /// bytes included, stamped as they are sent; nothing else is stamped, and the counter starts afresh after each.
+    func testTrafficIsStampedIntoResultsAndAcknowledgementsOnly() throws {
+        var frames = Message.result(StepResult(stepID: 4, columns: 0..<2, lossSum: 1, computeSeconds: 0.5, gradients: [1, 2, 3],
+                                               h: [1, 2], c: [])).encode()
+        let own = UInt64(frames.reduce(0) { $0 + $1.count })
+        XCTAssertTrue(Message.stampTraffic(&frames, Traffic(sent: 100, received: 50)))
+        guard case .result(let r) = try Message.decode(frames) else { return XCTFail("a result") }
+        XCTAssertEqual(r.traffic, Traffic(sent: 100 + own, received: 50))
+        XCTAssertEqual(r.gradients, [1, 2, 3])
+        var heartbeat = Message.heartbeat.encode()
+        XCTAssertFalse(Message.stampTraffic(&heartbeat, Traffic(sent: 1, received: 1)))
+        XCTAssertEqual(heartbeat, Message.heartbeat.encode())
+
+        let counter = TrafficCounter()
+        counter.sent([[1, 2, 3]])
+        counter.received([[1], [2, 3]])
+        counter.report(in: &heartbeat)  // not a report: counted as sent
+        var applied = Message.applied(stepID: 2, version: 7, paramsFinite: true, momentsFinite: true).encode()
+        let size = UInt64(applied.reduce(0) { $0 + $1.count })
+        counter.report(in: &applied)
+        XCTAssertEqual(try Message.decode(applied), .applied(stepID: 2, version: 7, paramsFinite: true, momentsFinite: true,
+                                                             traffic: Traffic(sent: 3 + UInt64(heartbeat[0].count) + size, received: 3)))
+        var next = Message.applied(stepID: 3, version: 8, paramsFinite: true, momentsFinite: true).encode()
+        counter.report(in: &next)
+        XCTAssertEqual(try Message.decode(next), .applied(stepID: 3, version: 8, paramsFinite: true, momentsFinite: true,
+                                                          traffic: Traffic(sent: size, received: 0)))
+    }
+
+    /// The coordinator's receive limit holds the largest legitimate result (the whole gradient and the state of every
+    /// column), its header's fields included: a field added to the header must not push real results out.
+    func testTheLargestResultFitsTheReceiveLimit() {
+        let result = StepResult(stepID: .max, columns: 0..<8, lossSum: 1, computeSeconds: 1, gradients: [Float](repeating: 1, count: 1000),
+                                h: [Float](repeating: 0, count: 96), c: [Float](repeating: 0, count: 96), traffic: Traffic(sent: .max, received: .max))
+        var frames = Message.result(result).encode()
+        Message.stampTraffic(&frames, Traffic(sent: 1, received: 1))
+        XCTAssertLessThanOrEqual(frames.reduce(0) { $0 + $1.count }, Wire.largestResultBytes(parameterCount: 1000, stateFloats: 96))
     }
 
     /// An offer must name regions and nothing else; a step or result cannot be both shared and sent, or flag 2.

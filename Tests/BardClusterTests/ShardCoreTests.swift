@@ -162,7 +162,10 @@ final class ShardServerTests: XCTestCase {
         XCTAssertTrue(try shard.pass())
         XCTAssertEqual(shard.core?.slice, 0..<8)
         // The seeding is acknowledged as an update of step 0 to the seeded version.
-        XCTAssertEqual(try fromLead(), .applied(stepID: 0, version: 0, paramsFinite: true, momentsFinite: true))
+        guard case .applied(0, 0, true, true, let seeded) = try fromLead() else { return XCTFail("the seeding's acknowledgement") }
+        // It received the assignment at least, and sent its join and this acknowledgement.
+        XCTAssertGreaterThanOrEqual(seeded.received, UInt64(4 * 8 * 3))
+        XCTAssertGreaterThan(seeded.sent, 0)
         _ = w0.send(Message.want(version: 0).encode())
         _ = w1.send(Message.want(version: 1).encode())  // the next version: answered once it is made
         _ = fetcher.send(Message.want(version: 0).encode())
@@ -187,7 +190,10 @@ final class ShardServerTests: XCTestCase {
 
         toShard(.apply(UpdateOrder(stepID: 5, lr: 0.1, norm: 8.0.squareRoot(), clip: 0, decay: 0, version: 1)))
         XCTAssertTrue(try shard.pass())
-        XCTAssertEqual(try fromLead(), .applied(stepID: 5, version: 1, paramsFinite: true, momentsFinite: true))
+        guard case .applied(5, 1, true, true, let step) = try fromLead() else { return XCTFail("the update's acknowledgement") }
+        // Since the seeding: the parameters to w0 went out, and two accepted gradients of 8 floats came in.
+        XCTAssertGreaterThanOrEqual(step.sent, UInt64(4 * 8))
+        XCTAssertGreaterThanOrEqual(step.received, UInt64(2 * 4 * 8))
         guard case .parameters(1, let updated) = try reply(w1) else { return XCTFail("the waiting worker gets version 1") }
         XCTAssertEqual(updated, initial.map { $0 - 0.1 }, accuracy: 1e-6)  // Adam's first step: lr x sign
         // A worker may ask for a version twice (a reply lost on the way), not three times; a version far ahead is

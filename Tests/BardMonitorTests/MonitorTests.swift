@@ -34,6 +34,10 @@ final class MonitorTests: XCTestCase {
             r.step = i; r.epoch = 1 + (i - 1) / epochEvery; r.chars = i * 100; r.trainLoss = 4.0 / Double(i).squareRoot()
             r.charsPerS = 5000; r.workers = 2; r.evictions = i / 50; r.rejected = i / 10; r.bytesMoved = i * 1000
             r.computeS = 0.2; r.communicationS = 0.01; r.updateS = 0.02
+            r.rollbacks = i / 60
+            r.traffic = [PeerTraffic(name: "lead", role: .lead, sent: 10, received: 20),
+                         PeerTraffic(name: "s0", role: .shard, sent: 300, received: 200),
+                         PeerTraffic(name: "w0", role: .worker, sent: 200, received: 300 + i % 2)]
             if i % epochEvery == 0 { r.valLoss = 3.0 / Double(i).squareRoot() }
             return r
         }
@@ -86,7 +90,12 @@ final class MonitorTests: XCTestCase {
         for r in records(100, epochEvery: 40) { monitor.record(r, workers: [WorkerRow(name: "w0", columns: "0..<8", steps: 3, secondsSinceHeard: 0.5)]) }
         let text = String(decoding: monitor.prometheusText(), as: UTF8.self)
         for line in ["bard_steps_total 100", "bard_evictions_total 2", "bard_rejected_messages_total 10", "bard_bytes_moved_total 100000",
-                     "bard_workers_alive 1.0", "bard_step 100.0", "bard_step_seconds{phase=\"compute\"} 0.2", "bard_chars_per_second 5000.0"] {
+                     "bard_workers_alive 1.0", "bard_step 100.0", "bard_step_seconds{phase=\"compute\"} 0.2", "bard_chars_per_second 5000.0",
+                     "bard_rollbacks_total 1",
+                     // Each process's bytes, summed over the steps.
+                     "bard_peer_bytes_total{role=\"lead\",peer=\"lead\",direction=\"sent\"} 1000",
+                     "bard_peer_bytes_total{role=\"shard\",peer=\"s0\",direction=\"received\"} 20000",
+                     "bard_peer_bytes_total{role=\"worker\",peer=\"w0\",direction=\"received\"} 30050"] {
             XCTAssertTrue(text.contains(line), "missing \(line) in\n\(text)")
         }
         XCTAssertTrue(text.contains("bard_validation_loss \(3.0 / 80.0.squareRoot())"), text)
