@@ -26,10 +26,11 @@ def main():
                    help="a sharded step's time beyond compute, per busiest-link time in one direction, measured on the "
                         "emulated hosts (1.31 at 4 hosts, 1.15 at 8): a worker's slices come in before its compute and its "
                         "gradients go out after, overlapping only in part with its shard's serving")
-    p.add_argument("--sharded-overhead-ms", type=float, default=4.0,
+    p.add_argument("--sharded-overhead-ms", type=float, default=10.4,
                    help="per-step overhead of the sharded step beyond compute and transfer (the lead's plan, the shards' "
-                        "sums, norm parts and acknowledgements), measured over loopback with a model too small to compute "
-                        "or transfer (docs/scaling.md)")
+                        "sums, norm parts and acknowledgements): the median step of 4 shards and 4 workers over loopback "
+                        "with a model too small to compute or transfer, on 2 cores shared by 9 processes (the star "
+                        "coordinator's: 6.4 ms; docs/scaling.md)")
     p.add_argument("--layers", type=int, default=2)
     p.add_argument("--hidden", type=int, default=512)
     a = p.parse_args()
@@ -68,7 +69,7 @@ def main():
     print(f"sharded coordinators as built: one shard per host (at most {blocks} shards: {blocks} blocks of 32 K); busiest "
           f"host link measured {', '.join(f'{v:g} P at {n}' for n, v in measured.items())} hosts each way, up to "
           f"{worst:.2f}x the design's 2 (N-1)/N P; link time x {a.sharded_link_factor:g} (in, then out); lead link "
-          f"{state / 1e3:.0f} kB of tokens and state per host; {a.sharded_overhead_ms:g} ms per step of round trips")
+          f"{state / 1e3:.0f} kB of tokens and state per host; {a.sharded_overhead_ms:g} ms of overhead per step (measured over loopback)")
     print(f"{'hosts':>5} | {'shards':>6} | {'step':>8} | {'efficiency':>10} | {'chars/s':>10} | limit")
     for n in [16, 64, 256]:
         k = min(n, blocks)
