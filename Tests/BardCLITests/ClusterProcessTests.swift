@@ -275,6 +275,56 @@ final class ClusterProcessTests: ProcessTestCase {
         XCTAssertLessThan(worst, 1e-6)
     }
 
+    /// A sharded lead killed mid-run (SIGKILL) and started again with `--resume` (issue 11, requirement 4): its shards
+    /// and workers, still running, join the new lead, which seeds the shards from the checkpoint on disk; the run
+    /// ends with the star coordinator's parameters to 1e-6 relative.
+    func testResumedLeadSeedsItsShardsFromTheCheckpoint() throws {
+        let data = try writeCorpus()
+        let common = ["--data", data, "--layers", "2", "--embed", "32", "--hidden", "96", "--dropout", "0.2", "--batch", "30",
+                      "--bptt", "10", "--seed", "11", "--lr", "0.003", "--clip", "0.5", "--ema", "0.9", "--checkpoint-every", "10"]
+        let steps = 120
+        let (initFile, _) = try singleProcessReference(common, steps: 1)
+        func lead(_ args: [String], _ endpoint: String, log: String) throws -> Process {
+            try launch(["coordinator"] + args + ["--workers", "2", "--bind", endpoint, "--linger", "20"], log: log)
+        }
+        func finish(_ name: String, _ endpoint: String, _ coordinator: Process) throws -> [Float] {
+            let fetch = try launch(["fetch", "--from", endpoint, "--out", dir + "/\(name)-fetched", "--wait", "--timeout", "150"],
+                                   log: dir + "/\(name)-f.log")
+            XCTAssertTrue(waitExit(fetch, timeout: 180), "\(name): no final checkpoint fetched")
+            XCTAssertEqual(fetch.terminationStatus, 0, read(dir + "/\(name)-f.log") + read(dir + "/\(name).log"))
+            coordinator.interrupt()
+            XCTAssertTrue(waitExit(coordinator, timeout: 30), "\(name): the coordinator did not stop")
+            return try ModelCheckpoint.load(path: dir + "/\(name)-fetched/model.safetensors").params.array
+        }
+        let starEndpoint = "tcp://127.0.0.1:\(Self.freePort())"
+        let star = try lead(common + ["--steps", String(steps), "--init", initFile, "--out", dir + "/star"], starEndpoint, log: dir + "/star.log")
+        _ = try launch(["worker", "--connect", starEndpoint, "--count", "2"], log: dir + "/star-w.log")
+        let starParams = try finish("star", starEndpoint, star)
+
+        let port = Self.freePort(), endpoint = "tcp://127.0.0.1:\(port)", out = dir + "/sharded", log = dir + "/sharded.log"
+        let first = try lead(common + ["--steps", String(steps), "--init", initFile, "--out", out, "--shards", "2"], endpoint, log: log)
+        for k in 0..<2 {
+            _ = try launch(["shard", "--connect", endpoint, "--bind", "tcp://127.0.0.1:\(port + 1 + k)", "--name", "shard-\(k)"],
+                           log: dir + "/sharded-shards.log")
+        }
+        _ = try launch(["worker", "--connect", endpoint, "--count", "2"], log: dir + "/sharded-w.log")
+        XCTAssertNotNil(waitFor(120) { stepsDone(out) >= 45 }, read(log))
+        kill(first.processIdentifier, SIGKILL)
+        XCTAssertTrue(waitExit(first, timeout: 10))
+        let resumed = try lead(["--resume", out, "--shards", "2"], endpoint, log: dir + "/sharded.log")
+        let params = try finish("sharded", endpoint, resumed)
+        let text = read(log)
+        // Back to the last checkpoint before the kill (every 10 steps, and at least step 45 was done).
+        let resumedAt = text.components(separatedBy: "resumed at step ").dropFirst().first.flatMap { Int($0.prefix { $0.isNumber }) }
+        XCTAssertNotNil(resumedAt, text)
+        XCTAssertTrue((resumedAt ?? 0) >= 40 && (resumedAt ?? 0) < steps && (resumedAt ?? 1) % 10 == 0, text)
+        XCTAssertEqual(text.components(separatedBy: "seeded 2 coordinator shards").count - 1, 2, text)
+        XCTAssertTrue(text.contains("done: step \(steps)"), text)
+        let worst = largestElementDifference(params, starParams)
+        print("sharded run through a killed and resumed lead: largest parameter difference from the star coordinator \(worst) relative")
+        XCTAssertLessThan(worst, 1e-6)
+    }
+
     /// The bytes of a step in a run's metrics.jsonl (issue 11, requirement 6), process by process: the lead, each shard
     /// and each worker are there, and every byte one of them sent, another received (within the messages that cross
     /// the step's edges: a heartbeat, a 64 KB margin). Sharded, each worker takes all of P from the shards and sends
