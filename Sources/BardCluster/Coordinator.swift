@@ -58,6 +58,8 @@ public final class Coordinator: GradientComputer {
     var gathering: [Int: SliceState]?
     /// Set when a shard lost its slice mid-run (it restarted or fell silent): the run must go back to a checkpoint.
     var shardFailure: String?
+    /// Shards joined since the slices were planned: the trainer seeds them all again once its state is whole here.
+    public internal(set) var wantsSeed = false
     /// Workers that reported a divergence within the attempts of the current sharded step.
     var divergenceReports: Set<String> = []
 
@@ -502,12 +504,20 @@ public final class Coordinator: GradientComputer {
     }
 
     /// A worker's or shard's report of the bytes it moved since its last one.
+    /// Counts above this (1 TiB since a process's last report) are not believed: a hostile peer's, not traffic.
+    static let maxReportedBytes: UInt64 = 1 << 40
+
     func count(_ t: Traffic, of peer: PeerID, role: PeerTraffic.Role) {
         let who = role == .shard ? shards?.shards.first { $0.peer == peer }?.name : membership.member(peer)?.name
         guard let who else { return }
+        guard t.sent <= Coordinator.maxReportedBytes, t.received <= Coordinator.maxReportedBytes else {
+            reject("\(name(peer)) reports \(t.sent) bytes sent and \(t.received) received since its last report: not counted")
+            return
+        }
         let key = role.rawValue + "/" + who
         var entry = peerTraffic[key] ?? PeerTraffic(name: who, role: role, sent: 0, received: 0)
-        entry.sent += Int(clamping: t.sent); entry.received += Int(clamping: t.received)
+        func add(_ a: Int, _ b: UInt64) -> Int { let (s, over) = a.addingReportingOverflow(Int(b)); return over ? .max : s }
+        entry.sent = add(entry.sent, t.sent); entry.received = add(entry.received, t.received)
         peerTraffic[key] = entry
     }
 

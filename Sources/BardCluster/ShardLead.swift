@@ -33,8 +33,9 @@ extension Coordinator: RemoteUpdate {
         transport.limits = ReceiveLimits(maxFrames: 5, maxBytes: max(transport.limits.maxBytes, Header.size + 4096 + 4 * 4 * largestSlice))
     }
 
-    /// Seconds to wait for the shards' replies to an order (their acknowledgements, a gather) before calling them lost.
-    var shardReplyTimeout: Double { max(30, deadline.seconds) }
+    /// Seconds to wait for the shards' replies to an order (their acknowledgements, a gather) before calling them lost:
+    /// longer than their heartbeat timeout, so a dead shard is found by its silence first.
+    var shardReplyTimeout: Double { max(30, deadline.seconds, (shards?.heartbeatTimeout ?? 0) + 10) }
 
     /// Serves messages until every shard has joined (the slices are planned at the seeding).
     public func waitForShards(timeout: Double = .infinity) throws {
@@ -127,12 +128,16 @@ extension Coordinator: RemoteUpdate {
         }
     }
 
-    /// Serves messages until `done`, or throws after `timeout` seconds naming `what` was not received.
-    func serve(until done: () -> Bool, timeout: Double, what: @autoclosure () -> String) throws {
+    /// Serves messages until `done`. After `timeout` seconds the shards that still owe an answer (`owing`) are dropped
+    /// and their state is lost (`RemoteStateLost`: the run goes back to its last checkpoint without them).
+    func serve(until done: () -> Bool, timeout: Double, what: @autoclosure () -> String, owing: () -> [PeerID]) throws {
         let end = clock() + timeout
         while !done() {
             guard clock() < end else {
-                throw BardError.io("no \(what()) within \(Int(timeout)) s; the last checkpoint stands: restart the coordinator with --resume")
+                let late = owing()
+                let names = late.map(name).joined(separator: ", ")
+                for peer in late { _ = shards?.remove(peer) }
+                throw RemoteStateLost(reason: "no \(what()) within \(Int(timeout)) s from \(names.isEmpty ? "the shards" : names), which are dropped")
             }
             _ = try tick()
             if let e = try receive(until: end), let m = open(e) { handle(e, m) }
@@ -175,7 +180,8 @@ extension Coordinator: RemoteUpdate {
                 v: adam ? part(optimizer.v, slice) : [])))
         }
         try serve(until: { shards?.isSeeded ?? true }, timeout: shardReplyTimeout,
-                  what: "acknowledgement of their slices from every coordinator shard")
+                  what: "acknowledgement of its slice", owing: { shards?.shards.filter { $0.slice != nil && !$0.seeded }.map(\.peer) ?? [] })
+        wantsSeed = false
         log("seeded \(roster.owners) coordinator shard\(roster.owners == 1 ? "" : "s") at optimiser step \(optimizer.step)")
     }
 
@@ -189,7 +195,7 @@ extension Coordinator: RemoteUpdate {
         let order = UpdateOrder(stepID: round.stepID, lr: lr, norm: norm, clip: clip, decay: decay, version: shardVersion)
         for s in roster.round { send(s.peer, .apply(order)) }
         try serve(until: { shardRound?.isApplied ?? true }, timeout: shardReplyTimeout,
-                  what: "acknowledgement of the update of step \(round.stepID) from every coordinator shard")
+                  what: "acknowledgement of the update of step \(round.stepID)", owing: { shardRound?.owing ?? [] })
         let report = Optimizer.StepReport(norm: norm, paramsFinite: shardRound?.paramsFinite ?? false,
                                           momentsFinite: shardRound?.momentsFinite ?? false)
         shardRound = nil
@@ -204,8 +210,8 @@ extension Coordinator: RemoteUpdate {
         gathering = [:]
         defer { gathering = nil }
         for s in roster.round { send(s.peer, .gather(version: shardVersion)) }
-        try serve(until: { (gathering?.count ?? 0) == owners }, timeout: shardReplyTimeout,
-                  what: "slice from every coordinator shard for a checkpoint")
+        try serve(until: { (gathering?.count ?? 0) == owners }, timeout: shardReplyTimeout, what: "slice for a checkpoint",
+                  owing: { roster.round.enumerated().filter { gathering?[$0.offset] == nil }.map(\.element.peer) })
         let states = (0..<owners).compactMap { gathering?[$0] }
         guard states.count == owners, Set(states.map(\.optimizerStep)).count == 1,
               states.allSatisfy({ $0.optimizer == optimizer.kind.rawValue && $0.parameterCount == params.count && $0.shards == owners }) else {
@@ -225,8 +231,9 @@ extension Coordinator: RemoteUpdate {
         }
         optimizer.setStep(states[0].optimizerStep)
         if let joining = shards?.waiting, !joining.isEmpty {
+            // Seeded by the trainer once this state is a checkpoint: a joiner that fails then costs nothing.
             log("coordinator shard\(joining.count == 1 ? "" : "s") \(joining.map { LogText.escape($0.name) }.joined(separator: ", ")) join\(joining.count == 1 ? "s" : "") the run at optimiser step \(optimizer.step)")
-            try seed(params: params, average: average, optimizer: optimizer)
+            wantsSeed = true
         }
     }
 
@@ -238,7 +245,7 @@ extension Coordinator: RemoteUpdate {
                      dropout: DropoutKey?) throws -> Double {
         guard let roster = shards, roster.isSeeded else { throw BardError.io("a step before the coordinator shards were seeded") }
         divergenceReports = []
-        var shardMisses = 0
+        var shardMisses = 0, firstMiss: Double?
         while true {
             let (t0, plan, firstRound) = try beginAttempt(totalColumns: totalColumns)
             var round = firstRound
@@ -292,9 +299,9 @@ extension Coordinator: RemoteUpdate {
                     }
                     quarantine(peer, because: "it reports a divergence (\(LogText.escape(reason))) that the other workers will check")
                     failed = "\(name(peer)) reports a divergence"
-                case .refuse(.staleParameters, let reason) where round.owes(peer):
-                    // Its parameter slices did not come: a shard is slow, lost or cut off from it. The shards'
-                    // heartbeats tell which; the worker is not at fault.
+                case .refuse(.staleParameters, let reason) where round.owes(peer) && round.results.isEmpty:
+                    // Its parameter slices did not come, and no other worker's result has yet: a shard is slow, lost
+                    // or cut off. The shards' heartbeats tell which; the worker is not at fault.
                     membership.heard(peer, now: clock())
                     failed = "coordinator shard(s) did not serve \(name(peer)) its parameters (\(LogText.escape(reason)))"
                 case .refuse(let code, let reason) where round.owes(peer):
@@ -311,7 +318,9 @@ extension Coordinator: RemoteUpdate {
             }
             if let failed, failed.hasPrefix("coordinator shard(s)") {
                 shardMisses += 1
-                if shardMisses >= 5 {
+                firstMiss = firstMiss ?? clock()
+                // A dead shard is found by its silence (RemoteStateLost) before this gives up.
+                if shardMisses >= 5, clock() - (firstMiss ?? 0) > roster.heartbeatTimeout + 10 {
                     throw BardError.io("\(failed), in \(shardMisses) attempts of one step: workers and shards do not reach each other (see the shards' logs); the last checkpoint stands")
                 }
             }

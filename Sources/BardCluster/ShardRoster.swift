@@ -69,7 +69,11 @@ public struct ShardRoster: Sendable {
             return .rejoined(previous: previous, lostState: lost)
         }
         if let i = index(of: peer) {
-            // The same connection under another name: it is another shard now.
+            // The same connection under another name: it is another shard now, unless it holds a slice, which it
+            // would silently take out of the run.
+            guard shards[i].slice == nil else {
+                return .refused(.badName, "a coordinator shard that owns a slice cannot change its name (\(shards[i].name) to \(name))")
+            }
             shards.remove(at: i)
         }
         guard shards.count < wanted else {

@@ -63,8 +63,13 @@ public final class InMemoryHub: @unchecked Sendable {
     var serverQueue: [(PeerID, [[UInt8]])] = []
     var clientQueues: [PeerID: [[[UInt8]]]] = [:]
     var credentials: [PeerID: Credential] = [:]
-    /// Peers whose messages are dropped (a vanished worker).
+    /// Peers whose messages are dropped (a vanished worker). Set before the clients run, or through `sever`.
     public var severed: Set<PeerID> = []
+
+    /// Cuts a client off from now on (any thread).
+    public func sever(_ peer: PeerID) {
+        lock.lock(); severed.insert(peer); lock.unlock()
+    }
     /// What the server reports as its authentication's health (false: as if the ZAP handler had died).
     public var authenticationHealthy: Bool {
         get { lock.lock(); defer { lock.unlock() }; return healthy }

@@ -189,8 +189,10 @@ public final class WorkerCore {
         }
         do {
             for s in map {
-                let t = try old.first { $0.endpoint.endpoint == s.endpoint && $0.endpoint.serverKey == s.serverKey }?.transport
-                    ?? connector(s)
+                let kept = old.first { $0.endpoint.endpoint == s.endpoint && $0.endpoint.serverKey == s.serverKey }?.transport
+                // What a kept link still holds answers the old plan (a slice, a refusal): not this one's.
+                while let kept, (try? kept.receive(timeout: 0)) != nil {}
+                let t = try kept ?? connector(s)
                 // A parameter slice is the largest legitimate message from a shard.
                 t.limits = ReceiveLimits(maxFrames: 2, maxBytes: Header.size + 64 + 4 * s.slice.count)
                 shardLinks.append((s, t, nil))
@@ -204,9 +206,15 @@ public final class WorkerCore {
     }
 
     /// The parameter slices of `version` from every shard this worker holds an older one of, into `params`; nil when
-    /// all are in, else why not.
-    func fetchSlices(version: UInt64, into params: FloatBuffer) -> String? {
-        guard !shardLinks.isEmpty, shardLinks.last?.endpoint.slice.upperBound == params.count else { return shardProblem }
+    /// all are in, else why not: `badRequest` when this worker has no links to the shards (its own problem: the lead
+    /// quarantines it), `staleParameters` when a shard did not serve it in time or refused (the shard's).
+    func fetchSlices(version: UInt64, into params: FloatBuffer) -> (code: RefusalCode, reason: String)? {
+        guard !shardLinks.isEmpty, shardLinks.last?.endpoint.slice.upperBound == params.count else { return (.badRequest, shardProblem) }
+        if let problem = fetchSliceReason(version: version, into: params) { return (.staleParameters, problem) }
+        return nil
+    }
+
+    func fetchSliceReason(version: UInt64, into params: FloatBuffer) -> String? {
         var missing = Set(shardLinks.indices.filter { shardLinks[$0].version != version })
         for i in missing {
             let want = Message.want(version: version).encode()
@@ -250,8 +258,8 @@ public final class WorkerCore {
         // The parameters in shared memory (and the gradient sums go there too), or the copy messages brought.
         let source: (params: FloatBuffer, grads: FloatBuffer)
         if r.fromShards {
-            if let problem = fetchSlices(version: r.parameterVersion, into: params) {
-                return Message.refuse(.staleParameters, reason: problem).encode()
+            if let (code, problem) = fetchSlices(version: r.parameterVersion, into: params) {
+                return Message.refuse(code, reason: problem).encode()
             }
             parameterVersion = .max  // the buffer now holds the shards' slices, not a whole message's parameters
             source = (params, computer.grads)

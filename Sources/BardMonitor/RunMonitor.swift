@@ -55,6 +55,7 @@ public final class RunMonitor: @unchecked Sendable {
     let steps, evictions, rejected, bytes, rollbacks: Counter
     /// `bard_peer_bytes_total{role, peer, direction}`: made as processes first report.
     var peerBytes: [String: Counter] = [:]
+    static let maxPeerSeries = 1024
     let trainLoss, charsPerSecond, workersAlive, stepGauge, epochGauge: Gauge
     /// Made at the first validation: before it there is no value (0 would look like a perfect model).
     var valLoss: Gauge?
@@ -141,9 +142,14 @@ public final class RunMonitor: @unchecked Sendable {
         // Each process's bytes of the step: the lead's own, and what shards and workers reported.
         for t in record.traffic ?? [] {
             for (direction, value) in [("sent", t.sent), ("received", t.received)] where value > 0 {
-                let key = "\(t.role.rawValue)\u{0}\(t.name)\u{0}\(direction)"
+                // Restarted workers take new names: past 1,024 series the newcomers are counted together.
+                var peer = t.name
+                if peerBytes["\(t.role.rawValue)\u{0}\(peer)\u{0}\(direction)"] == nil && peerBytes.count >= RunMonitor.maxPeerSeries {
+                    peer = "others"
+                }
+                let key = "\(t.role.rawValue)\u{0}\(peer)\u{0}\(direction)"
                 let counter = peerBytes[key] ?? registry.makeCounter(
-                    name: "bard_peer_bytes_total", labels: [("role", t.role.rawValue), ("peer", t.name), ("direction", direction)],
+                    name: "bard_peer_bytes_total", labels: [("role", t.role.rawValue), ("peer", peer), ("direction", direction)],
                     help: "Bytes of messages each process of the cluster sent and received (the lead's own count; shards and workers report theirs).")
                 peerBytes[key] = counter
                 counter.increment(by: Int64(value))

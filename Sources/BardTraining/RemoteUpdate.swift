@@ -13,6 +13,8 @@ public protocol RemoteUpdate: AnyObject {
     func update(lr: Double, clip: Double, decay: Double, checkNorm: (Double) throws -> Void) throws -> Optimizer.StepReport
     /// Copies the owners' parameters, average and optimiser state into the trainer's buffers.
     func gather(params: FloatBuffer, average: FloatBuffer?, optimizer: Optimizer) throws
+    /// Whether the owners should be seeded again (new ones joined) as soon as the trainer's buffers are current.
+    var wantsSeed: Bool { get }
 }
 
 /// Thrown by a `RemoteUpdate` (or the gradient computer beside it) that lost part of the state it holds: an owner

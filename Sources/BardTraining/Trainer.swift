@@ -108,7 +108,8 @@ public final class Trainer {
     var remote: RemoteUpdate?
     var remoteAhead = false
 
-    /// Losses of remote state in a row, without a completed step between them, before the run stops.
+    /// Losses of remote state between two checkpoints before the run stops (a loss that recurs before the run can
+    /// checkpoint again would otherwise send it back to the same step for ever).
     static let maxRecoveries = 8
 
     public var modelPath: String { options.outDir + "/model.safetensors" }
@@ -266,7 +267,8 @@ public final class Trainer {
 
         training: while step < totalSteps {
             do {
-                if needsSeed, let remote {
+                // The first seeding, one after a loss, or new owners once the state here is a checkpoint's.
+                if let remote, needsSeed || (remote.wantsSeed && !remoteAhead) {
                     try remote.seed(params: params, average: average, optimizer: optimizer)
                     needsSeed = false; remoteAhead = false
                 }
@@ -366,7 +368,7 @@ public final class Trainer {
                     // checkpoint), so a resume of it is a complete run.
                     try saveCheckpoint(elapsed: step == totalSteps ? max(elapsed, budget?.seconds ?? 0) : elapsed)
                     lastCheckpointStep = step
-                    if remote != nil { rollback = Rollback(of: self) }
+                    if remote != nil { rollback = Rollback(of: self); recoveries = 0 }
                 }
                 if stopRequested != 0 || stopAfter == step {
                     if lastCheckpointStep != step { try saveCheckpoint(elapsed: elapsed) }
@@ -374,16 +376,21 @@ public final class Trainer {
                     log("stopped by signal at step \(step); resume with --resume \(options.outDir)")
                     break training
                 }
-                recoveries = 0
             } catch let lost as RemoteStateLost {
                 // An owner of the remote state is gone: back to the last checkpoint (in memory), seed the owners that
                 // remain (or a replacement) with it, and on. A run that cannot take a step between losses stops.
                 guard let back = rollback else { throw lost }
                 recoveries += 1
                 guard recoveries <= Trainer.maxRecoveries else {
-                    throw BardError.io("\(lost.reason); \(recoveries) losses without a step between them: stopping; \(keptCheckpoint(lastCheckpointStep))")
+                    throw BardError.io("\(lost.reason); \(recoveries) losses since the last checkpoint: stopping; \(keptCheckpoint(lastCheckpointStep))")
                 }
                 progress.finishLine()
+                if stopRequested != 0 {
+                    // A stop asked for while the state was being lost: the last checkpoint on disk stands.
+                    log("\(lost.reason); stopped by signal at step \(back.step), the last checkpoint; resume with --resume \(options.outDir)")
+                    back.restore(into: self)
+                    break training
+                }
                 log("\(lost.reason): going back to step \(back.step) (the last checkpoint) and on without it")
                 back.restore(into: self)
                 metrics = try MetricsLog(path: options.outDir + "/metrics.jsonl", keepThroughStep: step)

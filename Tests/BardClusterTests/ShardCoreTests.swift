@@ -292,6 +292,45 @@ final class ShardRoundTests: XCTestCase {
     }
 }
 
+final class ShardRosterTests: XCTestCase {
+    /// The lead's list of shards through a run: slices in join order once all are in, planned again over those that
+    /// remain after a loss, a replacement waiting without a slice, a restart on a new connection losing its state,
+    /// and no renaming of a shard that owns a slice.
+    func testSlicesArePlannedOverTheShardsThereAre() throws {
+        var roster = ShardRoster(wanted: 3)
+        let n = 4 * Blocks.size
+        for k in 0..<3 {
+            XCTAssertEqual(roster.join(peer: [UInt8(k)], name: "s\(k)", endpoint: "tcp://h:\(k)", serverKey: "", credential: nil, now: 0), .joined)
+        }
+        XCTAssertTrue(roster.isComplete)
+        XCTAssertFalse(roster.isSeeded)
+        try roster.assignSlices(parameterCount: n)
+        XCTAssertEqual(roster.shards.map(\.slice), [0..<Blocks.size, Blocks.size..<2 * Blocks.size, 2 * Blocks.size..<n])
+        for k in 0..<3 { roster.seeded([UInt8(k)]) }
+        XCTAssertTrue(roster.isSeeded)
+        XCTAssertEqual(roster.join(peer: [0], name: "other", endpoint: "tcp://h:9", serverKey: "", credential: nil, now: 1),
+                       .refused(.badName, "a coordinator shard that owns a slice cannot change its name (s0 to other)"))
+        // s1 is lost; the slices are planned over s0 and s2, each unseeded until it acknowledges.
+        XCTAssertEqual(roster.remove([1])?.name, "s1")
+        XCTAssertTrue(try roster.assignSlices(parameterCount: n))
+        XCTAssertEqual(roster.shards.map(\.slice), [0..<2 * Blocks.size, 2 * Blocks.size..<n])
+        XCTAssertFalse(roster.isSeeded)
+        XCTAssertEqual(roster.owners, 2)
+        // A replacement joins without a slice and waits for the next plan; a restarted s2 has lost its state.
+        XCTAssertEqual(roster.join(peer: [7], name: "s3", endpoint: "tcp://h:3", serverKey: "", credential: nil, now: 2), .joined)
+        XCTAssertEqual(roster.waiting.map(\.name), ["s3"])
+        XCTAssertEqual(roster.join(peer: [8], name: "s2", endpoint: "tcp://h:2", serverKey: "", credential: nil, now: 2),
+                       .rejoined(previous: [2], lostState: true))
+        XCTAssertEqual(roster.join(peer: [8], name: "s2", endpoint: "tcp://h:2", serverKey: "", credential: nil, now: 3),
+                       .rejoined(previous: [8], lostState: false))
+        try roster.assignSlices(parameterCount: n)
+        XCTAssertEqual(roster.owners, 3)
+        XCTAssertEqual(roster.waiting.count, 0)
+        XCTAssertEqual(roster.join(peer: [9], name: "s4", endpoint: "tcp://h:4", serverKey: "", credential: nil, now: 4),
+                       .refused(.full, "this run has its 3 coordinator shards"))
+    }
+}
+
 /// A whole sharded run over the in-memory transport: a lead, K shard servers and N workers on threads, against the
 /// star coordinator and one process.
 final class InMemoryShardedRunTests: XCTestCase {
@@ -391,7 +430,7 @@ final class InMemoryShardedRunTests: XCTestCase {
         let hub = InMemoryHub()
         let coordinator = Coordinator(transport: hub.server(), model: t.model, fingerprint: "fp", minWorkers: 2,
                                       log: { line in lock.lock(); lines.append(line); lock.unlock() })
-        coordinator.useShards(3, heartbeatTimeout: 2)
+        coordinator.useShards(3, heartbeatTimeout: 4)
         var shardHubs: [String: InMemoryHub] = [:]
         func startShard(_ k: Int) {
             let endpoint = "tcp://shard-\(k):1", shardHub = InMemoryHub()
@@ -413,7 +452,7 @@ final class InMemoryShardedRunTests: XCTestCase {
         var records: [MetricsRecord] = []
         t.onRecord = { r in
             records.append(r)
-            if r.step == 7 && !hub.severed.contains(Array("s1".utf8)) { hub.severed.insert(Array("s1".utf8)) }
+            if r.step == 7 && records.filter({ $0.step == 7 }).count == 1 { hub.sever(Array("s1".utf8)) }
             if r.step == 6 && records.filter({ $0.step == 6 }).count == 2 { startShard(3) }  // after the loss, once
         }
         try coordinator.waitForShards(timeout: 10)
@@ -437,6 +476,48 @@ final class InMemoryShardedRunTests: XCTestCase {
         let logged = try String(contentsOfFile: base + "/sharded/metrics.jsonl", encoding: .utf8)
             .split(separator: "\n").compactMap { MetricsRecord.decode(line: $0)?.step }
         XCTAssertEqual(logged, Array(1...12))
+    }
+
+    /// A worker that cannot reach the shards (here: it has no way to connect) refuses its columns and is quarantined;
+    /// the run goes on over the others and ends with one process's parameters (the cluster tolerance).
+    func testAWorkerWithoutShardLinksIsQuarantinedNotTheRun() throws {
+        let base = NSTemporaryDirectory() + "bard-sharded-nolinks-\(getpid())"
+        defer { try? FileManager.default.removeItem(atPath: base) }
+        let single = try trainer(base + "/single")
+        try single.run()
+        let t = try trainer(base + "/sharded")
+        let hub = InMemoryHub()
+        let coordinator = Coordinator(transport: hub.server(), model: t.model, fingerprint: "fp", minWorkers: 2, log: { _ in })
+        coordinator.useShards(2)
+        coordinator.membership.policy.quarantineBase = 60
+        var shardHubs: [String: InMemoryHub] = [:]
+        for k in 0..<2 {
+            let endpoint = "tcp://shard-\(k):1", shardHub = InMemoryHub()
+            shardHubs[endpoint] = shardHub
+            let server = ShardServer(lead: hub.client(id: "s\(k)"), workers: shardHub.server(), name: "s\(k)", endpoint: endpoint,
+                                     serverKey: "", threads: 1, log: { _ in })
+            Thread { try? server.run() }.start()
+        }
+        for i in 0..<3 {
+            let w = WorkerCore(transport: hub.client(id: "w\(i)"), name: "w\(i)", fingerprint: "", threads: 1, log: { _ in })
+            if i < 2 {
+                let hubs = shardHubs
+                w.shardConnector = { s in
+                    guard let h = hubs[s.endpoint] else { throw BardError.io("no shard at \(s.endpoint)") }
+                    return h.client(id: "w\(i)")
+                }
+            }
+            Thread { try? w.run() }.start()
+        }
+        try coordinator.waitForShards(timeout: 10)
+        try coordinator.waitForWorkers(3, timeout: 10)
+        let started = Date()
+        try t.run(computer: coordinator, remote: coordinator)
+        try coordinator.finish(linger: 0)
+        XCTAssertEqual(t.step, 12)
+        XCTAssertEqual(coordinator.quarantines, 1)
+        XCTAssertLessThan(Date().timeIntervalSince(started), 30)
+        XCTAssertLessThan(relative(t.params.array, single.params.array), 1e-5)
     }
 
     /// A model with fewer blocks than shards is refused before anyone joins.
