@@ -331,6 +331,37 @@ final class ShardRosterTests: XCTestCase {
     }
 }
 
+/// Shard servers and workers on threads over in-memory hubs, the lead's `hub` among them: what the sharded runs
+/// below are made of.
+final class InMemoryFleet: @unchecked Sendable {
+    let hub = InMemoryHub()
+    let lock = NSLock()
+    var shardHubs: [String: InMemoryHub] = [:]
+    private(set) var servers: [ShardServer] = []
+
+    /// Shard `s<k>`, serving its workers at tcp://shard-<k>:1.
+    func startShard(_ k: Int) {
+        let endpoint = "tcp://shard-\(k):1", shardHub = InMemoryHub()
+        let server = ShardServer(lead: hub.client(id: "s\(k)"), workers: shardHub.server(), name: "s\(k)", endpoint: endpoint,
+                                 serverKey: "", threads: 1, log: { _ in })
+        lock.lock(); shardHubs[endpoint] = shardHub; servers.append(server); lock.unlock()
+        Thread { try? server.run() }.start()
+    }
+
+    /// Worker `w<i>`; without `linked`, it has no way to reach the shards.
+    func startWorker(_ i: Int, linked: Bool = true) {
+        let w = WorkerCore(transport: hub.client(id: "w\(i)"), name: "w\(i)", fingerprint: "", threads: 1, log: { _ in })
+        if linked {
+            w.shardConnector = { [self] s in
+                lock.lock(); defer { lock.unlock() }
+                guard let h = shardHubs[s.endpoint] else { throw BardError.io("no shard at \(s.endpoint)") }
+                return h.client(id: "w\(i)")
+            }
+        }
+        Thread { try? w.run() }.start()
+    }
+}
+
 /// A whole sharded run over the in-memory transport: a lead, K shard servers and N workers on threads, against the
 /// star coordinator and one process.
 final class InMemoryShardedRunTests: XCTestCase {
@@ -348,34 +379,16 @@ final class InMemoryShardedRunTests: XCTestCase {
 
     /// Runs `t` on a coordinator with `workers` workers and, when `shards` > 0, that many shard servers.
     func run(_ t: Trainer, workers: Int, shards: Int) throws -> Coordinator {
-        let hub = InMemoryHub()
-        let coordinator = Coordinator(transport: hub.server(), model: t.model, fingerprint: "fp", minWorkers: workers, log: { _ in })
-        var shardHubs: [String: InMemoryHub] = [:]
-        var servers: [ShardServer] = []
-        if shards > 0 {
-            coordinator.useShards(shards)
-            for k in 0..<shards {
-                let endpoint = "tcp://shard-\(k):1", shardHub = InMemoryHub()
-                shardHubs[endpoint] = shardHub
-                let server = ShardServer(lead: hub.client(id: "s\(k)"), workers: shardHub.server(), name: "s\(k)", endpoint: endpoint,
-                                         serverKey: "", threads: 1, log: { _ in })
-                servers.append(server)
-                Thread { try? server.run() }.start()
-            }
-        }
-        for i in 0..<workers {
-            let w = WorkerCore(transport: hub.client(id: "w\(i)"), name: "w\(i)", fingerprint: "", threads: 1, log: { _ in })
-            w.shardConnector = { s in
-                guard let h = shardHubs[s.endpoint] else { throw BardError.io("no shard at \(s.endpoint)") }
-                return h.client(id: "w\(i)")
-            }
-            Thread { try? w.run() }.start()
-        }
+        let fleet = InMemoryFleet()
+        let coordinator = Coordinator(transport: fleet.hub.server(), model: t.model, fingerprint: "fp", minWorkers: workers, log: { _ in })
+        if shards > 0 { coordinator.useShards(shards) }
+        for k in 0..<shards { fleet.startShard(k) }
+        for i in 0..<workers { fleet.startWorker(i) }
         if shards > 0 { try coordinator.waitForShards(timeout: 10) }
         try coordinator.waitForWorkers(workers, timeout: 10)
         try t.run(computer: coordinator, remote: shards > 0 ? coordinator : nil)
         try coordinator.finish(linger: 0)
-        if shards > 0 { XCTAssertEqual(servers.map(\.stepsApplied), Array(repeating: 12, count: shards)) }
+        if shards > 0 { XCTAssertEqual(fleet.servers.map(\.stepsApplied), Array(repeating: 12, count: shards)) }
         return coordinator
     }
 
@@ -427,33 +440,17 @@ final class InMemoryShardedRunTests: XCTestCase {
         var lines: [String] = []
         let lock = NSLock()
         let t = try trainer(base + "/sharded", log: { line in lock.lock(); lines.append(line); lock.unlock() })
-        let hub = InMemoryHub()
-        let coordinator = Coordinator(transport: hub.server(), model: t.model, fingerprint: "fp", minWorkers: 2,
+        let fleet = InMemoryFleet()
+        let coordinator = Coordinator(transport: fleet.hub.server(), model: t.model, fingerprint: "fp", minWorkers: 2,
                                       log: { line in lock.lock(); lines.append(line); lock.unlock() })
         coordinator.useShards(3, heartbeatTimeout: 4)
-        var shardHubs: [String: InMemoryHub] = [:]
-        func startShard(_ k: Int) {
-            let endpoint = "tcp://shard-\(k):1", shardHub = InMemoryHub()
-            lock.lock(); shardHubs[endpoint] = shardHub; lock.unlock()
-            let server = ShardServer(lead: hub.client(id: "s\(k)"), workers: shardHub.server(), name: "s\(k)", endpoint: endpoint,
-                                     serverKey: "", threads: 1, log: { _ in })
-            Thread { try? server.run() }.start()
-        }
-        for k in 0..<3 { startShard(k) }
-        for i in 0..<2 {
-            let w = WorkerCore(transport: hub.client(id: "w\(i)"), name: "w\(i)", fingerprint: "", threads: 1, log: { _ in })
-            w.shardConnector = { s in
-                lock.lock(); defer { lock.unlock() }
-                guard let h = shardHubs[s.endpoint] else { throw BardError.io("no shard at \(s.endpoint)") }
-                return h.client(id: "w\(i)")
-            }
-            Thread { try? w.run() }.start()
-        }
+        for k in 0..<3 { fleet.startShard(k) }
+        for i in 0..<2 { fleet.startWorker(i) }
         var records: [MetricsRecord] = []
         t.onRecord = { r in
             records.append(r)
-            if r.step == 7 && records.filter({ $0.step == 7 }).count == 1 { hub.sever(Array("s1".utf8)) }
-            if r.step == 6 && records.filter({ $0.step == 6 }).count == 2 { startShard(3) }  // after the loss, once
+            if r.step == 7 && records.filter({ $0.step == 7 }).count == 1 { fleet.hub.sever(Array("s1".utf8)) }
+            if r.step == 6 && records.filter({ $0.step == 6 }).count == 2 { fleet.startShard(3) }  // after the loss, once
         }
         try coordinator.waitForShards(timeout: 10)
         try coordinator.waitForWorkers(2, timeout: 10)
@@ -486,29 +483,12 @@ final class InMemoryShardedRunTests: XCTestCase {
         let single = try trainer(base + "/single")
         try single.run()
         let t = try trainer(base + "/sharded")
-        let hub = InMemoryHub()
-        let coordinator = Coordinator(transport: hub.server(), model: t.model, fingerprint: "fp", minWorkers: 2, log: { _ in })
+        let fleet = InMemoryFleet()
+        let coordinator = Coordinator(transport: fleet.hub.server(), model: t.model, fingerprint: "fp", minWorkers: 2, log: { _ in })
         coordinator.useShards(2)
         coordinator.membership.policy.quarantineBase = 60
-        var shardHubs: [String: InMemoryHub] = [:]
-        for k in 0..<2 {
-            let endpoint = "tcp://shard-\(k):1", shardHub = InMemoryHub()
-            shardHubs[endpoint] = shardHub
-            let server = ShardServer(lead: hub.client(id: "s\(k)"), workers: shardHub.server(), name: "s\(k)", endpoint: endpoint,
-                                     serverKey: "", threads: 1, log: { _ in })
-            Thread { try? server.run() }.start()
-        }
-        for i in 0..<3 {
-            let w = WorkerCore(transport: hub.client(id: "w\(i)"), name: "w\(i)", fingerprint: "", threads: 1, log: { _ in })
-            if i < 2 {
-                let hubs = shardHubs
-                w.shardConnector = { s in
-                    guard let h = hubs[s.endpoint] else { throw BardError.io("no shard at \(s.endpoint)") }
-                    return h.client(id: "w\(i)")
-                }
-            }
-            Thread { try? w.run() }.start()
-        }
+        for k in 0..<2 { fleet.startShard(k) }
+        for i in 0..<3 { fleet.startWorker(i, linked: i < 2) }
         try coordinator.waitForShards(timeout: 10)
         try coordinator.waitForWorkers(3, timeout: 10)
         let started = Date()
