@@ -241,7 +241,8 @@ public final class Trainer {
 
     /// Trains until `totalSteps`; throws `BardError.diverged` on a non-finite loss (the last checkpoint stays). With
     /// `remote`, the update is made where it says (coordinator shards), and the state is brought back here for
-    /// validation, samples and checkpoints.
+    /// validation, samples and checkpoints; when the remote side loses its state (`RemoteStateLost`), the run goes
+    /// back to its last checkpoint, kept in memory, and on.
     @discardableResult
     public func run(computer: GradientComputer? = nil, remote: RemoteUpdate? = nil) throws -> TrainResult {
         let cfg = config, B = cfg.batch, T = cfg.bptt
