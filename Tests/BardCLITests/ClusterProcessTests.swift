@@ -48,10 +48,16 @@ class ProcessTestCase: XCTestCase {
         return p
     }
 
+    /// Whether `p` exits within `timeout` seconds. One that does not is killed, so that its `terminationStatus` can be
+    /// read (reading it from a running process traps, which would take every later test with it).
     func waitExit(_ p: Process, timeout: Double) -> Bool {
         let deadline = Date().addingTimeInterval(timeout)
         while p.isRunning && Date() < deadline { Thread.sleep(forTimeInterval: 0.05) }
-        return !p.isRunning
+        guard p.isRunning else { return true }
+        kill(p.processIdentifier, SIGCONT)
+        kill(p.processIdentifier, SIGKILL)
+        p.waitUntilExit()
+        return false
     }
 
     /// Polls until `condition` holds; returns the seconds it took, or nil on timeout.
@@ -70,7 +76,27 @@ class ProcessTestCase: XCTestCase {
     /// Steps recorded so far in a run's metrics.jsonl.
     func stepsDone(_ out: String) -> Int { read(out + "/metrics.jsonl").split(separator: "\n").count }
 
-    static func freePort() -> Int { 20000 + Int(getpid() % 20000) + Int.random(in: 0..<5000) }
+    /// A port for a test's coordinator, with the next eight free too (its shards' ports): below Linux's ephemeral range
+    /// (32768 on), where outgoing connections take ports, and checked by binding each.
+    static func freePort() -> Int {
+        func free(_ port: Int) -> Bool {
+            let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+            guard fd >= 0 else { return false }
+            defer { close(fd) }
+            var address = sockaddr_in()
+            address.sin_family = sa_family_t(AF_INET)
+            address.sin_port = in_port_t(UInt16(port).bigEndian)
+            address.sin_addr.s_addr = inet_addr("127.0.0.1")
+            return withUnsafePointer(to: &address) {
+                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) == 0 }
+            }
+        }
+        for _ in 0..<100 {
+            let port = 20000 + Int.random(in: 0..<12000)
+            if (port..<port + 9).allSatisfy(free) { return port }
+        }
+        return 20000 + Int.random(in: 0..<12000)
+    }
 
     /// A repetitive word corpus of `characters` characters.
     func writeCorpus(characters: Int = 40000) throws -> String {
