@@ -255,6 +255,10 @@ final class CLITests: XCTestCase {
         let plain = try bard(["coordinator", "--data", data, "--bind", "tcp://0.0.0.0:5999"])
         XCTAssertNotEqual(plain.status, 0)
         XCTAssertTrue(plain.err.contains("--insecure"), plain.err)
+        // A coordinator shard's port follows the same rule (a usage error, as the coordinator's).
+        let plainShard = try bard(["shard", "--connect", "tcp://127.0.0.1:5999", "--bind", "tcp://0.0.0.0:5998"])
+        XCTAssertEqual(plainShard.status, 64)
+        XCTAssertTrue(plainShard.err.contains("--insecure"), plainShard.err)
         try "not a key\n".write(toFile: keys + "/authorized_keys", atomically: true, encoding: .utf8)
         assertOneLineError(try bard(["coordinator", "--data", data, "--bind", "tcp://0.0.0.0:5999", "--keys", keys]),
                            contains: "authorized_keys")
