@@ -199,7 +199,16 @@ public final class Coordinator: GradientComputer {
             reject("a message on \(name(e.peer))'s connection signed by another key")
             return nil
         }
-        do { return try Message.decode(e.frames) } catch {
+        do {
+            let message = try Message.decode(e.frames)
+            // A worker's or shard's report of its bytes, wherever the message goes from here (a stale result too).
+            switch message {
+            case .result(let r): count(r.traffic, of: e.peer, role: .worker)
+            case .applied(_, _, _, _, let traffic): count(traffic, of: e.peer, role: .shard)
+            default: break
+            }
+            return message
+        } catch {
             reject("undecodable message from \(name(e.peer)): \(error)")
             if let theirs = Message.foreignVersion(e.frames) {
                 send(e.peer, .refuse(.protocolVersion, reason: "protocol version \(theirs) is not this coordinator's (\(Wire.version)): run the same bard release on every host"))
@@ -279,7 +288,6 @@ public final class Coordinator: GradientComputer {
         case .heartbeat:
             if shards?.index(of: peer) == nil { askToRegisterIfUnknown(peer) }
         case .result(let r):
-            count(r.traffic, of: peer, role: .worker)
             reject("stale or unexpected result for step \(r.stepID) from \(name(peer))")
             askToRegisterIfUnknown(peer)
         case .refuse(let code, let reason):
@@ -362,7 +370,6 @@ public final class Coordinator: GradientComputer {
                 switch message {
                 case .result(let r) where r.stepID == stepID && round.owes(peer):
                     membership.heard(peer, now: clock())
-                    count(r.traffic, of: peer, role: .worker)
                     let region = shared?.region(for: peer)
                     switch round.accept(r, from: peer, shape: resultShape, sharedAllowed: region != nil) {
                     case .accepted:

@@ -104,9 +104,8 @@ extension Coordinator: RemoteUpdate {
         case .summed(let id, let parts):
             guard shards?.index(of: peer) != nil, shardRound != nil else { reject("norm parts from \(name(peer)) outside a step"); return }
             if case .rejected(let why) = shardRound!.summed(stepID: id, parts: parts, from: peer) { reject("\(name(peer)): \(why)") }
-        case .applied(let id, let version, let pf, let mf, let traffic):
+        case .applied(let id, let version, let pf, let mf, _):
             guard shards?.index(of: peer) != nil else { reject("an acknowledgement from \(name(peer)), not a shard"); return }
-            count(traffic, of: peer, role: .shard)
             if id == 0 {
                 // The acknowledgement of a seeding.
                 if version == shardVersion { shards?.seeded(peer) } else { reject("\(name(peer)) acknowledged seeding \(version), not \(shardVersion)") }
@@ -283,7 +282,6 @@ extension Coordinator: RemoteUpdate {
                 switch message {
                 case .result(let r) where r.stepID == stepID && round.owes(peer):
                     membership.heard(peer, now: clock())
-                    count(r.traffic, of: peer, role: .worker)
                     switch round.accept(r, from: peer, shape: resultShape, sharded: true) {
                     case .accepted: membership.completedStep(peer)
                     case .rejected(let why): reject("\(name(peer)): \(why)")
