@@ -60,6 +60,18 @@ class ProcessTestCase: XCTestCase {
         return false
     }
 
+    /// Fetches the final checkpoint of the run `name` (its log is `name`.log) into `name`-fetched, then stops its
+    /// lingering coordinator. Returns the fetched parameters.
+    func fetchFinal(_ name: String, from endpoint: String, stopping coordinator: Process, flags: [String] = []) throws -> [Float] {
+        let fetch = try launch(["fetch", "--from", endpoint, "--out", dir + "/\(name)-fetched", "--wait", "--timeout", "150"] + flags,
+                               log: dir + "/\(name)-f.log")
+        XCTAssertTrue(waitExit(fetch, timeout: 180), "\(name): no final checkpoint fetched")
+        XCTAssertEqual(fetch.terminationStatus, 0, read(dir + "/\(name)-f.log") + read(dir + "/\(name).log"))
+        coordinator.interrupt()
+        XCTAssertTrue(waitExit(coordinator, timeout: 30), "\(name): the coordinator did not stop")
+        return try ModelCheckpoint.load(path: dir + "/\(name)-fetched/model.safetensors").params.array
+    }
+
     /// Polls until `condition` holds; returns the seconds it took, or nil on timeout.
     @discardableResult
     func waitFor(_ timeout: Double, _ condition: () -> Bool) -> Double? {
@@ -207,12 +219,7 @@ final class ClusterProcessTests: ProcessTestCase {
                                log: dir + "/\(name)-shards.log")
             }
             let pool = try launch(["worker", "--connect", endpoint, "--data", data, "--count", String(workers)], log: dir + "/\(name)-w.log")
-            let fetch = try launch(["fetch", "--from", endpoint, "--out", dir + "/\(name)-fetched", "--wait", "--timeout", "150"],
-                                   log: dir + "/\(name)-f.log")
-            XCTAssertTrue(waitExit(fetch, timeout: 180), "\(name): no final checkpoint fetched")
-            XCTAssertEqual(fetch.terminationStatus, 0, read(dir + "/\(name)-f.log") + read(dir + "/\(name).log"))
-            coordinator.interrupt()
-            XCTAssertTrue(waitExit(coordinator, timeout: 30), "\(name): the coordinator did not stop")
+            let fetched = try fetchFinal(name, from: endpoint, stopping: coordinator)
             XCTAssertTrue(waitExit(pool, timeout: 30), "\(name): the workers did not exit after training")
             let log = read(dir + "/\(name).log")
             XCTAssertTrue(log.contains("done: step 20"), log)
@@ -221,7 +228,7 @@ final class ClusterProcessTests: ProcessTestCase {
                 XCTAssertTrue(read(dir + "/\(name)-shards.log").contains("training is over after 20 updates"), read(dir + "/\(name)-shards.log"))
             }
             let saved = try ModelCheckpoint.load(path: out + "/model.safetensors")
-            XCTAssertEqual(try ModelCheckpoint.load(path: dir + "/\(name)-fetched/model.safetensors").params.array, saved.params.array)
+            XCTAssertEqual(fetched, saved.params.array)
             try checkTraffic(out, name: name, shards: shards, workers: workers, parameterBytes: 4 * saved.params.count)
             return saved.params.array
         }
@@ -262,14 +269,10 @@ final class ClusterProcessTests: ProcessTestCase {
                                          log: log)
             _ = try launch(["worker", "--connect", endpoint, "--data", data, "--count", "2"] + secure, log: dir + "/\(name)-w.log")
             try during(endpoint, out, port)
-            let fetch = try launch(["fetch", "--from", endpoint, "--out", dir + "/\(name)-fetched", "--wait", "--timeout", "150"] + secure,
-                                   log: dir + "/\(name)-f.log")
-            XCTAssertTrue(waitExit(fetch, timeout: 180), "\(name): no final checkpoint fetched")
-            XCTAssertEqual(fetch.terminationStatus, 0, read(dir + "/\(name)-f.log") + read(log))
-            coordinator.interrupt()
-            XCTAssertTrue(waitExit(coordinator, timeout: 30), "\(name): the coordinator did not stop")
+            let fetched = try fetchFinal(name, from: endpoint, stopping: coordinator, flags: secure)
             XCTAssertTrue(read(log).contains("done: step \(steps)"), read(log))
-            return try ModelCheckpoint.load(path: out + "/model.safetensors").params.array
+            XCTAssertEqual(fetched, try ModelCheckpoint.load(path: out + "/model.safetensors").params.array)
+            return fetched
         }
         let star = try run("star", shards: 0) { _, _, _ in }
         let sharded = try run("sharded", shards: 3) { endpoint, out, port in
@@ -313,19 +316,10 @@ final class ClusterProcessTests: ProcessTestCase {
         func lead(_ args: [String], _ endpoint: String, log: String) throws -> Process {
             try launch(["coordinator"] + args + ["--workers", "2", "--bind", endpoint, "--linger", "20"], log: log)
         }
-        func finish(_ name: String, _ endpoint: String, _ coordinator: Process) throws -> [Float] {
-            let fetch = try launch(["fetch", "--from", endpoint, "--out", dir + "/\(name)-fetched", "--wait", "--timeout", "150"],
-                                   log: dir + "/\(name)-f.log")
-            XCTAssertTrue(waitExit(fetch, timeout: 180), "\(name): no final checkpoint fetched")
-            XCTAssertEqual(fetch.terminationStatus, 0, read(dir + "/\(name)-f.log") + read(dir + "/\(name).log"))
-            coordinator.interrupt()
-            XCTAssertTrue(waitExit(coordinator, timeout: 30), "\(name): the coordinator did not stop")
-            return try ModelCheckpoint.load(path: dir + "/\(name)-fetched/model.safetensors").params.array
-        }
         let starEndpoint = "tcp://127.0.0.1:\(Self.freePort())"
         let star = try lead(common + ["--steps", String(steps), "--init", initFile, "--out", dir + "/star"], starEndpoint, log: dir + "/star.log")
         _ = try launch(["worker", "--connect", starEndpoint, "--count", "2"], log: dir + "/star-w.log")
-        let starParams = try finish("star", starEndpoint, star)
+        let starParams = try fetchFinal("star", from: starEndpoint, stopping: star)
 
         let port = Self.freePort(), endpoint = "tcp://127.0.0.1:\(port)", out = dir + "/sharded", log = dir + "/sharded.log"
         let first = try lead(common + ["--steps", String(steps), "--init", initFile, "--out", out, "--shards", "2"], endpoint, log: log)
@@ -338,7 +332,7 @@ final class ClusterProcessTests: ProcessTestCase {
         kill(first.processIdentifier, SIGKILL)
         XCTAssertTrue(waitExit(first, timeout: 10))
         let resumed = try lead(["--resume", out, "--shards", "2"], endpoint, log: dir + "/sharded.log")
-        let params = try finish("sharded", endpoint, resumed)
+        let params = try fetchFinal("sharded", from: endpoint, stopping: resumed)
         let text = read(log)
         // Back to the last checkpoint before the kill (every 10 steps, and at least step 45 was done).
         let resumedAt = text.components(separatedBy: "resumed at step ").dropFirst().first.flatMap { Int($0.prefix { $0.isNumber }) }
