@@ -510,12 +510,12 @@ public final class Coordinator: GradientComputer {
                timing.reduce * 1000, timing.update * 1000)
     }
 
-    /// A worker's or shard's report of the bytes it moved since its last one.
     /// Counts above this (1 TiB since a process's last report) are not believed: a hostile peer's, not traffic.
     static let maxReportedBytes: UInt64 = 1 << 40
 
+    /// A worker's or shard's report of the bytes it moved since its last one, added to the step's.
     func count(_ t: Traffic, of peer: PeerID, role: PeerTraffic.Role) {
-        let who = role == .shard ? shards?.shards.first { $0.peer == peer }?.name : membership.member(peer)?.name
+        let who = role == .shard ? shards?.index(of: peer).map { shards?.shards[$0].name } ?? nil : membership.member(peer)?.name
         guard let who else { return }
         guard t.sent <= Coordinator.maxReportedBytes, t.received <= Coordinator.maxReportedBytes else {
             reject("\(name(peer)) reports \(t.sent) bytes sent and \(t.received) received since its last report: not counted")

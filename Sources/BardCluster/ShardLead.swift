@@ -27,10 +27,8 @@ extension Coordinator: RemoteUpdate {
         shards = roster
         shared?.close()
         shared = nil
-        // A shard's `gathered` (parameters, average, two moments of its slice) is larger than any worker's message.
-        let slices = (try? ParameterSlices.plan(parameterCount: model.parameterCount, shards: count)) ?? []
-        let largestSlice = slices.map(\.count).max() ?? model.parameterCount
-        transport.limits = ReceiveLimits(maxFrames: 5, maxBytes: max(transport.limits.maxBytes, Header.size + 4096 + 4 * 4 * largestSlice))
+        // A shard's `gathered` is five frames (its bytes, by the slices' size, are allowed at each seeding).
+        transport.limits.maxFrames = max(transport.limits.maxFrames, 5)
     }
 
     /// Seconds to wait for the shards' replies to an order (their acknowledgements, a gather) before calling them lost:

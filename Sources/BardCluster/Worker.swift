@@ -210,11 +210,11 @@ public final class WorkerCore {
     /// quarantines it), `staleParameters` when a shard did not serve it in time or refused (the shard's).
     func fetchSlices(version: UInt64, into params: FloatBuffer) -> (code: RefusalCode, reason: String)? {
         guard !shardLinks.isEmpty, shardLinks.last?.endpoint.slice.upperBound == params.count else { return (.badRequest, shardProblem) }
-        if let problem = fetchSliceReason(version: version, into: params) { return (.staleParameters, problem) }
+        if let problem = receiveSlices(version: version, into: params) { return (.staleParameters, problem) }
         return nil
     }
 
-    func fetchSliceReason(version: UInt64, into params: FloatBuffer) -> String? {
+    func receiveSlices(version: UInt64, into params: FloatBuffer) -> String? {
         var missing = Set(shardLinks.indices.filter { shardLinks[$0].version != version })
         for i in missing {
             let want = Message.want(version: version).encode()

@@ -274,7 +274,8 @@ public final class Trainer {
                     needsSeed = false; remoteAhead = false
                 }
                 let t0 = Date()
-                grads.zero(threads: updateThreads)
+                // With the update elsewhere the gradient is summed there too: nothing here to clear.
+                if remote == nil { grads.zero(threads: updateThreads) }
                 let lossSum: Double
                 do {
                     lossSum = try tokens.withUnsafeMutableBufferPointer { w -> Double in
