@@ -60,6 +60,9 @@ public final class Coordinator: GradientComputer {
     var shardFailure: String?
     /// Shards joined since the slices were planned: the trainer seeds them all again once its state is whole here.
     public internal(set) var wantsSeed = false
+    /// How long a step waits for enough workers before the run stops (for ever in a real run: workers come back;
+    /// tests bound it).
+    public var workerWait = Double.infinity
     /// Workers that reported a divergence within the attempts of the current sharded step.
     var divergenceReports: Set<String> = []
 
@@ -479,7 +482,7 @@ public final class Coordinator: GradientComputer {
     /// round that collects their replies.
     func beginAttempt(totalColumns: Int) throws -> (start: Double, plan: [(peer: PeerID, columns: Range<Int>)], round: StepRound) {
         _ = try tick()
-        if membership.active(now: clock()).count < minWorkers { try waitForWorkers(minWorkers) }
+        if membership.active(now: clock()).count < minWorkers { try waitForWorkers(minWorkers, timeout: workerWait) }
         stepID += 1
         let t0 = clock()
         let plan = ColumnPlan.assign(columns: totalColumns, to: membership.active(now: t0).map(\.peer))

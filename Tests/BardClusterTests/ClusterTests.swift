@@ -204,6 +204,7 @@ final class InMemoryClusterTests: XCTestCase {
             let t = try trainer(base + "/w\(workers)")
             let hub = InMemoryHub()
             let coordinator = Coordinator(transport: hub.server(), model: t.model, fingerprint: "fp", minWorkers: workers, log: { _ in })
+            coordinator.workerWait = 60  // a run that loses its workers fails, never hangs
             var threads: [Thread] = []
             for i in 0..<workers {
                 let w = WorkerCore(transport: hub.client(id: "w\(i)"), name: "w\(i)", fingerprint: "", threads: 1, log: { _ in })
@@ -233,6 +234,7 @@ final class InMemoryClusterTests: XCTestCase {
         let hub = InMemoryHub(), memory = InMemorySharedMemory(host: "this-host")
         let lines = LockedLines()
         let coordinator = Coordinator(transport: hub.server(), model: t.model, fingerprint: "fp", minWorkers: 3, log: lines.append)
+        coordinator.workerWait = 60  // a run that loses its workers fails, never hangs
         coordinator.shared = try SharedExchange(memory: memory, parameterCount: t.model.parameterCount, log: lines.append)
         // w0 shares the coordinator's memory; w1 is on another host; w2 claims this host but sees other memory.
         let memories: [SharedMemory] = [memory, InMemorySharedMemory(host: "other-host"), InMemorySharedMemory(host: "this-host")]
@@ -324,6 +326,7 @@ final class InMemoryClusterTests: XCTestCase {
             let lock = NSLock()
             let coordinator = Coordinator(transport: hub.server(), model: t.model, fingerprint: "fp", minWorkers: 1,
                                           log: { line in lock.lock(); lines.append(line); lock.unlock() })
+            coordinator.workerWait = 60  // a run that loses its workers fails, never hangs
             // Only the silent peer needs a short deadline; the others are caught without one, and an honest worker
             // slowed by a busy machine must not be called late.
             if case .silent = behaviour { coordinator.deadline.override = 0.5 } else { coordinator.deadline.override = 20 }
@@ -396,6 +399,7 @@ final class InMemoryClusterTests: XCTestCase {
         let clock = FakeClock(), hub = InMemoryHub()
         let coordinator = Coordinator(transport: hub.server(), model: t.model, fingerprint: "fp", minWorkers: 1,
                                       clock: { clock.now }, log: { _ in })
+        coordinator.workerWait = 60  // a run that loses its workers fails, never hangs
         let honest = WorkerCore(transport: hub.client(id: "a.1"), name: "a", fingerprint: "", threads: 1, log: { _ in })
         honest.heartbeatInterval = 0.02
         Thread { try? honest.run() }.start()
@@ -431,6 +435,7 @@ final class InMemoryClusterTests: XCTestCase {
         let t = try trainer(NSTemporaryDirectory() + "bard-cluster-zap-\(getpid())")
         let hub = InMemoryHub()
         let coordinator = Coordinator(transport: hub.server(), model: t.model, fingerprint: "fp", minWorkers: 1, log: { _ in })
+        coordinator.workerWait = 60  // a run that loses its workers fails, never hangs
         let w = WorkerCore(transport: hub.client(id: "w.1"), name: "w", fingerprint: "", threads: 1, log: { _ in })
         Thread { try? w.run() }.start()
         try coordinator.waitForWorkers(1, timeout: 10)
@@ -446,6 +451,7 @@ final class InMemoryClusterTests: XCTestCase {
         let hub = InMemoryHub()
         var messages: [String] = []
         let coordinator = Coordinator(transport: hub.server(), model: t.model, fingerprint: "aaaaaaaaaaaaaaaa", minWorkers: 1, log: { messages.append($0) })
+        coordinator.workerWait = 60  // a run that loses its workers fails, never hangs
         let w = WorkerCore(transport: hub.client(id: "w"), name: "w", fingerprint: "bbbbbbbbbbbbbbbb", threads: 1, log: { _ in })
         let box = runInBackground(w)
         XCTAssertThrowsError(try coordinator.waitForWorkers(1, timeout: 3))
@@ -463,6 +469,7 @@ final class InMemoryClusterTests: XCTestCase {
         let t = try trainer(NSTemporaryDirectory() + "bard-cluster-version-\(getpid())")
         let hub = InMemoryHub()
         let coordinator = Coordinator(transport: hub.server(), model: t.model, fingerprint: "f", minWorkers: 1, log: { _ in })
+        coordinator.workerWait = 60  // a run that loses its workers fails, never hangs
         let old = hub.client(id: "old")
         var hello = Message.hello(name: "old", fingerprint: "").encode()
         hello[0][4] = UInt8(truncatingIfNeeded: Wire.version + 1)  // the version's low byte, after the magic

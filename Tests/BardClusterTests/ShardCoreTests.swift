@@ -381,6 +381,7 @@ final class InMemoryShardedRunTests: XCTestCase {
     func run(_ t: Trainer, workers: Int, shards: Int) throws -> Coordinator {
         let fleet = InMemoryFleet()
         let coordinator = Coordinator(transport: fleet.hub.server(), model: t.model, fingerprint: "fp", minWorkers: workers, log: { _ in })
+        coordinator.workerWait = 60  // a run that loses its workers fails, never hangs
         if shards > 0 { coordinator.useShards(shards) }
         for k in 0..<shards { fleet.startShard(k) }
         for i in 0..<workers { fleet.startWorker(i) }
@@ -443,6 +444,7 @@ final class InMemoryShardedRunTests: XCTestCase {
         let fleet = InMemoryFleet()
         let coordinator = Coordinator(transport: fleet.hub.server(), model: t.model, fingerprint: "fp", minWorkers: 2,
                                       log: { line in lock.lock(); lines.append(line); lock.unlock() })
+        coordinator.workerWait = 60  // a run that loses its workers fails, never hangs
         coordinator.useShards(3, heartbeatTimeout: 4)
         for k in 0..<3 { fleet.startShard(k) }
         for i in 0..<2 { fleet.startWorker(i) }
@@ -485,6 +487,7 @@ final class InMemoryShardedRunTests: XCTestCase {
         let t = try trainer(base + "/sharded")
         let fleet = InMemoryFleet()
         let coordinator = Coordinator(transport: fleet.hub.server(), model: t.model, fingerprint: "fp", minWorkers: 2, log: { _ in })
+        coordinator.workerWait = 60  // a run that loses its workers fails, never hangs
         coordinator.useShards(2)
         coordinator.membership.policy.quarantineBase = 60
         for k in 0..<2 { fleet.startShard(k) }
