@@ -13,6 +13,9 @@
 # heartbeat timeout (3 s) from N = 4 on: heartbeats queue behind it and workers are evicted. So the runs here take
 # --heartbeat-timeout 60 and --step-timeout 600, and measure the links rather than the fault handling.
 #
+# Every process gets BARD_ZMTP_TIMEOUT_MS=60000: libzmq counts a frame in transit as silence, and at 100 Mbit/s a
+# 17 MB step to one of several workers behind one link takes longer than the default 3 s, which would cut it.
+#
 # BARD_BIN names the bard binary (nothing is built then). Needs root and iproute2 (tc); exits 77 when network
 # namespaces are unusable here. Plaintext sockets (--insecure) on the namespace network, and no shared memory (the
 # namespaces share the host name and /dev/shm, which would bypass the links). Everything it creates is removed on
@@ -107,6 +110,7 @@ last_step() { local s; s=$(tail -n 1 "$1/metrics.jsonl" 2>/dev/null | grep -o '"
 # One run: N hosts, star or sharded, `columns` in all. Sets `measured` to "chars/s busiest-tx busiest-rx" (bytes per
 # step). Runs in this shell, so the cleanup knows its processes and namespaces.
 measured=
+export BARD_ZMTP_TIMEOUT_MS=60000
 run() {
     local n=$1 mode=$2 columns=$3 i lead=198.18.0.10 port=5555 out
     make_hosts "$n"

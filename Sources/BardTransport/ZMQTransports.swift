@@ -4,10 +4,12 @@ import Foundation
 /// Socket options every Bard socket gets: no linger (a vanished peer must not block shutdown), bounded queues,
 /// a frame size cap (a hostile peer cannot make libzmq allocate a larger frame), ZMTP heartbeats to notice dead links.
 ///
-/// The ZMTP timeout is long because libzmq hears nothing on a connection until a whole frame is in: a worker's
-/// parameters (17 MB for the default model) to one of seven workers behind one 100 Mbit/s link take about 10 s, and
-/// a 3 s timeout cut such connections mid-frame, losing the step (found on emulated hosts, issue 11). Dead peers are
-/// the application's heartbeats' business (`--heartbeat-timeout`); this only ends connections that are gone.
+/// The ZMTP timeout ends connections that are gone (a cut link): the worker's socket then reconnects as soon as
+/// the link is back. libzmq hears nothing on a connection until a whole frame is in, so a link too slow to carry the
+/// largest message (a worker's parameters, 17 MB for the default model, to one of several workers behind one
+/// 100 Mbit/s link) within it would be cut mid-frame and lose the step: set `BARD_ZMTP_TIMEOUT_MS` above that
+/// transfer time there (scripts/bench-hosts.sh does; issue 11). Dead peers are the application's heartbeats' business
+/// (`--heartbeat-timeout`).
 func configureCommon(_ s: ZMQSocket, maxFrameBytes: Int, receiveHighWaterMark: Int32) throws {
     guard maxFrameBytes >= 1 else { throw ZMQError.invalidArgument("maxFrameBytes must be >= 1, got \(maxFrameBytes)") }
     try s.setLinger(milliseconds: 0)
@@ -18,8 +20,13 @@ func configureCommon(_ s: ZMQSocket, maxFrameBytes: Int, receiveHighWaterMark: I
     try s.setHeartbeatTimeout(milliseconds: zmtpHeartbeatTimeoutMilliseconds)
 }
 
-/// How long a connection may carry no complete frame after a ZMTP PING before libzmq drops it.
-let zmtpHeartbeatTimeoutMilliseconds: Int32 = 60_000
+/// How long a connection may carry no complete frame after a ZMTP PING before libzmq drops it: 3 s, or
+/// `BARD_ZMTP_TIMEOUT_MS` (1,000 to 600,000).
+let zmtpHeartbeatTimeoutMilliseconds: Int32 = {
+    guard let text = ProcessInfo.processInfo.environment["BARD_ZMTP_TIMEOUT_MS"], let ms = Int32(text),
+          (1_000...600_000).contains(ms) else { return 3_000 }
+    return ms
+}()
 
 /// Receives one message within `limits`, waiting up to `timeout` seconds in all: a dropped message is counted and
 /// the wait goes on for the next one, so a flood of oversized messages cannot pass for silence or for traffic.
