@@ -70,6 +70,8 @@ public final class Workspace {
     let dropped: [FloatBuffer]
     let logits: FloatBuffer
     let dDecoderInput: FloatBuffer
+    /// The shape of the window last run here, which `Model.addParameterGradients` reads back.
+    var ran = (steps: 0, batch: 0, dropout: false)
 
     init(config: Config, vocabularySize v: Int, steps: Int, batch: Int) {
         self.steps = steps; self.batch = batch
@@ -146,6 +148,34 @@ public final class Model {
                     totalColumns: Int, columns: Range<Int>, state: RecurrentState, dropout: DropoutKey?,
                     workspace ws: Workspace, lastStepOnly: Bool = false,
                     hiddenGradNorms: UnsafeMutablePointer<Double>? = nil) -> Double {
+        prepareWindow(params: params, into: ws, part: 0, of: 1)
+        let loss = runColumns(params: params, table: ws, backward: grads != nil, window: window, steps: T,
+                              totalColumns: totalColumns, columns: columns, state: state, dropout: dropout, workspace: ws,
+                              lastStepOnly: lastStepOnly, hiddenGradNorms: hiddenGradNorms)
+        if let grads {
+            addParameterGradients(into: grads, params: params, workspaces: [ws], part: 0, of: 1)
+        }
+        return loss
+    }
+
+    // MARK: One window on several threads
+    //
+    // `run` is four phases, and each but the second splits among threads by parameter rows, so that a window's
+    // columns can be shared among threads (ColumnParallel) while each parameter's gradient is computed once:
+    // 1. `prepareWindow`, rows of the embedding table and of each layer's transposed W_hh;
+    // 2. `runColumns`, each thread its own columns in its own workspace: forward, loss and backward through time,
+    //    leaving the gate gradients in the workspace;
+    // 3. `sumTableGradients`, the workspaces' table gradients into the first's;
+    // 4. `addParameterGradients`, every weight and bias gradient, each thread its share of every tensor's rows.
+
+    /// Phase 2: forward, and backward when `backward` is set, over one window for the columns `columns` of a batch of
+    /// `totalColumns`, reading the table and the transposed weights phase 1 left in `table`. The parameter
+    /// gradients are left in the workspace for phase 4; the state rows of the columns are read and overwritten as in
+    /// `run`.
+    public func runColumns(params: FloatBuffer, table: Workspace, backward: Bool, window: UnsafePointer<Int32>,
+                           steps T: Int, totalColumns: Int, columns: Range<Int>, state: RecurrentState,
+                           dropout: DropoutKey?, workspace ws: Workspace, lastStepOnly: Bool = false,
+                           hiddenGradNorms: UnsafeMutablePointer<Double>? = nil) -> Double {
         let B = columns.count
         precondition(T <= ws.steps && B <= ws.batch, "window \(T)x\(B) exceeds workspace \(ws.steps)x\(ws.batch)")
         precondition(columns.upperBound <= totalColumns && state.columns == totalColumns,
@@ -153,34 +183,93 @@ public final class Model {
         let w = WindowColumns(tokens: window, totalColumns: totalColumns, first: columns.lowerBound, steps: T, batch: B)
         let p = params.pointer, lw0 = ws.layers[0]
         let dropout = config.dropout > 0 ? dropout : nil
+        ws.ran = (T, B, dropout != nil)
 
         // Forward: embedding (as layer 0's input projection) -> recurrent stack (dropout after each layer) -> decoder
         // -> softmax cross-entropy, which leaves the probabilities in ws.logits.
-        embeddingForward(gates: lw0.gates.pointer, table: ws.table.pointer, params: p, window: w)
-        let decoderInput = stackForward(ws: ws, state: state, params: p, window: w, dropout: dropout)
+        embeddingForward(gates: lw0.gates.pointer, table: table.table.pointer, window: w)
+        let decoderInput = stackForward(ws: ws, prepared: table, state: state, params: p, window: w, dropout: dropout)
         decoderForward(logits: ws.logits.pointer, x: decoderInput, params: p, rows: w.rows)
         let loss = crossEntropyForward(probabilities: ws.logits.pointer, window: w, lastStepOnly: lastStepOnly)
-        guard let grads else { return loss }
+        guard backward else { return loss }
 
-        // Backward, the same pieces in reverse; every parameter gradient accumulates into `grads`.
-        let gp = grads.pointer
+        // Backward through the same pieces in reverse, down to the gate gradients and the table's.
         crossEntropyBackward(dLogits: ws.logits.pointer, window: w, lastStepOnly: lastStepOnly)
-        decoderBackward(dx: ws.dDecoderInput.pointer, dParams: gp, dLogits: ws.logits.pointer, x: decoderInput,
-                        params: p, rows: w.rows)
-        stackBackward(dParams: gp, ws: ws, dOut: ws.dDecoderInput.pointer, params: p, window: w, dropout: dropout,
+        decoderBackward(dx: ws.dDecoderInput.pointer, dLogits: ws.logits.pointer, params: p, rows: w.rows)
+        stackBackward(ws: ws, dOut: ws.dDecoderInput.pointer, params: p, window: w, dropout: dropout,
                       hiddenGradNorms: hiddenGradNorms)
-        embeddingBackward(dParams: gp, dTable: ws.dTable, dGates: lw0.dGatesInput.pointer, params: p, window: w)
+        embeddingBackward(dTable: ws.dTable, dGates: lw0.dGatesInput.pointer, window: w)
         return loss
+    }
+
+    /// Phase 3: the table gradients of `workspaces` added into the first's, share `part` of `parts` of the elements.
+    public func sumTableGradients(workspaces: [Workspace], part: Int, of parts: Int) {
+        guard let first = workspaces.first else { return }
+        let r = Range(part: part, of: parts, in: first.dTable.count)
+        for ws in workspaces.dropFirst() {
+            Kernels.add(ws.dTable.pointer + r.lowerBound, into: first.dTable.pointer + r.lowerBound, count: r.count)
+        }
+    }
+
+    /// Phase 4: every parameter's gradient of the windows `runColumns` left in `workspaces` (whose first holds the
+    /// sum of their table gradients, phase 3), added into `grads`: share `part` of `parts` of each tensor's rows.
+    public func addParameterGradients(into grads: FloatBuffer, params: FloatBuffer, workspaces: [Workspace],
+                                      part: Int, of parts: Int) {
+        let p = params.pointer, gp = grads.pointer, H = config.hidden, E = config.embed, V = vocabularySize
+        let GH = layers[0].cell.gates * H
+        // The decoder: dW_dec += dLogits^T x, db_dec += column sums of dLogits, by rows of V.
+        let v = Range(part: part, of: parts, in: V)
+        for ws in workspaces where ws.ran.batch > 0 && !v.isEmpty {
+            let rows = ws.ran.steps * ws.ran.batch, x = stackInput(layers.count, ws: ws)
+            BLAS.gemm(transA: true, m: v.count, n: H, k: rows, a: ws.logits.pointer + v.lowerBound, lda: V, b: x, ldb: H,
+                      beta: 1, c: gp + decoderWeight + v.lowerBound * H, ldc: H)
+            if let db = decoderBias {
+                Kernels.addColumnSums(ws.logits.pointer + v.lowerBound, rows: rows, n: v.count, stride: V,
+                                      into: gp + db + v.lowerBound)
+            }
+        }
+        // The recurrent layers, by gate rows; layer 0's input side through the table.
+        for (l, layer) in layers.enumerated() {
+            let windows = workspaces.map { ws in
+                (ws: ws.layers[l], rows: ws.ran.steps * ws.ran.batch,
+                 x: l == 0 ? nil : UnsafePointer(stackInput(l, ws: ws)))
+            }
+            layer.addParameterGradients(grads: gp, from: windows, gateRows: Range(part: part, of: parts, in: layer.cell.gates * H))
+        }
+        // The embedding, through the table: dW_ih0 += dTable^T E by gate rows, dE += dTable W_ih0 by rows of V.
+        guard let dT = workspaces.first?.dTable.pointer, workspaces.contains(where: { $0.ran.batch > 0 }) else { return }
+        let g = Range(part: part, of: parts, in: GH)
+        if !g.isEmpty {
+            BLAS.gemm(transA: true, m: g.count, n: E, k: V, a: dT + g.lowerBound, lda: GH, b: p + embeddingOffset, ldb: E,
+                      beta: 1, c: gp + layers[0].weightIH + g.lowerBound * E, ldc: E)
+        }
+        if !v.isEmpty {
+            BLAS.gemm(m: v.count, n: E, k: GH, a: dT + v.lowerBound * GH, lda: GH, b: p + layers[0].weightIH, ldb: E,
+                      beta: 1, c: gp + embeddingOffset + v.lowerBound * E, ldc: E)
+        }
     }
 
     // MARK: Embedding table
 
     /// Layer 0 reads an embedding row and projects it: the product of the two is a per-character table
-    /// (V, G*H) = E W_ih0^T + biases, so the window's input projection `gates` (T*B, G*H) is a gather, not a GEMM.
-    func embeddingForward(gates: UnsafeMutablePointer<Float>, table: UnsafeMutablePointer<Float>,
-                          params p: UnsafePointer<Float>, window w: WindowColumns) {
+    /// (V, G*H) = E W_ih0^T + biases, so the window's input projection (T*B, G*H) is a gather, not a GEMM. Phase 1
+    /// computes share `part` of `parts` of the table's rows into `ws`, and the same share of each layer's gate rows
+    /// of W_hh^T (`RecurrentLayer.transposeHidden`) into its layer workspaces.
+    public func prepareWindow(params: FloatBuffer, into ws: Workspace, part: Int, of parts: Int) {
+        let rows = Range(part: part, of: parts, in: vocabularySize), p = params.pointer
+        let E = config.embed, GH = layers[0].cell.gates * config.hidden
+        if !rows.isEmpty {
+            layers[0].projectInput(params: p, x: p + embeddingOffset + rows.lowerBound * E, rows: rows.count,
+                                   into: ws.table.pointer + rows.lowerBound * GH)
+        }
+        for (l, layer) in layers.enumerated() {
+            layer.transposeHidden(params: p, into: ws.layers[l].whhT.pointer, gateRows: Range(part: part, of: parts, in: GH))
+        }
+    }
+
+    /// gates (T*B, G*H) = the table's row of each input character.
+    func embeddingForward(gates: UnsafeMutablePointer<Float>, table: UnsafePointer<Float>, window w: WindowColumns) {
         let GH = layers[0].cell.gates * config.hidden
-        layers[0].projectInput(params: p, x: p + embeddingOffset, rows: vocabularySize, into: table)
         for t in 0..<w.steps {
             for b in 0..<w.batch {
                 (gates + (t * w.batch + b) * GH).update(from: table + w.input(t, b) * GH, count: GH)
@@ -188,11 +277,10 @@ public final class Model {
         }
     }
 
-    /// Through the table: dTable[v] = sum of the gate gradients `dGates` of rows reading v, then dW_ih0 += dTable^T E
-    /// and dE += dTable W_ih0 (V rows instead of T*B). The biases' gradients are layer 0's own (its backward).
-    func embeddingBackward(dParams gp: UnsafeMutablePointer<Float>, dTable: FloatBuffer, dGates: UnsafePointer<Float>,
-                           params p: UnsafePointer<Float>, window w: WindowColumns) {
-        let E = config.embed, V = vocabularySize, GH = layers[0].cell.gates * config.hidden, dT = dTable.pointer
+    /// dTable[v] = sum of the gate gradients `dGates` of rows reading v; phase 4 turns it into dW_ih0 += dTable^T E
+    /// and dE += dTable W_ih0 (V rows instead of T*B). The biases' gradients are layer 0's own.
+    func embeddingBackward(dTable: FloatBuffer, dGates: UnsafePointer<Float>, window w: WindowColumns) {
+        let GH = layers[0].cell.gates * config.hidden, dT = dTable.pointer
         dTable.zero()
         for t in 0..<w.steps {
             for b in 0..<w.batch {
@@ -200,10 +288,6 @@ public final class Model {
                 for j in 0..<GH { dst[j] += src[j] }
             }
         }
-        BLAS.gemm(transA: true, m: GH, n: E, k: V, a: dT, lda: GH, b: p + embeddingOffset, ldb: E,
-                  beta: 1, c: gp + layers[0].weightIH, ldc: E)
-        BLAS.gemm(m: V, n: E, k: GH, a: dT, lda: GH, b: p + layers[0].weightIH, ldb: E,
-                  beta: 1, c: gp + embeddingOffset, ldc: E)
     }
 
     // MARK: Dropout
@@ -237,18 +321,16 @@ public final class Model {
     /// The layers bottom-up from the carried state, dropout after each (site l + 1: between layers and before the
     /// decoder). Layer 0's input projection is already in its gates (embeddingForward). The state rows of the window's
     /// columns receive the final state (its value, not its gradient). Returns the decoder's input (T*B, H).
-    func stackForward(ws: Workspace, state: RecurrentState, params p: UnsafePointer<Float>, window w: WindowColumns,
-                      dropout: DropoutKey?) -> UnsafeMutablePointer<Float> {
+    /// Each layer's W_hh^T is read from `prepared` (phase 1).
+    func stackForward(ws: Workspace, prepared: Workspace, state: RecurrentState, params p: UnsafePointer<Float>,
+                      window w: WindowColumns, dropout: DropoutKey?) -> UnsafeMutablePointer<Float> {
         let T = w.steps, B = w.batch, H = config.hidden, c0 = w.first
         for (l, layer) in layers.enumerated() {
             let lw = ws.layers[l]
             let h0 = UnsafePointer(state.hRows(l, c0)), c0p = state.cRows(l, c0).map { UnsafePointer($0) }
-            if l == 0 {
-                layer.recur(params: p, steps: T, batch: B, h0: h0, c0: c0p, ws: lw)
-            } else {
-                layer.forward(params: p, x: stackInput(l, ws: ws, window: w, dropout: dropout), steps: T, batch: B,
-                              h0: h0, c0: c0p, ws: lw)
-            }
+            // Layer 0's input projection is already in its gates (embeddingForward).
+            if l > 0 { layer.projectInput(params: p, x: stackInput(l, ws: ws), rows: T * B, into: lw.gates.pointer) }
+            layer.recur(params: p, whhT: prepared.layers[l].whhT.pointer, steps: T, batch: B, h0: h0, c0: c0p, ws: lw)
             state.hRows(l, c0).update(from: lw.h.pointer + T * B * H, count: B * H)
             if let cr = state.cRows(l, c0) { cr.update(from: lw.c.pointer + T * B * H, count: B * H) }
             if let dropout {
@@ -256,30 +338,31 @@ public final class Model {
                                width: H, site: l + 1, key: dropout, window: w)
             }
         }
-        return stackInput(layers.count, ws: ws, window: w, dropout: dropout)
+        return stackInput(layers.count, ws: ws)
     }
 
-    /// The layers top-down from `dOut` (T*B, H), the gradient of the decoder's input, which is overwritten. Leaves
-    /// layer 0's input side (its ws.dGatesInput) to embeddingBackward. `hiddenGradNorms` is the top layer's.
-    func stackBackward(dParams gp: UnsafeMutablePointer<Float>, ws: Workspace, dOut: UnsafeMutablePointer<Float>,
-                       params p: UnsafePointer<Float>, window w: WindowColumns, dropout: DropoutKey?,
-                       hiddenGradNorms: UnsafeMutablePointer<Double>?) {
+    /// The layers top-down from `dOut` (T*B, H), the gradient of the decoder's input, which is overwritten, down to
+    /// each layer's gate gradients (the parameter gradients are phase 4's). Leaves layer 0's input side (its
+    /// ws.dGatesInput) to embeddingBackward. `hiddenGradNorms` is the top layer's.
+    func stackBackward(ws: Workspace, dOut: UnsafeMutablePointer<Float>, params p: UnsafePointer<Float>,
+                       window w: WindowColumns, dropout: DropoutKey?, hiddenGradNorms: UnsafeMutablePointer<Double>?) {
         var dOut = dOut
         for l in stride(from: layers.count - 1, through: 0, by: -1) {
             if dropout != nil {
                 dropoutBackward(dx: dOut, mask: ws.masks[l + 1].pointer, count: w.rows * config.hidden)
             }
-            let x = l == 0 ? nil : UnsafePointer(stackInput(l, ws: ws, window: w, dropout: dropout))
-            layers[l].backward(params: p, grads: gp, x: x, dOut: dOut, steps: w.steps, batch: w.batch,
-                               ws: ws.layers[l], inputGradient: l > 0,
-                               hiddenGradNorms: l == layers.count - 1 ? hiddenGradNorms : nil)
+            let x = l == 0 ? nil : UnsafePointer(stackInput(l, ws: ws))
+            layers[l].backwardThroughTime(params: p, x: x, dOut: dOut, steps: w.steps, batch: w.batch, ws: ws.layers[l],
+                                          inputGradient: l > 0,
+                                          hiddenGradNorms: l == layers.count - 1 ? hiddenGradNorms : nil)
             dOut = ws.layers[l].dInput.pointer
         }
     }
 
-    /// The input of layer l >= 1 (l == layers: the decoder's): layer l - 1's output, after dropout site l.
-    private func stackInput(_ l: Int, ws: Workspace, window w: WindowColumns, dropout: DropoutKey?) -> UnsafeMutablePointer<Float> {
-        dropout != nil ? ws.dropped[l].pointer : ws.layers[l - 1].h.pointer + w.batch * config.hidden
+    /// The input of layer l >= 1 (l == layers: the decoder's) in the window last run in `ws`: layer l - 1's output,
+    /// after dropout site l.
+    private func stackInput(_ l: Int, ws: Workspace) -> UnsafeMutablePointer<Float> {
+        ws.ran.dropout ? ws.dropped[l].pointer : ws.layers[l - 1].h.pointer + ws.ran.batch * config.hidden
     }
 
     // MARK: Decoder
@@ -292,13 +375,10 @@ public final class Model {
         if let db = decoderBias { Kernels.addRowVector(logits, rows: rows, n: V, p + db) }
     }
 
-    /// dW_dec += dLogits^T x, db_dec += column sums of dLogits, dx = dLogits W_dec (overwritten).
-    func decoderBackward(dx: UnsafeMutablePointer<Float>, dParams gp: UnsafeMutablePointer<Float>,
-                         dLogits: UnsafePointer<Float>, x: UnsafePointer<Float>, params p: UnsafePointer<Float>, rows: Int) {
+    /// dx = dLogits W_dec (overwritten); dW_dec and db_dec are phase 4's.
+    func decoderBackward(dx: UnsafeMutablePointer<Float>, dLogits: UnsafePointer<Float>, params p: UnsafePointer<Float>,
+                         rows: Int) {
         let H = config.hidden, V = vocabularySize
-        BLAS.gemm(transA: true, m: V, n: H, k: rows, a: dLogits, lda: V, b: x, ldb: H,
-                  beta: 1, c: gp + decoderWeight, ldc: H)
-        if let db = decoderBias { Kernels.addColumnSums(dLogits, rows: rows, n: V, into: gp + db) }
         BLAS.gemm(m: rows, n: H, k: V, a: dLogits, lda: V, b: p + decoderWeight, ldb: H, beta: 0, c: dx, ldc: H)
     }
 

@@ -24,6 +24,14 @@ public enum BLAS {
                     x, 1, beta, y, 1)
     }
 
+    /// B (cols x rows, ldb) = A^T for A (rows x cols, lda), row-major.
+    @inline(__always)
+    public static func transpose(rows: Int, cols: Int, a: UnsafePointer<Float>, lda: Int,
+                                 b: UnsafeMutablePointer<Float>, ldb: Int) {
+        if rows == 0 || cols == 0 { return }
+        cblas_somatcopy(CblasRowMajor, CblasTrans, Int32(rows), Int32(cols), 1, a, Int32(lda), b, Int32(ldb))
+    }
+
     /// The slow, obviously correct triple loop (accumulating in Double) that `gemm` is checked against.
     public static func naiveGemm(transA: Bool = false, transB: Bool = false, m: Int, n: Int, k: Int,
                                  alpha: Float = 1, a: UnsafePointer<Float>, lda: Int,

@@ -40,3 +40,10 @@ public enum Blocks {
         return parts
     }
 }
+
+extension Range where Bound == Int {
+    /// Part `i` of `n` contiguous parts of `0..<count` whose sizes differ by at most one (threads' shares of rows).
+    public init(part i: Int, of n: Int, in count: Int) {
+        self = count * i / n ..< count * (i + 1) / n
+    }
+}

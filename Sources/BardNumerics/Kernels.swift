@@ -76,9 +76,11 @@ public enum Kernels {
     }
 
     /// b[j] += sum over rows of y[r, j].
-    public static func addColumnSums(_ y: UnsafePointer<Float>, rows: Int, n: Int, into b: UnsafeMutablePointer<Float>) {
+    public static func addColumnSums(_ y: UnsafePointer<Float>, rows: Int, n: Int, stride: Int? = nil,
+                                     into b: UnsafeMutablePointer<Float>) {
+        let stride = stride ?? n
         for r in 0..<rows {
-            let row = y + r * n
+            let row = y + r * stride
             for j in 0..<n { b[j] += row[j] }
         }
     }

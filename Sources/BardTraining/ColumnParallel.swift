@@ -2,51 +2,48 @@ import BardModel
 import BardNumerics
 import Dispatch
 
-/// Splits a window's columns into contiguous chunks, one per thread, each with its own workspace and gradient buffer,
-/// and adds the chunks' gradients. Columns are independent in a recurrent model, so this is exactly the full-batch
-/// computation (up to the order of float additions), the same decomposition the cluster uses across processes.
+/// Splits a window's columns into contiguous chunks, one per thread, each with its own workspace, and computes each
+/// parameter's gradient once over all chunks, the threads sharing its rows (Model's four phases). Columns are
+/// independent in a recurrent model, so this is exactly the full-batch computation (up to the order of float
+/// additions), the same decomposition the cluster uses across processes.
 public final class ColumnParallel {
     public let model: Model
     public let chunks: [Range<Int>]
     let workspaces: [Workspace]
-    let chunkGrads: [FloatBuffer]
 
     public init(model: Model, steps: Int, columns: Range<Int>, threads: Int) {
         self.model = model
         let n = max(1, min(threads, columns.count))
-        var chunks: [Range<Int>] = []
-        for i in 0..<n {
-            let lo = columns.lowerBound + columns.count * i / n, hi = columns.lowerBound + columns.count * (i + 1) / n
-            chunks.append(lo..<hi)
+        chunks = (0..<n).map { i in
+            let part = Range(part: i, of: n, in: columns.count)
+            return (columns.lowerBound + part.lowerBound) ..< (columns.lowerBound + part.upperBound)
         }
-        self.chunks = chunks
         workspaces = chunks.map { model.makeWorkspace(steps: steps, batch: $0.count) }
-        chunkGrads = chunks.dropFirst().map { _ in FloatBuffer(count: model.parameterCount) }
         BLAS.setThreads(1)
     }
 
     /// Forward (and backward into `grads` when given) over the chunks; returns the loss sum.
     public func run(params: FloatBuffer, grads: FloatBuffer?, window: UnsafePointer<Int32>, steps: Int, totalColumns: Int,
                     state: RecurrentState, dropout: DropoutKey?) -> Double {
-        if chunks.count == 1 {
+        let n = chunks.count
+        if n == 1 {
             return model.run(params: params, grads: grads, window: window, steps: steps, totalColumns: totalColumns,
                              columns: chunks[0], state: state, dropout: dropout, workspace: workspaces[0])
         }
-        var losses = [Double](repeating: 0, count: chunks.count)
+        let table = workspaces[0]
+        DispatchQueue.concurrentPerform(iterations: n) { i in model.prepareWindow(params: params, into: table, part: i, of: n) }
+        var losses = [Double](repeating: 0, count: n)
         losses.withUnsafeMutableBufferPointer { lossPtr in
-            DispatchQueue.concurrentPerform(iterations: chunks.count) { i in
-                let g: FloatBuffer? = grads == nil ? nil : (i == 0 ? grads : chunkGrads[i - 1])
-                if i > 0 { g?.zero() }
-                lossPtr[i] = model.run(params: params, grads: g, window: window, steps: steps, totalColumns: totalColumns,
-                                       columns: chunks[i], state: state, dropout: dropout, workspace: workspaces[i])
+            DispatchQueue.concurrentPerform(iterations: n) { i in
+                lossPtr[i] = model.runColumns(params: params, table: table, backward: grads != nil, window: window,
+                                              steps: steps, totalColumns: totalColumns, columns: chunks[i], state: state,
+                                              dropout: dropout, workspace: workspaces[i])
             }
         }
-        // The chunks' sum, spread over the same threads by blocks of parameters; each element adds the chunks in
-        // order, so the sum is the same bits as one thread's.
         if let grads {
-            let out = grads.pointer, parts = chunkGrads.map(\.pointer)
-            Blocks.forEach(grads.count, threads: chunks.count) { _, r in
-                for part in parts { Kernels.add(part + r.lowerBound, into: out + r.lowerBound, count: r.count) }
+            DispatchQueue.concurrentPerform(iterations: n) { i in model.sumTableGradients(workspaces: workspaces, part: i, of: n) }
+            DispatchQueue.concurrentPerform(iterations: n) { i in
+                model.addParameterGradients(into: grads, params: params, workspaces: workspaces, part: i, of: n)
             }
         }
         return losses.reduce(0, +)

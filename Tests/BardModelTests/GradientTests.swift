@@ -158,4 +158,48 @@ final class GradientTests: XCTestCase {
         for i in 0..<full.count { XCTAssertEqual(full[i], sharded[i], accuracy: 1e-5, "grad \(i)") }
         for i in 0..<s1.h.count { XCTAssertEqual(s1.h[i], s2.h[i], accuracy: 1e-6) }
     }
+
+    /// `run`'s four phases with the columns split among 2 or 3 parts, each part's share of every phase run in
+    /// reverse order (as threads may), give the whole window's loss, gradient and state: for every cell, one and two
+    /// layers, with and without dropout and decoder bias, and row counts (V = 7, G*H = 5 to 20) that do not divide.
+    func testPhasesSplitAmongPartsGiveTheWholeWindow() {
+        for (cell, act) in Self.cells {
+            for (layers, dropout, bias) in [(1, Float(0), true), (2, Float(0.2), false), (2, Float(0), true)] {
+                let cfg = config(cell, act, layers: layers, dropout: dropout, bias: bias)
+                let V = 7, T = 4, B = 5
+                let model = Model(config: cfg, vocabularySize: V)
+                var rng = RNG(seed: 11)
+                let params = randomBuffer(model.parameterCount, &rng)
+                let window = (0..<((T + 1) * B)).map { _ in Int32(rng.next() % UInt64(V)) }
+                let key = DropoutKey(seed: 4, step: 9)
+                let whole = FloatBuffer(count: model.parameterCount), s1 = model.makeState(columns: B)
+                let l1 = window.withUnsafeBufferPointer { w in
+                    model.run(params: params, grads: whole, window: w.baseAddress!, steps: T, totalColumns: B,
+                              columns: 0..<B, state: s1, dropout: key, workspace: model.makeWorkspace(steps: T, batch: B))
+                }
+                for n in [2, 3] {
+                    let split = FloatBuffer(count: model.parameterCount), s2 = model.makeState(columns: B)
+                    let chunks = (0..<n).map { Range(part: $0, of: n, in: B) }
+                    let wss = chunks.map { model.makeWorkspace(steps: T, batch: $0.count) }
+                    for i in (0..<n).reversed() { model.prepareWindow(params: params, into: wss[0], part: i, of: n) }
+                    let l2 = window.withUnsafeBufferPointer { w in
+                        chunks.indices.reversed().map { i in
+                            model.runColumns(params: params, table: wss[0], backward: true, window: w.baseAddress!, steps: T,
+                                             totalColumns: B, columns: chunks[i], state: s2, dropout: key, workspace: wss[i])
+                        }.reduce(0, +)
+                    }
+                    for i in (0..<n).reversed() { model.sumTableGradients(workspaces: wss, part: i, of: n) }
+                    for i in (0..<n).reversed() { model.addParameterGradients(into: split, params: params, workspaces: wss, part: i, of: n) }
+                    let what = "\(cell) \(act) layers \(layers) dropout \(dropout) bias \(bias), \(n) parts"
+                    XCTAssertEqual(l1, l2, accuracy: Tolerance.forwardRelative * abs(l1), what)
+                    var worst: Float = 0
+                    for i in 0..<whole.count { worst = max(worst, abs(whole[i] - split[i]) / max(1, abs(whole[i]))) }
+                    XCTAssertLessThan(Double(worst), Tolerance.forwardRelative, what)
+                    XCTAssertGreaterThan(whole.array.map(abs).max()!, 0.01, "a gradient to compare, \(what)")
+                    for i in 0..<s1.h.count { XCTAssertEqual(s1.h[i], s2.h[i], accuracy: 1e-6, what) }
+                    for i in 0..<s1.c.count { XCTAssertEqual(s1.c[i], s2.c[i], accuracy: 1e-6, what) }
+                }
+            }
+        }
+    }
 }

@@ -25,6 +25,22 @@ final class BLASTests: XCTestCase {
         }
     }
 
+    /// A block of rows transposed into the middle of a wider matrix (ld larger than the block), the rest untouched.
+    func testTransposeOfARowBlockLandsInItsColumns() {
+        var rng = RNG(seed: 2)
+        let rows = 7, cols = 5, lda = 6, ldb = 11, first = 3
+        let a = FloatBuffer((0..<(rows * lda)).map { _ in rng.uniform(-1, 1) })
+        let b = FloatBuffer(count: cols * ldb)
+        b.pointer.update(repeating: -9, count: b.count)
+        BLAS.transpose(rows: rows - first, cols: cols, a: a.pointer + first * lda, lda: lda, b: b.pointer + first, ldb: ldb)
+        for i in 0..<cols {
+            for j in 0..<ldb {
+                let expected: Float = (first..<rows).contains(j) ? a[j * lda + i] : -9
+                XCTAssertEqual(b[i * ldb + j], expected, "(\(i), \(j))")
+            }
+        }
+    }
+
     func testRNGIsDeterministicAndUniform() {
         var a = RNG(seed: 9), b = RNG(seed: 9)
         XCTAssertEqual((0..<10).map { _ in a.next() }, (0..<10).map { _ in b.next() })

@@ -242,6 +242,36 @@ final class TrainerTests: XCTestCase {
         XCTAssertEqual(a.loss, b.loss, accuracy: 1e-5)
     }
 
+    /// Threads share a window's columns and every parameter's rows: 2 and 3 threads give one thread's loss, gradient
+    /// and carried state (an LSTM of two layers with dropout, 7 columns that do not divide evenly).
+    func testThreadsComputeTheOneThreadGradient() {
+        let corpus = Corpus(text: syntheticText(2000))
+        let cfg = smallConfig()
+        let model = Model(config: cfg, vocabularySize: corpus.vocabulary.count)
+        let params = model.makeParameters(seed: 3)
+        let columns = 7, steps = cfg.bptt
+        let window = Array(corpus.tokens.prefix((steps + 1) * columns))
+        func gradient(threads: Int) -> (loss: Double, grads: [Float], h: [Float]) {
+            let runner = ColumnParallel(model: model, steps: steps, columns: 0..<columns, threads: threads)
+            let grads = FloatBuffer(count: model.parameterCount), state = model.makeState(columns: columns)
+            let loss = window.withUnsafeBufferPointer { w in
+                runner.run(params: params, grads: grads, window: w.baseAddress!, steps: steps, totalColumns: columns,
+                           state: state, dropout: DropoutKey(seed: 1, step: 2))
+            }
+            return (loss, grads.array, state.h.array)
+        }
+        let one = gradient(threads: 1)
+        XCTAssertGreaterThan(one.grads.map(abs).max()!, 0.01)
+        for threads in [2, 3] {
+            let many = gradient(threads: threads)
+            XCTAssertEqual(one.loss, many.loss, accuracy: 1e-5 * one.loss, "\(threads) threads")
+            let worst = zip(one.grads, many.grads).map { abs($0 - $1) / max(1, abs($0)) }.max()!
+            XCTAssertLessThan(worst, 1e-5, "\(threads) threads")
+            let worstState = zip(one.h, many.h).map { abs($0 - $1) }.max()!
+            XCTAssertLessThan(worstState, 1e-6, "\(threads) threads")
+        }
+    }
+
     func testTooShortCorpusIsAClearError() {
         var cfg = smallConfig()
         cfg.batch = 32; cfg.bptt = 50

@@ -9,13 +9,13 @@ public struct GRUCell: RecurrentCell {
     public var hasCellState: Bool { false }
     public var foldsHiddenBias: Bool { false }
 
-    public func forward(ws: LayerWorkspace, step t: Int, whh: UnsafePointer<Float>, bhh: UnsafePointer<Float>,
+    public func forward(ws: LayerWorkspace, step t: Int, whhT: UnsafePointer<Float>, bhh: UnsafePointer<Float>,
                         batch B: Int, hidden H: Int) {
         let GH = 3 * H
         let hPrev = ws.h.pointer + t * B * H, hNew = hPrev + B * H, g = ws.gates.pointer + t * B * GH
         let hp = ws.hiddenProjection.pointer + t * B * GH
         for b in 0..<B { (hp + b * GH).update(from: bhh, count: GH) }
-        BLAS.gemm(transB: true, m: B, n: GH, k: H, a: hPrev, lda: H, b: whh, ldb: H, beta: 1, c: hp, ldc: GH)
+        BLAS.gemm(m: B, n: GH, k: H, a: hPrev, lda: H, b: whhT, ldb: GH, beta: 1, c: hp, ldc: GH)
         for b in 0..<B {
             let gr = g + b * GH, hr = hp + b * GH, o = b * H
             for j in 0..<H {

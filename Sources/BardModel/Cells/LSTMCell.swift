@@ -9,12 +9,12 @@ public struct LSTMCell: RecurrentCell {
     public var hasCellState: Bool { true }
     public var foldsHiddenBias: Bool { true }
 
-    public func forward(ws: LayerWorkspace, step t: Int, whh: UnsafePointer<Float>, bhh: UnsafePointer<Float>,
+    public func forward(ws: LayerWorkspace, step t: Int, whhT: UnsafePointer<Float>, bhh: UnsafePointer<Float>,
                         batch B: Int, hidden H: Int) {
         let GH = 4 * H
         let hPrev = ws.h.pointer + t * B * H, hNew = hPrev + B * H, g = ws.gates.pointer + t * B * GH
         let cPrev = ws.c.pointer + t * B * H, cNew = cPrev + B * H, tc = ws.tanhC.pointer + t * B * H
-        BLAS.gemm(transB: true, m: B, n: GH, k: H, a: hPrev, lda: H, b: whh, ldb: H, beta: 1, c: g, ldc: GH)
+        BLAS.gemm(m: B, n: GH, k: H, a: hPrev, lda: H, b: whhT, ldb: GH, beta: 1, c: g, ldc: GH)
         for b in 0..<B {
             let o = b * H
             Self.column(gates: g + b * GH, cPrev: cPrev + o, c: cNew + o, tanhC: tc + o, h: hNew + o, hidden: H)

@@ -10,10 +10,10 @@ public struct RNNCell: RecurrentCell {
     public var foldsHiddenBias: Bool { true }
     public var usesActivation: Bool { true }
 
-    public func forward(ws: LayerWorkspace, step t: Int, whh: UnsafePointer<Float>, bhh: UnsafePointer<Float>,
+    public func forward(ws: LayerWorkspace, step t: Int, whhT: UnsafePointer<Float>, bhh: UnsafePointer<Float>,
                         batch B: Int, hidden H: Int) {
         let hPrev = ws.h.pointer + t * B * H, hNew = hPrev + B * H, g = ws.gates.pointer + t * B * H
-        BLAS.gemm(transB: true, m: B, n: H, k: H, a: hPrev, lda: H, b: whh, ldb: H, beta: 1, c: g, ldc: H)
+        BLAS.gemm(m: B, n: H, k: H, a: hPrev, lda: H, b: whhT, ldb: H, beta: 1, c: g, ldc: H)
         if activation == .tanh {
             for k in 0..<(B * H) { let a = Kernels.tanh(g[k]); g[k] = a; hNew[k] = a }
         } else {

@@ -25,11 +25,12 @@ public protocol RecurrentCell: Sendable {
 
     /// Step t of a batch. On entry, ws.gates rows of step t (B, G*H) hold the input side x W_ih^T + b_ih (+ b_hh
     /// when folded) and ws.h rows of step t hold h_{t-1} (ws.c likewise c_{t-1}); on return the gate rows hold what
-    /// backward needs (the activations) and ws.h rows of step t + 1 hold h_t (ws.c, ws.tanhC likewise).
-    func forward(ws: LayerWorkspace, step t: Int, whh: UnsafePointer<Float>, bhh: UnsafePointer<Float>,
+    /// backward needs (the activations) and ws.h rows of step t + 1 hold h_t (ws.c, ws.tanhC likewise). `whhT` is
+    /// W_hh transposed, (H, G*H), made once per window.
+    func forward(ws: LayerWorkspace, step t: Int, whhT: UnsafePointer<Float>, bhh: UnsafePointer<Float>,
                  batch B: Int, hidden H: Int)
 
-    /// Backward of step t, same arguments as forward plus `dOut` (T*B, H), the gradient of the loss with respect to
+    /// Backward of step t, with W_hh itself, and `dOut` (T*B, H), the gradient of the loss with respect to
     /// the layer's outputs. Reads ws.dhNext (ws.dcNext), the gradient flowing into h_t (c_t) from step t + 1, and
     /// overwrites it with the gradient of h_{t-1} (c_{t-1}); writes the gate pre-activation gradients of step t into
     /// ws.dGatesInput (and ws.dGatesHidden). Returns |dL/dh_t|^2 (the vanishing-gradient lesson).
