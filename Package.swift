@@ -5,12 +5,14 @@ import PackageDescription
 // The numeric loops (activations, the optimiser, sums) are compiled for Haswell's instruction sets, AVX2 and FMA, so
 // that they run eight floats wide instead of four; every x86-64 machine Bard is meant for has them, and `bard` says
 // in one line when the CPU it runs on does not (CPUSupport). BARD_PORTABLE=1 at build time compiles for any x86-64.
+// -fno-math-errno lets squareRoot() be the instruction rather than a call that may set errno, so that the optimiser's
+// loop vectorises too (the values are the same: only errno would differ).
 #if arch(x86_64)
 let haswell = ProcessInfo.processInfo.environment["BARD_PORTABLE"] == nil
 #else
 let haswell = false
 #endif
-let numericFlags = ["-Ounchecked"] + (haswell ? ["-target-cpu", "haswell"] : [])
+let numericFlags = ["-Ounchecked", "-Xcc", "-fno-math-errno"] + (haswell ? ["-target-cpu", "haswell"] : [])
 
 // Dependencies flow one way: numerics -> model -> training -> cluster -> transport -> bard; the wire format
 // (BardWire) depends on numerics only;

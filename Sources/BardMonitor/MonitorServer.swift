@@ -326,9 +326,10 @@ final class Engine: @unchecked Sendable {
             if fd >= 0 {
                 Engine.configure(fd)
                 if connections.count >= limits.maxConnections {
+                    // Counted before the close, so that whoever sees the connection closed sees it counted.
+                    count(refusal: true)
                     sendBestEffort(fd, Engine.status(503, "Service Unavailable"))
                     posixClose(fd)
-                    count(refusal: true)
                 } else {
                     connections.append(Connection(fd: fd, deadline: nowNanoseconds() + nanoseconds(limits.headDeadline)))
                 }
@@ -349,7 +350,7 @@ final class Engine: @unchecked Sendable {
                 if spare >= 0 {
                     posixClose(spare)
                     let fd = accept(listener, nil, nil)
-                    if fd >= 0 { posixClose(fd); count(refusal: true) }
+                    if fd >= 0 { count(refusal: true); posixClose(fd) }
                     spare = open("/dev/null", O_RDONLY | O_CLOEXEC)
                 } else {
                     pausedUntil = now + nanoseconds(0.1)

@@ -39,7 +39,7 @@ struct Bench: ParsableCommand {
         for s in 0..<(5 + steps) {
             if s == 5 { times.removeAll() }
             let t0 = Date()
-            grads.zero()
+            grads.zero(threads: threads)
             let loss = window.withUnsafeMutableBufferPointer { w in
                 runner.run(params: params, grads: grads, window: w.baseAddress.map { UnsafePointer($0) } ?? UnsafePointer(bitPattern: 8)!,
                            steps: bptt, totalColumns: batch, state: state, dropout: nil)
