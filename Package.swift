@@ -1,14 +1,14 @@
 // swift-tools-version:6.0
-import Foundation
 import PackageDescription
 
 // The numeric loops (activations, the optimiser, sums) are compiled for Haswell's instruction sets, AVX2 and FMA, so
 // that they run eight floats wide instead of four; every x86-64 machine Bard is meant for has them, and `bard` says
-// in one line when the CPU it runs on does not (CPUSupport). BARD_PORTABLE=1 at build time compiles for any x86-64.
-// -fno-math-errno lets squareRoot() be the instruction rather than a call that may set errno, so that the optimiser's
-// loop vectorises too (the values are the same: only errno would differ).
+// in one line when the CPU it runs on does not (Sources/CPUCheck, before any Swift code runs). BARD_PORTABLE=1 at
+// build time compiles for any x86-64 (and so must a cross-compilation from x86-64 to another architecture: this
+// tests the machine that builds). -fno-math-errno lets squareRoot() be the instruction rather than a call that may
+// set errno, so that the optimiser's loop vectorises too (the values are the same: only errno would differ).
 #if arch(x86_64)
-let haswell = ProcessInfo.processInfo.environment["BARD_PORTABLE"] == nil
+let haswell = Context.environment["BARD_PORTABLE"] != "1"
 #else
 let haswell = false
 #endif
@@ -42,8 +42,10 @@ let package = Package(
                 swiftSettings: [.unsafeFlags(numericFlags)]),
         // A step's metrics record: written by the trainer, shown by the monitor, read by plot (no dependencies).
         .target(name: "BardMetrics"),
-        .target(name: "BardTraining", dependencies: ["BardModel", "BardMetrics"],
-                swiftSettings: haswell ? [.define("BARD_HASWELL")] : []),
+        .target(name: "BardTraining", dependencies: ["BardModel", "BardMetrics"]),
+        // Refuses, in one line, a CPU without the instruction sets the numeric modules were compiled for (C, for any
+        // x86-64, run as a constructor).
+        .target(name: "CPUCheck", cSettings: haswell ? [.define("BARD_HASWELL")] : []),
         // The wire format: what peers send each other, and nothing else (numerics only).
         .target(name: "BardWire", dependencies: ["BardNumerics"]),
         .target(name: "BardCluster", dependencies: ["BardWire", "BardTraining", "BardModel"]),
@@ -53,10 +55,10 @@ let package = Package(
             "BardPlot", .product(name: "Prometheus", package: "swift-prometheus"),
         ]),
         .executableTarget(name: "bard", dependencies: [
-            "BardTraining", "BardModel", "BardNumerics", "BardMetrics", "BardCluster", "BardTransport", "BardPlot", "BardMonitor",
+            "CPUCheck", "BardTraining", "BardModel", "BardNumerics", "BardMetrics", "BardCluster", "BardTransport", "BardPlot", "BardMonitor",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ]),
-        .testTarget(name: "BardNumericsTests", dependencies: ["BardNumerics"]),
+        .testTarget(name: "BardNumericsTests", dependencies: ["BardNumerics", "CPUCheck"]),
         .testTarget(name: "BardModelTests", dependencies: ["BardModel"]),
         .testTarget(name: "BardTrainingTests", dependencies: ["BardTraining", "BardMetrics"]),
         .testTarget(name: "BardClusterTests", dependencies: ["BardCluster", "BardTraining", "BardMetrics"]),

@@ -58,11 +58,23 @@ struct WindowColumns {
     @inline(__always) func target(_ t: Int, _ b: Int) -> Int { Int(tokens[(t + 1) * totalColumns + first + b]) }
 }
 
+/// What every thread of a window reads, made once per window from the parameters (`Model.prepareWindow`): layer 0's
+/// input projection of every character, (V, G*H), and each layer's W_hh^T, (H, G*H).
+public final class PreparedWindow {
+    let table: FloatBuffer
+    let whhT: [FloatBuffer]
+
+    init(config: Config, vocabularySize v: Int) {
+        let gh = config.cell.gates * config.hidden
+        table = FloatBuffer(count: v * gh)
+        whhT = (0..<config.layers).map { _ in FloatBuffer(count: gh * config.hidden) }
+    }
+}
+
 /// Buffers for one window of up to `steps` x `batch` columns, reused across windows.
 public final class Workspace {
     let steps: Int, batch: Int
-    /// (V, G*H): layer 0's input projection of every character, and its gradient.
-    let table: FloatBuffer
+    /// (V, G*H): the gradient of layer 0's input projection of every character (the table's).
     let dTable: FloatBuffer
     let layers: [LayerWorkspace]
     /// Per dropout site (between layers, before the decoder): the mask multipliers and the output.
@@ -71,13 +83,15 @@ public final class Workspace {
     let logits: FloatBuffer
     let dDecoderInput: FloatBuffer
     /// The shape of the window last run here, which `Model.addParameterGradients` reads back.
-    var ran = (steps: 0, batch: 0, dropout: false)
+    var ran = (steps: 0, batch: 0, dropout: false, backward: false)
+    /// The prepared window of `Model.run`, made on its first use (threads that share a window share one instead).
+    private(set) lazy var prepared = PreparedWindow(config: config, vocabularySize: vocabularySize)
+    private let config: Config, vocabularySize: Int
 
     init(config: Config, vocabularySize v: Int, steps: Int, batch: Int) {
-        self.steps = steps; self.batch = batch
+        self.steps = steps; self.batch = batch; self.config = config; vocabularySize = v
         let rows = steps * batch
         let gh = config.cell.gates * config.hidden
-        table = FloatBuffer(count: v * gh)
         dTable = FloatBuffer(count: v * gh)
         layers = (0..<config.layers).map { l in
             LayerWorkspace(cell: config.cell, input: l == 0 ? config.embed : config.hidden, hidden: config.hidden,
@@ -123,6 +137,10 @@ public final class Model {
         Workspace(config: config, vocabularySize: vocabularySize, steps: steps, batch: batch)
     }
 
+    public func makePreparedWindow() -> PreparedWindow {
+        PreparedWindow(config: config, vocabularySize: vocabularySize)
+    }
+
     public func makeState(columns: Int) -> RecurrentState {
         let s = RecurrentState(layers: config.layers, columns: columns, hidden: config.hidden, hasCell: hasCellState)
         s.reset(config.initialState)
@@ -148,8 +166,8 @@ public final class Model {
                     totalColumns: Int, columns: Range<Int>, state: RecurrentState, dropout: DropoutKey?,
                     workspace ws: Workspace, lastStepOnly: Bool = false,
                     hiddenGradNorms: UnsafeMutablePointer<Double>? = nil) -> Double {
-        prepareWindow(params: params, into: ws, part: 0, of: 1)
-        let loss = runColumns(params: params, table: ws, backward: grads != nil, window: window, steps: T,
+        prepareWindow(params: params, into: ws.prepared, part: 0, of: 1)
+        let loss = runColumns(params: params, prepared: ws.prepared, backward: grads != nil, window: window, steps: T,
                               totalColumns: totalColumns, columns: columns, state: state, dropout: dropout, workspace: ws,
                               lastStepOnly: lastStepOnly, hiddenGradNorms: hiddenGradNorms)
         if let grads {
@@ -160,19 +178,19 @@ public final class Model {
 
     // MARK: One window on several threads
     //
-    // `run` is four phases, and each but the second splits among threads by parameter rows, so that a window's
-    // columns can be shared among threads (ColumnParallel) while each parameter's gradient is computed once:
-    // 1. `prepareWindow`, rows of the embedding table and of each layer's transposed W_hh;
+    // `run` is four phases, so that a window's columns can be shared among threads (ColumnParallel) while what
+    // depends only on the parameters is made once and each parameter's gradient is computed once:
+    // 1. `prepareWindow`, each thread a share of the embedding table's rows and of each layer's transposed W_hh;
     // 2. `runColumns`, each thread its own columns in its own workspace: forward, loss and backward through time,
     //    leaving the gate gradients in the workspace;
-    // 3. `sumTableGradients`, the workspaces' table gradients into the first's;
+    // 3. `sumTableGradients`, the workspaces' table gradients into the first's, each thread a share of the elements;
     // 4. `addParameterGradients`, every weight and bias gradient, each thread its share of every tensor's rows.
 
     /// Phase 2: forward, and backward when `backward` is set, over one window for the columns `columns` of a batch of
-    /// `totalColumns`, reading the table and the transposed weights phase 1 left in `table`. The parameter
+    /// `totalColumns`, reading the table and the transposed weights phase 1 left in `prepared`. The gate and table
     /// gradients are left in the workspace for phase 4; the state rows of the columns are read and overwritten as in
     /// `run`.
-    public func runColumns(params: FloatBuffer, table: Workspace, backward: Bool, window: UnsafePointer<Int32>,
+    public func runColumns(params: FloatBuffer, prepared: PreparedWindow, backward: Bool, window: UnsafePointer<Int32>,
                            steps T: Int, totalColumns: Int, columns: Range<Int>, state: RecurrentState,
                            dropout: DropoutKey?, workspace ws: Workspace, lastStepOnly: Bool = false,
                            hiddenGradNorms: UnsafeMutablePointer<Double>? = nil) -> Double {
@@ -183,12 +201,12 @@ public final class Model {
         let w = WindowColumns(tokens: window, totalColumns: totalColumns, first: columns.lowerBound, steps: T, batch: B)
         let p = params.pointer, lw0 = ws.layers[0]
         let dropout = config.dropout > 0 ? dropout : nil
-        ws.ran = (T, B, dropout != nil)
+        ws.ran = (T, B, dropout != nil, backward)
 
         // Forward: embedding (as layer 0's input projection) -> recurrent stack (dropout after each layer) -> decoder
         // -> softmax cross-entropy, which leaves the probabilities in ws.logits.
-        embeddingForward(gates: lw0.gates.pointer, table: table.table.pointer, window: w)
-        let decoderInput = stackForward(ws: ws, prepared: table, state: state, params: p, window: w, dropout: dropout)
+        embeddingForward(gates: lw0.gates.pointer, table: prepared.table.pointer, window: w)
+        let decoderInput = stackForward(ws: ws, prepared: prepared, state: state, params: p, window: w, dropout: dropout)
         decoderForward(logits: ws.logits.pointer, x: decoderInput, params: p, rows: w.rows)
         let loss = crossEntropyForward(probabilities: ws.logits.pointer, window: w, lastStepOnly: lastStepOnly)
         guard backward else { return loss }
@@ -215,6 +233,8 @@ public final class Model {
     /// sum of their table gradients, phase 3), added into `grads`: share `part` of `parts` of each tensor's rows.
     public func addParameterGradients(into grads: FloatBuffer, params: FloatBuffer, workspaces: [Workspace],
                                       part: Int, of parts: Int) {
+        precondition(workspaces.allSatisfy { $0.ran.batch == 0 || $0.ran.backward },
+                     "addParameterGradients: a workspace whose last window ran forward only")
         let p = params.pointer, gp = grads.pointer, H = config.hidden, E = config.embed, V = vocabularySize
         let GH = layers[0].cell.gates * H
         // The decoder: dW_dec += dLogits^T x, db_dec += column sums of dLogits, by rows of V.
@@ -253,17 +273,17 @@ public final class Model {
 
     /// Layer 0 reads an embedding row and projects it: the product of the two is a per-character table
     /// (V, G*H) = E W_ih0^T + biases, so the window's input projection (T*B, G*H) is a gather, not a GEMM. Phase 1
-    /// computes share `part` of `parts` of the table's rows into `ws`, and the same share of each layer's gate rows
-    /// of W_hh^T (`RecurrentLayer.transposeHidden`) into its layer workspaces.
-    public func prepareWindow(params: FloatBuffer, into ws: Workspace, part: Int, of parts: Int) {
+    /// computes share `part` of `parts` of the table's rows, and the same share of each layer's gate rows of W_hh^T
+    /// (`RecurrentLayer.transposeHidden`).
+    public func prepareWindow(params: FloatBuffer, into prepared: PreparedWindow, part: Int, of parts: Int) {
         let rows = Range(part: part, of: parts, in: vocabularySize), p = params.pointer
         let E = config.embed, GH = layers[0].cell.gates * config.hidden
         if !rows.isEmpty {
             layers[0].projectInput(params: p, x: p + embeddingOffset + rows.lowerBound * E, rows: rows.count,
-                                   into: ws.table.pointer + rows.lowerBound * GH)
+                                   into: prepared.table.pointer + rows.lowerBound * GH)
         }
         for (l, layer) in layers.enumerated() {
-            layer.transposeHidden(params: p, into: ws.layers[l].whhT.pointer, gateRows: Range(part: part, of: parts, in: GH))
+            layer.transposeHidden(params: p, into: prepared.whhT[l].pointer, gateRows: Range(part: part, of: parts, in: GH))
         }
     }
 
@@ -322,7 +342,7 @@ public final class Model {
     /// decoder). Layer 0's input projection is already in its gates (embeddingForward). The state rows of the window's
     /// columns receive the final state (its value, not its gradient). Returns the decoder's input (T*B, H).
     /// Each layer's W_hh^T is read from `prepared` (phase 1).
-    func stackForward(ws: Workspace, prepared: Workspace, state: RecurrentState, params p: UnsafePointer<Float>,
+    func stackForward(ws: Workspace, prepared: PreparedWindow, state: RecurrentState, params p: UnsafePointer<Float>,
                       window w: WindowColumns, dropout: DropoutKey?) -> UnsafeMutablePointer<Float> {
         let T = w.steps, B = w.batch, H = config.hidden, c0 = w.first
         for (l, layer) in layers.enumerated() {
@@ -330,7 +350,7 @@ public final class Model {
             let h0 = UnsafePointer(state.hRows(l, c0)), c0p = state.cRows(l, c0).map { UnsafePointer($0) }
             // Layer 0's input projection is already in its gates (embeddingForward).
             if l > 0 { layer.projectInput(params: p, x: stackInput(l, ws: ws), rows: T * B, into: lw.gates.pointer) }
-            layer.recur(params: p, whhT: prepared.layers[l].whhT.pointer, steps: T, batch: B, h0: h0, c0: c0p, ws: lw)
+            layer.recur(params: p, whhT: prepared.whhT[l].pointer, steps: T, batch: B, h0: h0, c0: c0p, ws: lw)
             state.hRows(l, c0).update(from: lw.h.pointer + T * B * H, count: B * H)
             if let cr = state.cRows(l, c0) { cr.update(from: lw.c.pointer + T * B * H, count: B * H) }
             if let dropout {

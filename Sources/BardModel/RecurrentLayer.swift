@@ -19,8 +19,6 @@ public final class LayerWorkspace {
     public let dcNext: FloatBuffer
     /// (T*B, input): gradient of the layer's input.
     public let dInput: FloatBuffer
-    /// (H, G*H): W_hh^T, what each step's GEMM reads (`RecurrentLayer.transposeHidden`).
-    public let whhT: FloatBuffer
 
     public convenience init(cell: CellKind, input: Int, hidden: Int, steps: Int, batch: Int) {
         self.init(cell: cell.cell(), input: input, hidden: hidden, steps: steps, batch: batch)
@@ -41,7 +39,6 @@ public final class LayerWorkspace {
         dhNext = FloatBuffer(count: batch * hidden)
         dcNext = FloatBuffer(count: state ? batch * hidden : 0)
         dInput = FloatBuffer(count: rows * input)
-        whhT = FloatBuffer(count: gh * hidden)
     }
 }
 
@@ -49,7 +46,8 @@ public final class LayerWorkspace {
 /// weight_ih (G*H, input), weight_hh (G*H, H), bias_ih and bias_hh (G*H); the gate order is the cell's (Cells/).
 ///
 /// Fused: the input projection of a whole window is one GEMM, each step's recurrent projection (all gates) is one GEMM,
-/// and the weight gradients of the window are two GEMMs over all T*B rows.
+/// and the weight gradients of the window are GEMMs over all T*B rows (per share of gate rows and per workspace, when
+/// threads share the window: `addParameterGradients`).
 public struct RecurrentLayer {
     /// The cell's equations; its concrete type is opened once per window (see `recur`), not per step or element.
     public let cell: any RecurrentCell
@@ -68,9 +66,10 @@ public struct RecurrentLayer {
     /// Runs T steps from (h0, c0) over `x` (T*B, input). The output is ws.h rows 1...T.
     public func forward(params p: UnsafePointer<Float>, x: UnsafePointer<Float>, steps T: Int, batch B: Int,
                         h0: UnsafePointer<Float>, c0: UnsafePointer<Float>?, ws: LayerWorkspace) {
-        transposeHidden(params: p, into: ws.whhT.pointer, gateRows: 0..<(cell.gates * hidden))
+        let whhT = FloatBuffer(count: cell.gates * hidden * hidden)
+        transposeHidden(params: p, into: whhT.pointer, gateRows: 0..<(cell.gates * hidden))
         projectInput(params: p, x: x, rows: T * B, into: ws.gates.pointer)
-        recur(params: p, whhT: ws.whhT.pointer, steps: T, batch: B, h0: h0, c0: c0, ws: ws)
+        recur(params: p, whhT: whhT.pointer, steps: T, batch: B, h0: h0, c0: c0, ws: ws)
     }
 
     /// Gate rows `gateRows` of W_hh, transposed into `whhT` (H, G*H): once per window, for every step's GEMM.

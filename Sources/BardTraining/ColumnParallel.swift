@@ -10,6 +10,8 @@ public final class ColumnParallel {
     public let model: Model
     public let chunks: [Range<Int>]
     let workspaces: [Workspace]
+    /// The table and transposed weights every thread reads (Model's phase 1).
+    let prepared: PreparedWindow
 
     public init(model: Model, steps: Int, columns: Range<Int>, threads: Int) {
         self.model = model
@@ -19,6 +21,7 @@ public final class ColumnParallel {
             return (columns.lowerBound + part.lowerBound) ..< (columns.lowerBound + part.upperBound)
         }
         workspaces = chunks.map { model.makeWorkspace(steps: steps, batch: $0.count) }
+        prepared = model.makePreparedWindow()
         BLAS.setThreads(1)
     }
 
@@ -30,12 +33,11 @@ public final class ColumnParallel {
             return model.run(params: params, grads: grads, window: window, steps: steps, totalColumns: totalColumns,
                              columns: chunks[0], state: state, dropout: dropout, workspace: workspaces[0])
         }
-        let table = workspaces[0]
-        DispatchQueue.concurrentPerform(iterations: n) { i in model.prepareWindow(params: params, into: table, part: i, of: n) }
+        DispatchQueue.concurrentPerform(iterations: n) { i in model.prepareWindow(params: params, into: prepared, part: i, of: n) }
         var losses = [Double](repeating: 0, count: n)
         losses.withUnsafeMutableBufferPointer { lossPtr in
             DispatchQueue.concurrentPerform(iterations: n) { i in
-                lossPtr[i] = model.runColumns(params: params, table: table, backward: grads != nil, window: window,
+                lossPtr[i] = model.runColumns(params: params, prepared: prepared, backward: grads != nil, window: window,
                                               steps: steps, totalColumns: totalColumns, columns: chunks[i], state: state,
                                               dropout: dropout, workspace: workspaces[i])
             }

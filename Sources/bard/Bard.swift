@@ -13,10 +13,6 @@ struct Bard: ParsableCommand {
                       CoordinatorCommand.self, ShardCommand.self, WorkerCommand.self, Fetch.self, Keys.self, Plot.self])
 
     static func main() {
-        if let complaint = CPUSupport.complaint() {
-            FileHandle.standardError.write(Data("bard: error: \(complaint)\n".utf8))
-            Foundation.exit(69)  // EX_UNAVAILABLE
-        }
         OpenBLASCore.preferFastKernels()
         Allocator.reuseLargeBlocks()
         do {

@@ -159,7 +159,8 @@ final class GradientTests: XCTestCase {
         for i in 0..<s1.h.count { XCTAssertEqual(s1.h[i], s2.h[i], accuracy: 1e-6) }
     }
 
-    /// `run`'s four phases with the columns split among 2 or 3 parts, each part's share of every phase run in
+    /// `run`'s four phases with the columns split among 2, 3 or 8 parts (more than columns and than characters: some
+    /// parts have nothing), each part's share of every phase run in
     /// reverse order (as threads may), give the whole window's loss, gradient and state: for every cell, one and two
     /// layers, with and without dropout and decoder bias, and row counts (V = 7, G*H = 5 to 20) that do not divide.
     func testPhasesSplitAmongPartsGiveTheWholeWindow() {
@@ -177,14 +178,15 @@ final class GradientTests: XCTestCase {
                     model.run(params: params, grads: whole, window: w.baseAddress!, steps: T, totalColumns: B,
                               columns: 0..<B, state: s1, dropout: key, workspace: model.makeWorkspace(steps: T, batch: B))
                 }
-                for n in [2, 3] {
+                for n in [2, 3, 8] {
                     let split = FloatBuffer(count: model.parameterCount), s2 = model.makeState(columns: B)
                     let chunks = (0..<n).map { Range(part: $0, of: n, in: B) }
                     let wss = chunks.map { model.makeWorkspace(steps: T, batch: $0.count) }
-                    for i in (0..<n).reversed() { model.prepareWindow(params: params, into: wss[0], part: i, of: n) }
+                    let prepared = model.makePreparedWindow()
+                    for i in (0..<n).reversed() { model.prepareWindow(params: params, into: prepared, part: i, of: n) }
                     let l2 = window.withUnsafeBufferPointer { w in
                         chunks.indices.reversed().map { i in
-                            model.runColumns(params: params, table: wss[0], backward: true, window: w.baseAddress!, steps: T,
+                            model.runColumns(params: params, prepared: prepared, backward: true, window: w.baseAddress!, steps: T,
                                              totalColumns: B, columns: chunks[i], state: s2, dropout: key, workspace: wss[i])
                         }.reduce(0, +)
                     }

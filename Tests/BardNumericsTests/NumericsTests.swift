@@ -1,4 +1,5 @@
 import BardNumerics
+import CPUCheck
 import XCTest
 
 final class BLASTests: XCTestCase {
@@ -25,20 +26,37 @@ final class BLASTests: XCTestCase {
         }
     }
 
-    /// A block of rows transposed into the middle of a wider matrix (ld larger than the block), the rest untouched.
+    /// Blocks of rows transposed into the middle of a wider matrix (ld larger than the block), the rest untouched,
+    /// over the sizes OpenBLAS's kernel treats apart (16/8/4/2/1 columns, 4/2/1 rows, 384-row blocks, and ldb near a
+    /// multiple of 1024, where it turns its widest path off), against a plain loop.
     func testTransposeOfARowBlockLandsInItsColumns() {
         var rng = RNG(seed: 2)
-        let rows = 7, cols = 5, lda = 6, ldb = 11, first = 3
-        let a = FloatBuffer((0..<(rows * lda)).map { _ in rng.uniform(-1, 1) })
-        let b = FloatBuffer(count: cols * ldb)
-        b.pointer.update(repeating: -9, count: b.count)
-        BLAS.transpose(rows: rows - first, cols: cols, a: a.pointer + first * lda, lda: lda, b: b.pointer + first, ldb: ldb)
-        for i in 0..<cols {
-            for j in 0..<ldb {
-                let expected: Float = (first..<rows).contains(j) ? a[j * lda + i] : -9
-                XCTAssertEqual(b[i * ldb + j], expected, "(\(i), \(j))")
+        for rows in [1, 2, 3, 5, 7, 389] {
+            for cols in [1, 2, 3, 4, 5, 8, 9, 15, 16, 17, 31, 33] {
+                let first = 2, lda = cols + 1
+                for ldb in [first + rows + 3, 1023, 1024, 2048] {
+                    let a = FloatBuffer((0..<((first + rows) * lda)).map { _ in rng.uniform(-1, 1) })
+                    let b = FloatBuffer(count: cols * ldb)
+                    b.pointer.update(repeating: -9, count: b.count)
+                    BLAS.transpose(rows: rows, cols: cols, a: a.pointer + first * lda, lda: lda, b: b.pointer + first, ldb: ldb)
+                    var wrong = 0
+                    for i in 0..<cols {
+                        for j in 0..<ldb where b[i * ldb + j] != ((first..<(first + rows)).contains(j) ? a[j * lda + i] : -9) {
+                            wrong += 1
+                        }
+                    }
+                    XCTAssertEqual(wrong, 0, "\(rows) x \(cols), ldb \(ldb)")
+                }
             }
         }
+    }
+
+    /// The CPU check that runs before main (Sources/CPUCheck) finds nothing missing on a machine of ours, which
+    /// runs this suite's numeric code compiled for it.
+    func testThisMachineHasTheInstructionSetsOfTheBuild() {
+        var text = [CChar](repeating: 1, count: 256)
+        XCTAssertEqual(bard_missing_instruction_sets(&text, text.count), 0, String(cString: text))
+        XCTAssertEqual(text[0], 0, "an empty list")
     }
 
     func testRNGIsDeterministicAndUniform() {

@@ -30,7 +30,7 @@ public protocol RecurrentCell: Sendable {
     func forward(ws: LayerWorkspace, step t: Int, whhT: UnsafePointer<Float>, bhh: UnsafePointer<Float>,
                  batch B: Int, hidden H: Int)
 
-    /// Backward of step t, with W_hh itself, and `dOut` (T*B, H), the gradient of the loss with respect to
+    /// Backward of step t. Takes W_hh (not transposed) and `dOut` (T*B, H), the gradient of the loss with respect to
     /// the layer's outputs. Reads ws.dhNext (ws.dcNext), the gradient flowing into h_t (c_t) from step t + 1, and
     /// overwrites it with the gradient of h_{t-1} (c_{t-1}); writes the gate pre-activation gradients of step t into
     /// ws.dGatesInput (and ws.dGatesHidden). Returns |dL/dh_t|^2 (the vanishing-gradient lesson).
