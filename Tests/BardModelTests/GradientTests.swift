@@ -90,8 +90,7 @@ final class GradientTests: XCTestCase {
                 let V = 6, T = 3, B = 2  // distinct sizes, so a transposed index cannot pass
                 let model = Model(config: cfg, vocabularySize: V)
                 var rng = RNG(seed: 11)
-                let params = randomBuffer(model.parameterCount, &rng)
-                let window = (0..<((T + 1) * B)).map { _ in Int32(rng.next() % UInt64(V)) }
+                let (params, window) = randomParametersAndWindow(model, steps: T, columns: B, &rng)
                 let state = model.makeState(columns: B)
                 for i in 0..<state.h.count { state.h[i] = rng.uniform(-0.5, 0.5) }
                 for i in 0..<state.c.count { state.c[i] = rng.uniform(-0.5, 0.5) }
@@ -140,8 +139,7 @@ final class GradientTests: XCTestCase {
         let V = 7, T = 5, B = 5
         let model = Model(config: cfg, vocabularySize: V)
         var rng = RNG(seed: 3)
-        let params = randomBuffer(model.parameterCount, &rng)
-        let window = (0..<((T + 1) * B)).map { _ in Int32(rng.next() % UInt64(V)) }
+        let (params, window) = randomParametersAndWindow(model, steps: T, columns: B, &rng)
         let key = DropoutKey(seed: 1, step: 2)
         let full = FloatBuffer(count: model.parameterCount), sharded = FloatBuffer(count: model.parameterCount)
         let s1 = model.makeState(columns: B), s2 = model.makeState(columns: B)
@@ -170,8 +168,7 @@ final class GradientTests: XCTestCase {
                 let V = 7, T = 4, B = 5
                 let model = Model(config: cfg, vocabularySize: V)
                 var rng = RNG(seed: 11)
-                let params = randomBuffer(model.parameterCount, &rng)
-                let window = (0..<((T + 1) * B)).map { _ in Int32(rng.next() % UInt64(V)) }
+                let (params, window) = randomParametersAndWindow(model, steps: T, columns: B, &rng)
                 let key = DropoutKey(seed: 4, step: 9)
                 let whole = FloatBuffer(count: model.parameterCount), s1 = model.makeState(columns: B)
                 let l1 = window.withUnsafeBufferPointer { w in

@@ -114,3 +114,11 @@ func randomBuffer(_ n: Int, _ rng: inout RNG, scale: Float = 0.5) -> FloatBuffer
     for i in 0..<n { b[i] = rng.uniform(-scale, scale) }
     return b
 }
+
+/// Random parameters for `model` and a random token window of `steps` + 1 rows of `columns` columns, drawn from `rng`
+/// in that order.
+func randomParametersAndWindow(_ model: Model, steps: Int, columns: Int, _ rng: inout RNG) -> (FloatBuffer, [Int32]) {
+    let params = randomBuffer(model.parameterCount, &rng)
+    let v = UInt64(model.vocabularySize)
+    return (params, (0..<((steps + 1) * columns)).map { _ in Int32(rng.next() % v) })
+}
