@@ -54,12 +54,19 @@ public final class SharedExchange {
         for peer in gradients.keys where !peers.contains(peer) { drop(peer) }
     }
 
-    /// Writes the parameters of `version` where the local workers read them, unless they are there already.
+    /// The parameter region as a buffer for the trainer's parameters (`Trainer(parameterStorage:)`): then the update
+    /// writes them where the local workers read them, and publishing copies nothing. It keeps the region mapped.
+    public var parameterStorage: FloatBuffer { parameters.retainingBuffer() }
+
+    /// Makes the parameters of `version` the ones the local workers read, unless they are already: copies them into
+    /// the region, unless `params` is the region itself (`parameterStorage`), and stamps the version.
     func publish(_ params: FloatBuffer, version: UInt64, threads: Int) {
         guard !gradients.isEmpty, parameters.version != version else { return }
         let out = parameters.floats
-        Blocks.forEach(count, threads: threads) { _, r in
-            (out + r.lowerBound).update(from: params.pointer + r.lowerBound, count: r.count)
+        if params.pointer != out {
+            Blocks.forEach(count, threads: threads) { _, r in
+                (out + r.lowerBound).update(from: params.pointer + r.lowerBound, count: r.count)
+            }
         }
         parameters.version = version
     }

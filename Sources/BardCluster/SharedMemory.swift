@@ -59,6 +59,10 @@ public final class SharedRegion: @unchecked Sendable {
     /// The floats as a buffer (a view: the region must outlive it).
     public lazy var buffer = FloatBuffer(viewing: floats, count: count)
 
+    /// The floats as a buffer that keeps the region mapped as long as it lives (for one that outlives the region's
+    /// other holders: the trainer's parameters).
+    public func retainingBuffer() -> FloatBuffer { FloatBuffer(viewing: floats, count: count, keeping: self) }
+
     /// The version of the parameters in a parameters region (`.max`: none yet). Written after the floats.
     public var version: UInt64 {
         get { base.load(fromByteOffset: 24, as: UInt64.self) }

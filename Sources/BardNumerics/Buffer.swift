@@ -7,6 +7,8 @@ public final class FloatBuffer: @unchecked Sendable {
     public let pointer: UnsafeMutablePointer<Float>
     /// False for a view of memory someone else owns (a shared-memory region): not freed here.
     let owned: Bool
+    /// What keeps a view's memory alive, when the view must outlive everything else that holds it.
+    let keeper: AnyObject?
 
     public init(count: Int) {
         precondition(count >= 0, "FloatBuffer count \(count) < 0")
@@ -15,13 +17,14 @@ public final class FloatBuffer: @unchecked Sendable {
         let raw = UnsafeMutableRawPointer.allocate(byteCount: max(count, 1) * 4, alignment: 64)
         pointer = raw.bindMemory(to: Float.self, capacity: max(count, 1))
         pointer.initialize(repeating: 0, count: max(count, 1))
-        owned = true
+        owned = true; keeper = nil
     }
 
-    /// A view of `count` floats at `pointer`, which must outlive the buffer (a mapped shared-memory region).
-    public init(viewing pointer: UnsafeMutablePointer<Float>, count: Int) {
+    /// A view of `count` floats at `pointer`, which must outlive the buffer (a mapped shared-memory region) unless
+    /// `keeper`, held as long as the view, keeps it.
+    public init(viewing pointer: UnsafeMutablePointer<Float>, count: Int, keeping keeper: AnyObject? = nil) {
         precondition(count >= 0, "FloatBuffer count \(count) < 0")
-        self.count = count; self.pointer = pointer; owned = false
+        self.count = count; self.pointer = pointer; owned = false; self.keeper = keeper
     }
 
     public convenience init(_ values: [Float]) {

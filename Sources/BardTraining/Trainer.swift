@@ -113,7 +113,8 @@ public final class Trainer {
     static let maxRecoveries = 8
 
     public var modelPath: String { options.outDir + "/model.safetensors" }
-    public var statePath: String { options.outDir + "/training-state.safetensors" }
+    public var statePath: String { Trainer.statePath(in: options.outDir) }
+    static func statePath(in dir: String) -> String { dir + "/training-state.safetensors" }
     var previousStatePath: String { options.outDir + "/training-state.previous.safetensors" }
 
     /// Whether `dir` holds a checkpoint to resume from (for `--auto-resume`).
@@ -134,7 +135,7 @@ public final class Trainer {
     /// The training state saved with the model of `step`: the current file, or the previous one when a crash came
     /// between writing the state and the model.
     static func trainingState(matching step: Int, in dir: String) throws -> TrainingState {
-        let current = Result { try TrainingState.load(path: dir + "/training-state.safetensors") }
+        let current = Result { try TrainingState.load(path: Trainer.statePath(in: dir)) }
         if case .success(let ts) = current, ts.step == step { return ts }
         if let previous = try? TrainingState.load(path: dir + "/training-state.previous.safetensors"), previous.step == step {
             return previous
@@ -143,7 +144,11 @@ public final class Trainer {
         throw BardError.badCheckpoint("\(dir): model is at step \(step) but training state at \(ts.step)")
     }
 
-    public init(options: TrainOptions, corpus: Corpus, log: @escaping (String) -> Void) throws {
+    /// - Parameter parameterStorage: where the parameters live, given their count: memory the caller provides (the
+    ///   coordinator's shared region, which the workers on its host read in place), or nil (or no answer) for the
+    ///   trainer's own.
+    public init(options: TrainOptions, corpus: Corpus, log: @escaping (String) -> Void,
+                parameterStorage: ((Int) -> FloatBuffer?)? = nil) throws {
         var config = options.config
         self.options = options
         self.corpus = corpus
@@ -193,30 +198,37 @@ public final class Trainer {
         state = model.makeState(columns: config.batch)
         rng = RNG(seed: config.seed &+ 1)
 
+        let initial: FloatBuffer
         if let (ckpt, ts) = resumed {
             if config.ema != nil {
                 guard ts.rawParams.count == ckpt.params.count else {
-                    throw BardError.badCheckpoint("\(options.outDir)/training-state.safetensors: the run keeps an average (--ema) but its raw parameters are missing")
+                    throw BardError.badCheckpoint("\(Trainer.statePath(in: options.outDir)): the run keeps an average (--ema) but its raw parameters are missing")
                 }
-                params = FloatBuffer(ts.rawParams)
+                initial = FloatBuffer(ts.rawParams)
             } else {
-                params = ckpt.params
+                initial = ckpt.params
             }
             // The rate is not restored: it is a function of the step (LearningRate), set before every update.
             try optimizer.restore(step: ts.optimizerStep, lr: config.lr, m: ts.m, v: ts.v)
             guard ts.h.count == state.h.count, ts.c.count == state.c.count else {
-                throw BardError.badCheckpoint("\(statePath): hidden state has the wrong size")
+                throw BardError.badCheckpoint("\(Trainer.statePath(in: options.outDir)): hidden state has the wrong size")
             }
             state.h.copy(from: FloatBuffer(ts.h)); state.c.copy(from: FloatBuffer(ts.c))
             guard ts.window >= 0, ts.window < windowsPerEpoch else {
-                throw BardError.badCheckpoint("\(statePath): data cursor \(ts.window) outside the epoch's \(windowsPerEpoch) windows")
+                throw BardError.badCheckpoint("\(Trainer.statePath(in: options.outDir)): data cursor \(ts.window) outside the epoch's \(windowsPerEpoch) windows")
             }
             step = ts.step; epoch = ts.epoch; window = ts.window; chars = ts.chars; minLoss = ts.minLoss
             rng = ts.rng; elapsedBefore = ts.elapsed; lastValLoss = ckpt.valLoss
         } else if let initPath = options.initPath {
-            params = try ModelCheckpoint.loadWeights(path: initPath, layout: model.layout, vocabulary: corpus.vocabulary)
+            initial = try ModelCheckpoint.loadWeights(path: initPath, layout: model.layout, vocabulary: corpus.vocabulary)
         } else {
-            params = model.makeParameters(seed: config.seed)
+            initial = model.makeParameters(seed: config.seed)
+        }
+        if let storage = parameterStorage?(initial.count), storage.count == initial.count {
+            storage.copy(from: initial)
+            params = storage
+        } else {
+            params = initial
         }
         // A resumed average is the model file's; a new one starts from the initial parameters.
         if config.ema != nil {

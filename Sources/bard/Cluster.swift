@@ -84,7 +84,22 @@ struct CoordinatorCommand: ParsableCommand {
         let security = try keys.map { dir in try loadKeys { try KeyDirectory.serverSecurity(dir: dir) } }
         for warning in security?.warnings ?? [] { stderrLog("coordinator: warning: ")(warning) }
         let corpus = try Corpus.load(path: options.dataPath)
-        let trainer = try Trainer(options: options, corpus: corpus, log: say)
+        // Workers on this host read the parameters from, and write their gradients to, shared memory; the trainer's
+        // parameters live in the shared region itself, so the update writes what they read. What a killed
+        // coordinator of this user left behind goes first.
+        let stale = PosixSharedMemory.removeStale()
+        if !stale.isEmpty { say("removed \(stale.count) shared-memory region(s) left by a coordinator that is gone") }
+        var exchange: SharedExchange?
+        defer { exchange?.close() }
+        let trainer = try Trainer(options: options, corpus: corpus, log: say, parameterStorage: { count in
+            guard let memory = sharedMemory.memory, shards == nil else { return nil }
+            do {
+                exchange = try SharedExchange(memory: memory, parameterCount: count, log: stderrLog("coordinator: "))
+            } catch {
+                say("no shared memory (\(error)); workers on this host get messages")
+            }
+            return exchange?.parameterStorage
+        })
         let context = try ZMQContext()
         let server: ZMQServerTransport
         // Denials are logged here (they come on the authentication thread), at most one line in 10 s.
@@ -110,19 +125,7 @@ struct CoordinatorCommand: ParsableCommand {
         }
         // From here a signal only asks the run to stop, so every exit goes through the defers below.
         installStopHandlers()
-        // Workers on this host read the parameters from, and write their gradients to, shared memory. What a killed
-        // coordinator of this user left behind goes first.
-        let stale = PosixSharedMemory.removeStale()
-        if !stale.isEmpty { say("removed \(stale.count) shared-memory region(s) left by a coordinator that is gone") }
-        if let memory = sharedMemory.memory, shards == nil {
-            do {
-                coordinator.shared = try SharedExchange(memory: memory, parameterCount: trainer.model.parameterCount,
-                                                        log: stderrLog("coordinator: "))
-            } catch {
-                say("no shared memory (\(error)); workers on this host get messages")
-            }
-        }
-        defer { coordinator.shared?.close() }
+        coordinator.shared = exchange
         let monitor = try monitoring.start(trainer: trainer, title: "bard coordinator: " + options.outDir, workers: {
             coordinator.workerStatus.map {
                 WorkerRow(name: $0.name, columns: $0.columns.map { "\($0.lowerBound)..<\($0.upperBound)" } ?? "-", steps: $0.steps,

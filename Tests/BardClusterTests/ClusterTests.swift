@@ -189,10 +189,10 @@ final class InMemoryClusterTests: XCTestCase {
         return c
     }
 
-    func trainer(_ out: String) throws -> Trainer {
+    func trainer(_ out: String, parameterStorage: ((Int) -> FloatBuffer?)? = nil) throws -> Trainer {
         var o = TrainOptions(config: config(), dataPath: "mem")
         o.outDir = out; o.logInterval = 1e9; o.sampleLength = 5
-        return try Trainer(options: o, corpus: Corpus(text: text()), log: { _ in })
+        return try Trainer(options: o, corpus: Corpus(text: text()), log: { _ in }, parameterStorage: parameterStorage)
     }
 
     func testSameMathAsOneProcess() throws {
@@ -224,18 +224,32 @@ final class InMemoryClusterTests: XCTestCase {
     /// Workers on the coordinator's host exchange parameters and gradients through shared memory, the others by
     /// messages, and one that is told it is on the host but cannot open the regions (another mount namespace, as
     /// here another memory) falls back to messages: the same parameters as one process in every case, and no region
-    /// is left once the coordinator closes.
+    /// is left once the coordinator closes. As `bard coordinator` runs it, the trainer's parameters live in the
+    /// shared region itself (nothing copied to publish them); the copying path is run too.
     func testSharedMemoryKeepsTheMath() throws {
         let base = NSTemporaryDirectory() + "bard-cluster-shm-\(getpid())"
         defer { try? FileManager.default.removeItem(atPath: base) }
         let single = try trainer(base + "/single")
         try single.run()
-        let t = try trainer(base + "/shm")
-        let hub = InMemoryHub(), memory = InMemorySharedMemory(host: "this-host")
+        for inPlace in [true, false] {
+            try sharedMemoryRun(base + "/shm-\(inPlace)", inPlace: inPlace, against: single)
+        }
+    }
+
+    func sharedMemoryRun(_ out: String, inPlace: Bool, against single: Trainer) throws {
+        let memory = InMemorySharedMemory(host: "this-host")
         let lines = LockedLines()
+        var exchange: SharedExchange?
+        let t = try trainer(out, parameterStorage: inPlace ? { count in
+            exchange = try? SharedExchange(memory: memory, parameterCount: count, log: lines.append)
+            return exchange?.parameterStorage
+        } : nil)
+        if !inPlace { exchange = try SharedExchange(memory: memory, parameterCount: t.model.parameterCount, log: lines.append) }
+        XCTAssertEqual(t.params.pointer == exchange?.parameterStorage.pointer, inPlace, "where the trainer's parameters live")
+        let hub = InMemoryHub()
         let coordinator = Coordinator(transport: hub.server(), model: t.model, fingerprint: "fp", minWorkers: 3, log: lines.append)
         coordinator.workerWait = 60  // a run that loses its workers fails, never hangs
-        coordinator.shared = try SharedExchange(memory: memory, parameterCount: t.model.parameterCount, log: lines.append)
+        coordinator.shared = exchange
         // w0 shares the coordinator's memory; w1 is on another host; w2 claims this host but sees other memory.
         let memories: [SharedMemory] = [memory, InMemorySharedMemory(host: "other-host"), InMemorySharedMemory(host: "this-host")]
         var workers: [WorkerCore] = []
@@ -258,7 +272,7 @@ final class InMemoryClusterTests: XCTestCase {
         let a = single.params.array, b = t.params.array
         var diff = 0.0, norm = 0.0
         for i in 0..<a.count { diff += Double(a[i] - b[i]) * Double(a[i] - b[i]); norm += Double(a[i]) * Double(a[i]) }
-        XCTAssertLessThan((diff / norm).squareRoot(), 1e-5)
+        XCTAssertLessThan((diff / norm).squareRoot(), 1e-5, inPlace ? "parameters in the region" : "parameters copied")
     }
 
     /// A peer of the protocol that misbehaves on purpose, on its own thread: it registers and heartbeats, and
