@@ -3,9 +3,10 @@
 # coordinator with 2 one-thread workers on this machine (through shared memory, and with --no-shm through ZeroMQ
 # messages), same model (Embedding 512 -> LSTM 512 -> Linear, Adam, clip
 # 5, no dropout), 32 columns in all, for bptt 25 and 50. Rounds interleave the two so both see the same load; each
-# figure is the median over rounds of a run's median step time (after 5 warm-up steps). Each round's pair runs in
-# alternating order, and the round's ratio is printed too, with their median: the machine's speed drifts by tens of
-# percent within minutes, which moves both sides of a round alike.
+# figure is the median over rounds of a run's median step time (after 5 warm-up steps). The process and the cluster
+# on shared memory run back to back, in alternating order from round to round, and each round's ratio is printed too,
+# with their median: the machine's speed drifts by tens of percent within minutes, which moves the two runs of a round
+# about alike. The --no-shm run comes third.
 #   scripts/bench-local.sh [STEPS] [ROUNDS]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -55,8 +56,8 @@ echo "load average at start: $(cut -d' ' -f1-3 /proc/loadavg)"
 declare -A results
 for r in $(seq 1 "$rounds"); do
     for bptt in 25 50; do
-        # The pair in alternating order (ABBA), so that a drift of the machine's speed within a round cancels out of
-        # the round's ratio.
+        # The pair in alternating order (AB in odd rounds, BA in even ones), so that over pairs of rounds a steady
+        # drift of the machine's speed favours neither side.
         if (( r % 2 )); then
             results[single-$bptt]+="$(single "$bptt") "
             results[cluster-$bptt]+="$(cluster "$bptt") "
@@ -75,7 +76,7 @@ for bptt in 25 50; do
     python3 - "$bptt" "${results[single-$bptt]}" "${results[cluster-$bptt]}" "${results[messages-$bptt]}" <<'PY'
 import statistics, sys
 s, c, m = (statistics.median(int(x) for x in a.split()) for a in sys.argv[2:5])
-rounds = [int(c) / int(s) for s, c in zip(sys.argv[2].split(), sys.argv[3].split())]
+rounds = [int(cluster) / int(single) for single, cluster in zip(sys.argv[2].split(), sys.argv[3].split())]
 print(f"| {sys.argv[1]} | {s:,} ({sys.argv[2].strip()}) | {c:,} ({sys.argv[3].strip()}) | {c / s:.2f}x "
       f"| {', '.join(f'{x:.2f}' for x in rounds)} ({statistics.median(rounds):.2f}x) "
       f"| {m:,} ({sys.argv[4].strip()}) | {m / s:.2f}x |")

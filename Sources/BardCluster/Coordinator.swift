@@ -333,8 +333,9 @@ public final class Coordinator: GradientComputer {
             var round = firstRound
             var requests: [PeerID: StepRequest] = [:]
             for (peer, shard) in plan {
-                // A worker on this host reads the parameters from the shared region, written once per version before
-                // the first request that needs it (a local worker may join mid-step).
+                // A worker on this host reads the parameters from the shared region, stamped with this step's version
+                // before the first request that needs it (a local worker may join mid-step). The trainer's update
+                // already wrote them there; only a trainer that keeps them elsewhere has them copied in.
                 let viaShared = shared?.region(for: peer) != nil
                 if viaShared { shared?.publish(params, version: parameterVersion, threads: hostThreads) }
                 let request = StepRequest(

@@ -42,6 +42,13 @@ public final class ShardServer {
     var early: [(stepID: UInt64, columns: Range<Int>, values: [Float], peer: PeerID)] = []
     static let maxEarly = 16
 
+    /// Waits up to the given seconds until the lead or a worker has a message, without reading it (one poll over both
+    /// sockets, `bard shard` sets it). Without it, an idle pass polls the workers' socket for 2 ms, and a message of
+    /// the lead waits for that.
+    public var waitForInput: ((Double) throws -> Void)?
+    /// The longest an idle pass waits: the stop flag is looked at between passes.
+    static let idleWait = 0.1
+
     public init(lead: ClientTransport, workers: ServerTransport, name: String, endpoint: String, serverKey: String,
                 threads: Int, clock: @escaping () -> Double = monotonicSeconds, log: @escaping (String) -> Void) {
         self.lead = lead; self.workers = workers; self.name = name; self.endpoint = endpoint; self.serverKey = serverKey
@@ -65,8 +72,9 @@ public final class ShardServer {
         }
     }
 
-    /// One pass: heartbeats and joins, then every waiting message of the lead and of the workers, then a short wait.
-    /// Returns false once the lead has said `done`.
+    /// One pass: heartbeats and joins, then every waiting message of the lead and of the workers, then a wait for
+    /// the next message of either (`waitForInput`), at most until the next heartbeat is due. Returns false once the
+    /// lead has said `done`.
     public func pass() throws -> Bool {
         let now = clock()
         if joined && now - lastHeardLead > leadTimeout {
@@ -93,7 +101,14 @@ public final class ShardServer {
             busy = true
             handleWorker(e)
         }
-        if !busy, let e = try workers.receive(timeout: 0.002) { traffic.received(e.frames); handleWorker(e) }
+        if !busy {
+            let wait = max(0, min(ShardServer.idleWait, heartbeatInterval - (clock() - (joined ? lastBeat : lastJoin))))
+            if let waitForInput {
+                try waitForInput(wait)
+            } else if let e = try workers.receive(timeout: min(wait, 0.002)) {
+                traffic.received(e.frames); handleWorker(e)
+            }
+        }
         return true
     }
 

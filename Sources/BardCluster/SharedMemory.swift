@@ -60,10 +60,14 @@ public final class SharedRegion: @unchecked Sendable {
     public lazy var buffer = FloatBuffer(viewing: floats, count: count)
 
     /// The floats as a buffer that keeps the region mapped as long as it lives (for one that outlives the region's
-    /// other holders: the trainer's parameters).
+    /// other holders: the trainer's parameters, in a region this process made). Never keep one in the region itself:
+    /// the cycle would leak the mapping.
     public func retainingBuffer() -> FloatBuffer { FloatBuffer(viewing: floats, count: count, keeping: self) }
 
-    /// The version of the parameters in a parameters region (`.max`: none yet). Written after the floats.
+    /// The version of the parameters in a parameters region (`.max`: none yet). Written after the floats. When the
+    /// region is the trainer's own parameters, the floats of the next version are written (by the update) while the
+    /// header still says the last: only requests of a step already over can pass a worker's check then, and their
+    /// results are dropped.
     public var version: UInt64 {
         get { base.load(fromByteOffset: 24, as: UInt64.self) }
         set { base.storeBytes(of: newValue, toByteOffset: 24, as: UInt64.self) }

@@ -69,7 +69,8 @@ public final class WorkerCore {
     /// Whether this worker exchanges parameters and gradients through shared memory.
     public var usesSharedMemory: Bool { shared != nil }
 
-    /// How often the socket is read while a step computes: heartbeats, and a new request that abandons the step.
+    /// How often the socket is read while a step computes (heartbeats, the next request, a `welcome` or `done` that
+    /// ends the step).
     static let busyPoll = 0.02
 
     /// A step computed on the background thread; read only after its semaphore is signalled.
@@ -119,22 +120,22 @@ public final class WorkerCore {
             }
             return false
         }
-        // Whether the socket had nothing the last time it was read.
-        var socketEmpty = false
+        // Whether the last read of the socket returned no message (none waiting, one dropped for its size, a signal).
+        var lastReadEmpty = false
         while true {
             if stopRequested != 0 { abandon(); throw WorkerStop.signalled }
             if try perform(session.tick(now: clock())) { return }
             // While a step computes, this thread sleeps on the step's semaphore, which wakes it the moment the result
-            // is ready, and reads the socket every `busyPoll` seconds (or at once while messages keep coming). Polling
-            // the socket every millisecond instead took about 8% of a core from the computation.
-            if let slot = inFlight, done.wait(timeout: .now() + (socketEmpty ? WorkerCore.busyPoll : 0)) == .success {
+            // is ready, and reads the socket every `busyPoll` seconds (or at once while messages keep coming), so it
+            // takes no time from the computation's cores (docs/scaling.md).
+            if let slot = inFlight, done.wait(timeout: .now() + (lastReadEmpty ? WorkerCore.busyPoll : 0)) == .success {
                 inFlight = nil
                 let (send, actions) = session.computed(stepID: slot.request.stepID)
                 if send, let reply = slot.reply { toLead(reply) }
                 if try perform(actions) { return }
             }
             let frames = try transport.receive(timeout: inFlight == nil ? 0.2 : 0)
-            socketEmpty = frames == nil
+            lastReadEmpty = frames == nil
             guard let frames else { continue }
             traffic.received(frames)
             let message: Message

@@ -112,19 +112,22 @@ public final class Trainer {
     /// checkpoint again would otherwise send it back to the same step for ever).
     static let maxRecoveries = 8
 
-    public var modelPath: String { options.outDir + "/model.safetensors" }
+    public var modelPath: String { Trainer.modelPath(in: options.outDir) }
     public var statePath: String { Trainer.statePath(in: options.outDir) }
+    var previousStatePath: String { Trainer.previousStatePath(in: options.outDir) }
+    /// The files of a run's checkpoint in `dir`.
+    public static func modelPath(in dir: String) -> String { dir + "/model.safetensors" }
     static func statePath(in dir: String) -> String { dir + "/training-state.safetensors" }
-    var previousStatePath: String { options.outDir + "/training-state.previous.safetensors" }
+    static func previousStatePath(in dir: String) -> String { dir + "/training-state.previous.safetensors" }
 
     /// Whether `dir` holds a checkpoint to resume from (for `--auto-resume`).
     public static func hasCheckpoint(in dir: String) -> Bool {
-        FileManager.default.fileExists(atPath: dir + "/model.safetensors")
+        FileManager.default.fileExists(atPath: Trainer.modelPath(in: dir))
     }
 
     /// The corpus a run in `dir` was started on: its path then and its sha256 (for `--resume DIR` without --data).
     public static func recordedCorpus(in dir: String) throws -> (path: String, sha256: String) {
-        let ckpt = try ModelCheckpoint.load(path: dir + "/model.safetensors")
+        let ckpt = try ModelCheckpoint.load(path: Trainer.modelPath(in: dir))
         let ts = try trainingState(matching: ckpt.step, in: dir)
         guard !ts.corpusPath.isEmpty else {
             throw BardError.badInput("the checkpoint in \(dir) does not record its corpus (an older run): give --data")
@@ -137,7 +140,7 @@ public final class Trainer {
     static func trainingState(matching step: Int, in dir: String) throws -> TrainingState {
         let current = Result { try TrainingState.load(path: Trainer.statePath(in: dir)) }
         if case .success(let ts) = current, ts.step == step { return ts }
-        if let previous = try? TrainingState.load(path: dir + "/training-state.previous.safetensors"), previous.step == step {
+        if let previous = try? TrainingState.load(path: Trainer.previousStatePath(in: dir)), previous.step == step {
             return previous
         }
         let ts = try current.get()
@@ -145,8 +148,8 @@ public final class Trainer {
     }
 
     /// - Parameter parameterStorage: where the parameters live, given their count: memory the caller provides (the
-    ///   coordinator's shared region, which the workers on its host read in place), or nil (or no answer) for the
-    ///   trainer's own.
+    ///   coordinator's shared region, which the workers on its host read in place), or nil (or no answer, or memory
+    ///   of another size, which a precondition refuses) for the trainer's own.
     public init(options: TrainOptions, corpus: Corpus, log: @escaping (String) -> Void,
                 parameterStorage: ((Int) -> FloatBuffer?)? = nil) throws {
         var config = options.config
@@ -158,7 +161,7 @@ public final class Trainer {
         // not a Foundation error at the first checkpoint. A resume needs the directory as it is; a new run creates it.
         try AtomicFile.prepareDirectory(options.outDir, create: !options.resume)
         if options.resume {
-            let ckpt = try ModelCheckpoint.load(path: options.outDir + "/model.safetensors")
+            let ckpt = try ModelCheckpoint.load(path: Trainer.modelPath(in: options.outDir))
             let ts = try Trainer.trainingState(matching: ckpt.step, in: options.outDir)
             guard ckpt.vocabulary == corpus.vocabulary else {
                 throw BardError.badInput("--data has a different vocabulary (\(corpus.vocabulary.count) characters) than the checkpoint in \(options.outDir) (\(ckpt.vocabulary.count))")
@@ -199,10 +202,11 @@ public final class Trainer {
         rng = RNG(seed: config.seed &+ 1)
 
         let initial: FloatBuffer
+        let statePath = Trainer.statePath(in: options.outDir)
         if let (ckpt, ts) = resumed {
             if config.ema != nil {
                 guard ts.rawParams.count == ckpt.params.count else {
-                    throw BardError.badCheckpoint("\(Trainer.statePath(in: options.outDir)): the run keeps an average (--ema) but its raw parameters are missing")
+                    throw BardError.badCheckpoint("\(statePath): the run keeps an average (--ema) but its raw parameters are missing")
                 }
                 initial = FloatBuffer(ts.rawParams)
             } else {
@@ -211,11 +215,11 @@ public final class Trainer {
             // The rate is not restored: it is a function of the step (LearningRate), set before every update.
             try optimizer.restore(step: ts.optimizerStep, lr: config.lr, m: ts.m, v: ts.v)
             guard ts.h.count == state.h.count, ts.c.count == state.c.count else {
-                throw BardError.badCheckpoint("\(Trainer.statePath(in: options.outDir)): hidden state has the wrong size")
+                throw BardError.badCheckpoint("\(statePath): hidden state has the wrong size")
             }
             state.h.copy(from: FloatBuffer(ts.h)); state.c.copy(from: FloatBuffer(ts.c))
             guard ts.window >= 0, ts.window < windowsPerEpoch else {
-                throw BardError.badCheckpoint("\(Trainer.statePath(in: options.outDir)): data cursor \(ts.window) outside the epoch's \(windowsPerEpoch) windows")
+                throw BardError.badCheckpoint("\(statePath): data cursor \(ts.window) outside the epoch's \(windowsPerEpoch) windows")
             }
             step = ts.step; epoch = ts.epoch; window = ts.window; chars = ts.chars; minLoss = ts.minLoss
             rng = ts.rng; elapsedBefore = ts.elapsed; lastValLoss = ckpt.valLoss
@@ -224,7 +228,8 @@ public final class Trainer {
         } else {
             initial = model.makeParameters(seed: config.seed)
         }
-        if let storage = parameterStorage?(initial.count), storage.count == initial.count {
+        if let storage = parameterStorage?(initial.count) {
+            precondition(storage.count == initial.count, "Trainer: the parameter storage has the wrong size")
             storage.copy(from: initial)
             params = storage
         } else {

@@ -332,6 +332,19 @@ public final class ZMQSocket {
         try wait(timeoutMilliseconds: timeoutMilliseconds) { try readBoundedMessage($0, limits: limits) }
     }
 
+    /// Waits up to `timeoutMilliseconds` (negative = forever) until any of `sockets` has a message, without reading
+    /// it: one `zmq_poll` over all of them. Returns whether one has; a signal ends the wait early with false.
+    public static func waitForInput(_ sockets: [ZMQSocket], timeoutMilliseconds: Int) throws -> Bool {
+        var items = try sockets.map { zmq_pollitem_t(socket: try $0.live("zmq_poll"), fd: 0, events: Int16(ZMQ_POLLIN), revents: 0) }
+        let rc = zmq_poll(&items, Int32(items.count), timeoutMilliseconds)
+        if rc < 0 {
+            let error = ZMQError.last("zmq_poll")
+            if case .interrupted = error { return false }
+            throw error
+        }
+        return rc > 0
+    }
+
     /// Polls for input up to `timeoutMilliseconds`, then lets `read` take one message without blocking.
     private func wait<T>(timeoutMilliseconds: Int, then read: (UnsafeMutableRawPointer) throws -> T?) throws -> T? {
         let socket = try live("zmq_poll")

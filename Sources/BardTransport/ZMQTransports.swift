@@ -205,3 +205,17 @@ public final class ZMQClientTransport: ClientTransport {
     /// Closes the socket.
     public func close() { socket.close() }
 }
+
+/// A transport whose socket can be waited on together with others' (`waitForInput`).
+public protocol ZMQPollable: AnyObject {
+    var pollSocket: ZMQSocket { get }
+}
+
+extension ZMQServerTransport: ZMQPollable { public var pollSocket: ZMQSocket { socket } }
+extension ZMQClientTransport: ZMQPollable { public var pollSocket: ZMQSocket { socket } }
+
+/// Waits up to `timeout` seconds until any of `transports` has a message, without reading it; whether one has (false
+/// after a signal too). For a thread that serves several sockets and has nothing else to do meanwhile.
+public func waitForInput(_ transports: [ZMQPollable], timeout: Double) throws -> Bool {
+    try ZMQSocket.waitForInput(transports.map(\.pollSocket), timeoutMilliseconds: Int((max(0, min(timeout, 1e6)) * 1000).rounded(.up)))
+}

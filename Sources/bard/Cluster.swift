@@ -84,6 +84,9 @@ struct CoordinatorCommand: ParsableCommand {
         let security = try keys.map { dir in try loadKeys { try KeyDirectory.serverSecurity(dir: dir) } }
         for warning in security?.warnings ?? [] { stderrLog("coordinator: warning: ")(warning) }
         let corpus = try Corpus.load(path: options.dataPath)
+        // From here a signal only asks the run to stop, so every exit goes through the defers below (which remove the
+        // shared-memory regions made next).
+        installStopHandlers()
         // Workers on this host read the parameters from, and write their gradients to, shared memory; the trainer's
         // parameters live in the shared region itself, so the update writes what they read. What a killed
         // coordinator of this user left behind goes first.
@@ -123,8 +126,6 @@ struct CoordinatorCommand: ParsableCommand {
             _ = try ParameterSlices.plan(parameterCount: trainer.model.parameterCount, shards: shards)
             coordinator.useShards(shards)
         }
-        // From here a signal only asks the run to stop, so every exit goes through the defers below.
-        installStopHandlers()
         coordinator.shared = exchange
         let monitor = try monitoring.start(trainer: trainer, title: "bard coordinator: " + options.outDir, workers: {
             coordinator.workerStatus.map {
@@ -301,7 +302,7 @@ struct Fetch: ParsableCommand {
         let context = try ZMQContext()
         let client = try ZMQClientTransport(context: context, connect: from, identity: "fetch-\(getpid())-\(UInt32.random(in: 0...UInt32.max))",
                                             security: security)
-        let path = out + "/model.safetensors"
+        let path = Trainer.modelPath(in: out)
         let (step, bytes) = try fetchCheckpoint(transport: client, to: path, wait: wait, timeout: timeout, log: stderrLog("fetch: "))
         say("fetched the checkpoint of step \(step) (\(bytes) bytes, sha256 verified) to \(path)")
         client.close()

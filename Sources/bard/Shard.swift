@@ -60,6 +60,8 @@ struct ShardCommand: ParsableCommand {
                                           maxFrameBytes: 4 * maxParameters + 4096)
         let shard = ShardServer(lead: lead, workers: workers, name: identity, endpoint: endpoint,
                                 serverKey: server?.keyPair.publicKey ?? "", threads: threads, log: stderrLog("shard \(identity): "))
+        // An idle shard sleeps until either socket has a message: no polling to take time from workers on its host.
+        shard.waitForInput = { _ = try BardTransport.waitForInput([lead, workers], timeout: $0) }
         say("shard \(identity) serving workers on \(endpoint)\(server == nil ? " (plaintext)" : " (CURVE)"); joining the lead at \(connect)")
         installStopHandlers()
         defer { lead.close(); workers.close() }

@@ -239,17 +239,18 @@ final class InMemoryClusterTests: XCTestCase {
     func sharedMemoryRun(_ out: String, inPlace: Bool, against single: Trainer) throws {
         let memory = InMemorySharedMemory(host: "this-host")
         let lines = LockedLines()
-        var exchange: SharedExchange?
+        var exchange: Result<SharedExchange, Error>?
         let t = try trainer(out, parameterStorage: inPlace ? { count in
-            exchange = try? SharedExchange(memory: memory, parameterCount: count, log: lines.append)
-            return exchange?.parameterStorage
+            exchange = Result { try SharedExchange(memory: memory, parameterCount: count, log: lines.append) }
+            return try? exchange?.get().parameterStorage
         } : nil)
-        if !inPlace { exchange = try SharedExchange(memory: memory, parameterCount: t.model.parameterCount, log: lines.append) }
-        XCTAssertEqual(t.params.pointer == exchange?.parameterStorage.pointer, inPlace, "where the trainer's parameters live")
+        if !inPlace { exchange = Result { try SharedExchange(memory: memory, parameterCount: t.model.parameterCount, log: lines.append) } }
+        let made = try XCTUnwrap(exchange, "the trainer did not ask for its parameter storage").get()
+        XCTAssertEqual(t.params.pointer == made.parameterStorage.pointer, inPlace, "where the trainer's parameters live")
         let hub = InMemoryHub()
         let coordinator = Coordinator(transport: hub.server(), model: t.model, fingerprint: "fp", minWorkers: 3, log: lines.append)
         coordinator.workerWait = 60  // a run that loses its workers fails, never hangs
-        coordinator.shared = exchange
+        coordinator.shared = made
         // w0 shares the coordinator's memory; w1 is on another host; w2 claims this host but sees other memory.
         let memories: [SharedMemory] = [memory, InMemorySharedMemory(host: "other-host"), InMemorySharedMemory(host: "this-host")]
         var workers: [WorkerCore] = []

@@ -54,6 +54,32 @@ final class SocketTests: XCTestCase {
         XCTAssertLessThan(milliseconds(since: start), 50)
     }
 
+    /// One wait over two sockets: it ends when either has a message (which stays to be read), and after its timeout
+    /// when neither has.
+    func testWaitForInputWatchesEverySocketAndReadsNothing() throws {
+        let context = try ZMQContext()
+        let (first, _) = try makeRouter(context)
+        let (second, endpoint) = try makeRouter(context)
+        var start = DispatchTime.now()
+        XCTAssertFalse(try ZMQSocket.waitForInput([first, second], timeoutMilliseconds: 150))
+        let waited = milliseconds(since: start)
+        XCTAssertGreaterThanOrEqual(waited, 140)
+        XCTAssertLessThan(waited, 600)
+
+        let dealer = try ZMQSocket(context: context, kind: .dealer)
+        try dealer.setRoutingID("w")
+        try dealer.connect(endpoint)
+        XCTAssertEqual(try dealer.send(frames: [bytes("hello")]), .sent)
+        start = DispatchTime.now()
+        XCTAssertTrue(try ZMQSocket.waitForInput([first, second], timeoutMilliseconds: 5000))
+        XCTAssertLessThan(milliseconds(since: start), 2000, "woken by the message, not the timeout")
+        XCTAssertEqual(try second.receive(timeoutMilliseconds: 0), [bytes("w"), bytes("hello")])
+        XCTAssertNil(try first.receive(timeoutMilliseconds: 0))
+
+        first.close()
+        XCTAssertThrowsError(try ZMQSocket.waitForInput([first, second], timeoutMilliseconds: 0))
+    }
+
     func testOversizedMessageDisconnectsPeerWithoutDelivery() throws {
         let context = try ZMQContext()
         let (router, endpoint) = try makeRouter(context) { try $0.setMaxMessageSize(bytes: 1024) }
