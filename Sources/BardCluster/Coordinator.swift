@@ -332,12 +332,17 @@ public final class Coordinator: GradientComputer {
             let (t0, plan, firstRound) = try beginAttempt(totalColumns: totalColumns)
             var round = firstRound
             var requests: [PeerID: StepRequest] = [:]
+            /// The gradient region each shared request went out under: a shared answer is read from that region only.
+            /// A registration that comes again mid-step replaces the region (and its request is sent again by
+            /// message), and an answer the worker wrote into the old one must not be read from the new, empty one.
+            var requestRegions: [PeerID: SharedRegion] = [:]
             for (peer, shard) in plan {
                 // A worker on this host reads the parameters from the shared region, stamped with this step's version
                 // before the first request that needs it (a local worker may join mid-step). The trainer's update
                 // already wrote them there; only a trainer that keeps them elsewhere has them copied in.
-                let viaShared = shared?.region(for: peer) != nil
+                let region = shared?.region(for: peer), viaShared = region != nil
                 if viaShared { shared?.publish(params, version: parameterVersion, threads: hostThreads) }
+                requestRegions[peer] = region
                 let request = StepRequest(
                     stepID: stepID, parameterVersion: parameterVersion, columns: shard, totalColumns: totalColumns,
                     steps: steps, dropoutSeed: dropout?.seed ?? 0, dropoutStep: dropout?.step ?? 0,
@@ -356,6 +361,7 @@ public final class Coordinator: GradientComputer {
                 guard round.mayResend(to: peer) else { return false }
                 var request = request
                 request.sharedParameters = false
+                requestRegions[peer] = nil
                 send(peer, Message.encodeStep(request, parameterFrame: parameterFrame))
                 membership.assigned(peer, columns: request.columns, parameterVersion: parameterVersion)
                 return true
@@ -375,7 +381,8 @@ public final class Coordinator: GradientComputer {
                 case .result(let r) where r.stepID == stepID && round.owes(peer):
                     membership.heard(peer, now: clock())
                     let region = shared?.region(for: peer)
-                    switch round.accept(r, from: peer, shape: resultShape, sharedAllowed: region != nil) {
+                    let sameRegion = region != nil && region === requestRegions[peer]
+                    switch round.accept(r, from: peer, shape: resultShape, sharedAllowed: sameRegion) {
                     case .accepted:
                         membership.completedStep(peer)
                         // Whether what it wrote there is finite is checked as it is added (`Reducer`).

@@ -38,14 +38,15 @@ public struct StepRound: Sendable {
     public func owes(_ peer: PeerID) -> Bool { pending[peer] != nil }
 
     /// A result: accepted only for this step, from a worker that still owes exactly these columns, in this run's shapes.
-    /// Its gradient may be in shared memory only if the worker has a shared region (`sharedAllowed`); in a run with
+    /// Its gradient may be in shared memory only if its request went out through the worker's shared region, and that
+    /// region is still the worker's (`sharedAllowed`); in a run with
     /// coordinator shards (`sharded`) it must have gone to them.
     public mutating func accept(_ r: StepResult, from peer: PeerID, shape: ResultShape, sharedAllowed: Bool = false,
                                 sharded: Bool = false) -> Reply {
         guard r.stepID == stepID else { return .rejected("a result for step \(r.stepID), the current one is \(stepID)") }
         guard let columns = pending[peer] else { return .rejected("a duplicate or unasked-for result for step \(stepID)") }
         guard r.columns == columns else { return .rejected("a result for columns \(r.columns), it was asked for \(columns)") }
-        guard !r.sharedGradients || sharedAllowed else { return .rejected("a result in shared memory this worker was not given") }
+        guard !r.sharedGradients || sharedAllowed else { return .rejected("a result in shared memory, where its request did not go") }
         guard r.toShards == sharded else {
             return .rejected(sharded ? "a result whose gradients did not go to the shards" : "a result whose gradients went to shards this run does not have")
         }

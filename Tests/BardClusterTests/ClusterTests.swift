@@ -278,9 +278,14 @@ final class InMemoryClusterTests: XCTestCase {
 
     /// A peer of the protocol that misbehaves on purpose, on its own thread: it registers and heartbeats, and
     /// answers step requests as `behaviour` says.
+    /// `helloAgainMidStep`: on the coordinator's host, it answers a step sent through shared memory by saying hello
+    /// again on the same connection (so its region is replaced and the step sent again by message) and then "done, in
+    /// shared memory" for the first request; the step by message it answers with a divergence.
     /// `sharedPoisoner`: on the coordinator's host (`memory`), it answers every step "done, in shared memory" with a NaN
     /// in its gradient region.
-    enum Behaviour { case silent, poisoning, thief(name: String), sharedPoisoner(memory: SharedMemory) }
+    enum Behaviour {
+        case silent, poisoning, thief(name: String), sharedPoisoner(memory: SharedMemory), helloAgainMidStep(memory: SharedMemory)
+    }
 
     final class HostilePeer: @unchecked Sendable {
         let transport: ClientTransport
@@ -296,6 +301,7 @@ final class InMemoryClusterTests: XCTestCase {
             if case .thief(let stolen) = behaviour { name = stolen }
             var memory: SharedMemory?, gradients: SharedRegion?
             if case .sharedPoisoner(let m) = behaviour { memory = m }
+            if case .helloAgainMidStep(let m) = behaviour { memory = m }
             while !stop && Date() < end {
                 if Date().timeIntervalSince(lastBeat) > 0.2 {
                     _ = transport.send((registered ? Message.heartbeat : .hello(name: name, fingerprint: "", host: memory?.host ?? "")).encode())
@@ -311,6 +317,17 @@ final class InMemoryClusterTests: XCTestCase {
                     }
                 case .refuse(let code, _): refusals.append(code)
                 case .step(let r):
+                    if case .helloAgainMidStep = behaviour {
+                        if r.sharedParameters {
+                            // Its sums for the first request are where it was told to write them (left as they are).
+                            _ = transport.send(Message.hello(name: name, fingerprint: "", host: memory?.host ?? "").encode())
+                            _ = transport.send(Message.result(StepResult(stepID: r.stepID, columns: r.columns, lossSum: 1, computeSeconds: 0,
+                                                                         gradients: [], h: r.h, c: r.c, sharedGradients: true)).encode())
+                        } else {
+                            _ = transport.send(Message.refuse(.diverged, reason: "non-finite loss at step \(r.dropoutStep + 1) (a lie)").encode())
+                        }
+                        continue
+                    }
                     if case .poisoning = behaviour {
                         _ = transport.send(Message.refuse(.diverged, reason: "non-finite loss at step \(r.dropoutStep + 1) (a lie)").encode())
                     }
@@ -334,7 +351,8 @@ final class InMemoryClusterTests: XCTestCase {
         let single = try trainer(base + "/single")
         try single.run()
         let memory = InMemorySharedMemory(host: "this-host")
-        for behaviour in [Behaviour.silent, .poisoning, .thief(name: "honest"), .sharedPoisoner(memory: memory)] {
+        for behaviour in [Behaviour.silent, .poisoning, .thief(name: "honest"), .sharedPoisoner(memory: memory),
+                          .helloAgainMidStep(memory: memory)] {
             let t = try trainer(base + "/\(behaviour)")
             let hub = InMemoryHub()
             var lines: [String] = []
@@ -346,8 +364,10 @@ final class InMemoryClusterTests: XCTestCase {
             // slowed by a busy machine must not be called late.
             if case .silent = behaviour { coordinator.deadline.override = 0.5 } else { coordinator.deadline.override = 20 }
             coordinator.membership.policy.quarantineBase = 60
-            if case .sharedPoisoner = behaviour {
+            switch behaviour {
+            case .sharedPoisoner, .helloAgainMidStep:
                 coordinator.shared = try SharedExchange(memory: memory, parameterCount: t.model.parameterCount, log: { _ in })
+            default: break
             }
             let honest = WorkerCore(transport: hub.client(id: "honest.1", credential: Credential(key: "K-honest", role: .worker)),
                                     name: "honest", fingerprint: "", threads: 1, log: { _ in })
@@ -379,6 +399,14 @@ final class InMemoryClusterTests: XCTestCase {
                 XCTAssertEqual(coordinator.quarantines, 1, lines.joined(separator: "\n"))
                 XCTAssertEqual(coordinator.verifications.refuted, 1, lines.joined(separator: "\n"))
                 XCTAssertTrue(lines.contains { $0.contains("hostile left non-finite gradients in shared memory") }, lines.joined(separator: "\n"))
+                coordinator.shared?.close()
+            case .helloAgainMidStep:
+                // Its answer for the first request was not read from the region that replaced the one it went
+                // through; the step sent again by message it answered with a divergence the coordinator refuted.
+                XCTAssertTrue(lines.contains { $0.contains("a result in shared memory, where its request did not go") },
+                              lines.joined(separator: "\n"))
+                XCTAssertEqual(coordinator.verifications.refuted, 1, lines.joined(separator: "\n"))
+                XCTAssertEqual(coordinator.quarantines, 1, lines.joined(separator: "\n"))
                 coordinator.shared?.close()
             }
         }
