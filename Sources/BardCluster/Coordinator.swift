@@ -337,11 +337,10 @@ public final class Coordinator: GradientComputer {
             /// message), and an answer the worker wrote into the old one must not be read from the new, empty one.
             var requestRegions: [PeerID: SharedRegion] = [:]
             for (peer, shard) in plan {
-                // A worker on this host reads the parameters from the shared region, stamped with this step's version
-                // before the first request that needs it (a local worker may join mid-step). The trainer's update
-                // already wrote them there; only a trainer that keeps them elsewhere has them copied in.
+                // A worker on this host reads the parameters from the shared region, where the trainer keeps them,
+                // stamped with this step's version before the first request that needs it.
                 let region = shared?.region(for: peer), viaShared = region != nil
-                if viaShared { shared?.publish(params, version: parameterVersion, threads: hostThreads) }
+                if viaShared { shared?.publish(params, version: parameterVersion) }
                 requestRegions[peer] = region
                 let request = StepRequest(
                     stepID: stepID, parameterVersion: parameterVersion, columns: shard, totalColumns: totalColumns,

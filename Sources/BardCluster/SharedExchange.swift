@@ -2,8 +2,8 @@ import BardModel
 import BardNumerics
 import Foundation
 
-/// The coordinator's shared memory with the workers on its own host: one region where the parameters are written once
-/// per step and every local worker reads them, and one region per local worker's registration where it writes its
+/// The coordinator's shared memory with the workers on its own host: one region that holds the trainer's parameters
+/// (its update writes them once per step) where every local worker reads them, and one region per local worker's registration where it writes its
 /// gradient sums and the coordinator reduces them. Control stays on the socket.
 ///
 /// A gradient region lives as long as the registration it was made for: a restarted, evicted or re-registered worker
@@ -54,20 +54,14 @@ public final class SharedExchange {
         for peer in gradients.keys where !peers.contains(peer) { drop(peer) }
     }
 
-    /// The parameter region as a buffer for the trainer's parameters (`Trainer(parameterStorage:)`): then the update
-    /// writes them where the local workers read them, and publishing copies nothing. It keeps the region mapped.
+    /// The parameter region as a buffer for the trainer's parameters (`Trainer(parameterStorage:)`), which a
+    /// coordinator with local workers must use: the update writes them where the workers read them, and publishing
+    /// copies nothing. It keeps the region mapped.
     public var parameterStorage: FloatBuffer { parameters.retainingBuffer() }
 
-    /// Makes the parameters of `version` the ones the local workers read, unless they are already: copies them into
-    /// the region, unless `params` is the region itself (`parameterStorage`), and stamps the version.
-    func publish(_ params: FloatBuffer, version: UInt64, threads: Int) {
-        guard !gradients.isEmpty, parameters.version != version else { return }
-        let out = parameters.floats
-        if params.pointer != out {
-            Blocks.forEach(count, threads: threads) { _, r in
-                (out + r.lowerBound).update(from: params.pointer + r.lowerBound, count: r.count)
-            }
-        }
+    /// Stamps `version` on the parameters in the region (the trainer's own, `parameterStorage`) for the local workers.
+    func publish(_ params: FloatBuffer, version: UInt64) {
+        precondition(params.pointer == parameters.floats, "SharedExchange: the trainer's parameters are not in the shared region (Trainer(parameterStorage:))")
         parameters.version = version
     }
 

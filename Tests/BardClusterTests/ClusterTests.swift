@@ -225,28 +225,16 @@ final class InMemoryClusterTests: XCTestCase {
     /// messages, and one that is told it is on the host but cannot open the regions (another mount namespace, as
     /// here another memory) falls back to messages: the same parameters as one process in every case, and no region
     /// is left once the coordinator closes. As `bard coordinator` runs it, the trainer's parameters live in the
-    /// shared region itself (nothing copied to publish them); the copying path is run too.
+    /// shared region itself (nothing is copied to publish them).
     func testSharedMemoryKeepsTheMath() throws {
         let base = NSTemporaryDirectory() + "bard-cluster-shm-\(getpid())"
         defer { try? FileManager.default.removeItem(atPath: base) }
         let single = try trainer(base + "/single")
         try single.run()
-        for inPlace in [true, false] {
-            try sharedMemoryRun(base + "/shm-\(inPlace)", inPlace: inPlace, against: single)
-        }
-    }
-
-    func sharedMemoryRun(_ out: String, inPlace: Bool, against single: Trainer) throws {
         let memory = InMemorySharedMemory(host: "this-host")
         let lines = LockedLines()
-        var exchange: Result<SharedExchange, Error>?
-        let t = try trainer(out, parameterStorage: inPlace ? { count in
-            exchange = Result { try SharedExchange(memory: memory, parameterCount: count, log: lines.append) }
-            return try? exchange?.get().parameterStorage
-        } : nil)
-        if !inPlace { exchange = Result { try SharedExchange(memory: memory, parameterCount: t.model.parameterCount, log: lines.append) } }
-        let made = try XCTUnwrap(exchange, "the trainer did not ask for its parameter storage").get()
-        XCTAssertEqual(t.params.pointer == made.parameterStorage.pointer, inPlace, "where the trainer's parameters live")
+        let (t, made) = try trainerOnSharedMemory(base + "/shm", memory: memory, log: lines.append)
+        XCTAssertTrue(t.params.pointer == made.parameterStorage.pointer, "the trainer's parameters live in the region")
         let hub = InMemoryHub()
         let coordinator = Coordinator(transport: hub.server(), model: t.model, fingerprint: "fp", minWorkers: 3, log: lines.append)
         coordinator.workerWait = 60  // a run that loses its workers fails, never hangs
@@ -273,7 +261,17 @@ final class InMemoryClusterTests: XCTestCase {
         let a = single.params.array, b = t.params.array
         var diff = 0.0, norm = 0.0
         for i in 0..<a.count { diff += Double(a[i] - b[i]) * Double(a[i] - b[i]); norm += Double(a[i]) * Double(a[i]) }
-        XCTAssertLessThan((diff / norm).squareRoot(), 1e-5, inPlace ? "parameters in the region" : "parameters copied")
+        XCTAssertLessThan((diff / norm).squareRoot(), 1e-5)
+    }
+
+    /// A trainer whose parameters live in a new exchange's parameters region, as `bard coordinator` makes them.
+    func trainerOnSharedMemory(_ out: String, memory: SharedMemory, log: @escaping (String) -> Void) throws -> (Trainer, SharedExchange) {
+        var exchange: Result<SharedExchange, Error>?
+        let t = try trainer(out, parameterStorage: { count in
+            exchange = Result { try SharedExchange(memory: memory, parameterCount: count, log: log) }
+            return try? exchange?.get().parameterStorage
+        })
+        return (t, try XCTUnwrap(exchange, "the trainer did not ask for its parameter storage").get())
     }
 
     /// A peer of the protocol that misbehaves on purpose, on its own thread: it registers and heartbeats, and
@@ -353,7 +351,15 @@ final class InMemoryClusterTests: XCTestCase {
         let memory = InMemorySharedMemory(host: "this-host")
         for behaviour in [Behaviour.silent, .poisoning, .thief(name: "honest"), .sharedPoisoner(memory: memory),
                           .helloAgainMidStep(memory: memory)] {
-            let t = try trainer(base + "/\(behaviour)")
+            // The peers that use shared memory meet a coordinator whose parameters live there, as they do in `bard`.
+            var exchange: SharedExchange?
+            let t: Trainer
+            switch behaviour {
+            case .sharedPoisoner, .helloAgainMidStep:
+                (t, exchange) = try trainerOnSharedMemory(base + "/\(behaviour)", memory: memory, log: { _ in })
+            default:
+                t = try trainer(base + "/\(behaviour)")
+            }
             let hub = InMemoryHub()
             var lines: [String] = []
             let lock = NSLock()
@@ -364,11 +370,7 @@ final class InMemoryClusterTests: XCTestCase {
             // slowed by a busy machine must not be called late.
             if case .silent = behaviour { coordinator.deadline.override = 0.5 } else { coordinator.deadline.override = 20 }
             coordinator.membership.policy.quarantineBase = 60
-            switch behaviour {
-            case .sharedPoisoner, .helloAgainMidStep:
-                coordinator.shared = try SharedExchange(memory: memory, parameterCount: t.model.parameterCount, log: { _ in })
-            default: break
-            }
+            coordinator.shared = exchange
             let honest = WorkerCore(transport: hub.client(id: "honest.1", credential: Credential(key: "K-honest", role: .worker)),
                                     name: "honest", fingerprint: "", threads: 1, log: { _ in })
             Thread { try? honest.run() }.start()
