@@ -59,6 +59,25 @@ final class BLASTests: XCTestCase {
         XCTAssertEqual(text[0], 0, "an empty list")
     }
 
+    /// The kernels bard forces, from /proc/cpuinfo: SkylakeX on full-width AVX-512 AMD cores (Zen 5, family 26),
+    /// Haswell on other AMD AVX2 cores (Zen 3; Zen 4's half-width AVX-512), OpenBLAS's own choice elsewhere, and an
+    /// operator's OPENBLAS_CORETYPE always.
+    func testPreferredKernelsFollowTheCPU() {
+        func cpu(_ vendor: String, family: Int, flags: String) -> String {
+            (0..<2).map { "processor\t: \($0)\nvendor_id\t: \(vendor)\ncpu family\t: \(family)\nmodel\t\t: 2\nflags\t\t: fpu \(flags) sse2\n\n" }.joined()
+        }
+        let zen3 = cpu("AuthenticAMD", family: 25, flags: "avx fma avx2 bmi2")
+        let zen4 = cpu("AuthenticAMD", family: 25, flags: "avx fma avx2 avx512f avx512bw")
+        let zen5 = cpu("AuthenticAMD", family: 26, flags: "avx fma avx2 avx512f avx512bw avx512_vp2intersect")
+        XCTAssertEqual(OpenBLASCore.preferredCoreType(environment: [:], cpuinfo: zen3), "Haswell")
+        XCTAssertEqual(OpenBLASCore.preferredCoreType(environment: [:], cpuinfo: zen4), "Haswell")
+        XCTAssertEqual(OpenBLASCore.preferredCoreType(environment: [:], cpuinfo: zen5), "SkylakeX")
+        XCTAssertNil(OpenBLASCore.preferredCoreType(environment: [:], cpuinfo: cpu("AuthenticAMD", family: 26, flags: "avx sse4_2")))
+        XCTAssertNil(OpenBLASCore.preferredCoreType(environment: [:], cpuinfo: cpu("GenuineIntel", family: 6, flags: "avx fma avx2 avx512f")))
+        XCTAssertNil(OpenBLASCore.preferredCoreType(environment: [:], cpuinfo: nil))
+        XCTAssertEqual(OpenBLASCore.preferredCoreType(environment: ["OPENBLAS_CORETYPE": "Zen"], cpuinfo: zen5), "Zen")
+    }
+
     func testRNGIsDeterministicAndUniform() {
         var a = RNG(seed: 9), b = RNG(seed: 9)
         XCTAssertEqual((0..<10).map { _ in a.next() }, (0..<10).map { _ in b.next() })
