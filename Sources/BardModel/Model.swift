@@ -59,15 +59,23 @@ struct WindowColumns {
 }
 
 /// What every thread of a window reads, made once per window from the parameters (`Model.prepareWindow`): layer 0's
-/// input projection of every character, (V, G*H), and each layer's W_hh^T, (H, G*H).
+/// input projection of every character, (V, G*H), and, when `transposed`, each layer's W_hh^T, (H, G*H)
+/// (`HiddenWeight`).
 public final class PreparedWindow {
     let table: FloatBuffer
+    let transposed: Bool
     let whhT: [FloatBuffer]
 
-    init(config: Config, vocabularySize v: Int) {
+    init(config: Config, vocabularySize v: Int, transposed: Bool) {
         let gh = config.cell.gates * config.hidden
         table = FloatBuffer(count: v * gh)
-        whhT = (0..<config.layers).map { _ in FloatBuffer(count: gh * config.hidden) }
+        self.transposed = transposed
+        whhT = (0..<config.layers).map { _ in FloatBuffer(count: transposed ? gh * config.hidden : 0) }
+    }
+
+    /// Layer l's W_hh as its steps read it.
+    func hiddenWeight(_ l: Int, of layer: RecurrentLayer, params p: UnsafePointer<Float>) -> HiddenWeight {
+        layer.hiddenWeight(params: p, transposed: transposed ? UnsafePointer(whhT[l].pointer) : nil)
     }
 }
 
@@ -85,7 +93,8 @@ public final class Workspace {
     /// The shape of the window last run here, which `Model.addParameterGradients` reads back.
     var ran = (steps: 0, batch: 0, dropout: false, backward: false)
     /// The prepared window of `Model.run`, made on its first use (threads that share a window share one instead).
-    private(set) lazy var prepared = PreparedWindow(config: config, vocabularySize: vocabularySize)
+    private(set) lazy var prepared = PreparedWindow(config: config, vocabularySize: vocabularySize,
+                                                    transposed: !BLAS.computesSmallProductsUnpacked)
     private let config: Config, vocabularySize: Int
 
     init(config: Config, vocabularySize v: Int, steps: Int, batch: Int) {
@@ -137,8 +146,10 @@ public final class Model {
         Workspace(config: config, vocabularySize: vocabularySize, steps: steps, batch: batch)
     }
 
-    public func makePreparedWindow() -> PreparedWindow {
-        PreparedWindow(config: config, vocabularySize: vocabularySize)
+    /// `transposed`: whether the steps read W_hh^T (made in phase 1) or W_hh itself (`HiddenWeight`); the faster on
+    /// this machine's kernels unless a test asks for the other.
+    public func makePreparedWindow(transposed: Bool = !BLAS.computesSmallProductsUnpacked) -> PreparedWindow {
+        PreparedWindow(config: config, vocabularySize: vocabularySize, transposed: transposed)
     }
 
     public func makeState(columns: Int) -> RecurrentState {
@@ -171,29 +182,33 @@ public final class Model {
                               totalColumns: totalColumns, columns: columns, state: state, dropout: dropout, workspace: ws,
                               lastStepOnly: lastStepOnly, hiddenGradNorms: hiddenGradNorms)
         if let grads {
-            addParameterGradients(into: grads, params: params, workspaces: [ws], part: 0, of: 1)
+            addParameterGradients(into: grads, params: params, workspace: ws, part: 0, of: 1)
         }
         return loss
     }
 
     // MARK: One window on several threads
     //
-    // `run` is four phases, so that a window's columns can be shared among threads (ColumnParallel) while what
-    // depends only on the parameters is made once and each parameter's gradient is computed once:
-    // 1. `prepareWindow`, each thread a share of the embedding table's rows and of each layer's transposed W_hh;
-    // 2. `runColumns`, each thread its own columns in its own workspace: forward, loss and backward through time,
-    //    leaving the gate gradients in the workspace;
-    // 3. `sumTableGradients`, the workspaces' table gradients into the first's, each thread a share of the elements;
-    // 4. `addParameterGradients`, every weight and bias gradient, each thread its share of every tensor's rows.
+    // `run` is three phases, so that threads can share a window (ColumnParallel) while what depends only on the
+    // parameters is made once and each parameter's gradient is computed once:
+    // 1. `prepareWindow`, each thread a share of the embedding table's rows and of each layer's transposed W_hh
+    //    (when the steps read it: `HiddenWeight`);
+    // 2. `runColumns`, the threads together on one workspace: forward, loss and backward through time, leaving the
+    //    gate and table gradients in the workspace. Each step's product is split by gate columns (by hidden units
+    //    backward) and the rest of a step by batch columns, with a barrier in between; what is done once per window
+    //    (the decoder, the loss, the input projections) is split by rows;
+    // 3. `addParameterGradients`, every weight and bias gradient, each thread its share of every tensor's rows.
 
     /// Phase 2: forward, and backward when `backward` is set, over one window for the columns `columns` of a batch of
     /// `totalColumns`, reading the table and the transposed weights phase 1 left in `prepared`. The gate and table
-    /// gradients are left in the workspace for phase 4; the state rows of the columns are read and overwritten as in
-    /// `run`.
+    /// gradients are left in the workspace for phase 3; the state rows of the columns are read and overwritten as in
+    /// `run`. Every one of `parts` threads calls it at once with its `part`, the same arguments and a `barrier` that
+    /// waits for all of them (one thread: part 0 of 1, no barrier); each returns its share of the loss.
     public func runColumns(params: FloatBuffer, prepared: PreparedWindow, backward: Bool, window: UnsafePointer<Int32>,
                            steps T: Int, totalColumns: Int, columns: Range<Int>, state: RecurrentState,
                            dropout: DropoutKey?, workspace ws: Workspace, lastStepOnly: Bool = false,
-                           hiddenGradNorms: UnsafeMutablePointer<Double>? = nil) -> Double {
+                           hiddenGradNorms: UnsafeMutablePointer<Double>? = nil,
+                           part: Int = 0, of parts: Int = 1, barrier: @escaping () -> Void = {}) -> Double {
         let B = columns.count
         precondition(T <= ws.steps && B <= ws.batch, "window \(T)x\(B) exceeds workspace \(ws.steps)x\(ws.batch)")
         precondition(columns.upperBound <= totalColumns && state.columns == totalColumns,
@@ -201,46 +216,55 @@ public final class Model {
         let w = WindowColumns(tokens: window, totalColumns: totalColumns, first: columns.lowerBound, steps: T, batch: B)
         let p = params.pointer, lw0 = ws.layers[0]
         let dropout = config.dropout > 0 ? dropout : nil
-        ws.ran = (T, B, dropout != nil, backward)
+        let s = Share(part: part, of: parts, window: w, barrier: barrier)
+        if part == 0 { ws.ran = (T, B, dropout != nil, backward) }
+        barrier()
 
         // Forward: embedding (as layer 0's input projection) -> recurrent stack (dropout after each layer) -> decoder
         // -> softmax cross-entropy, which leaves the probabilities in ws.logits.
-        embeddingForward(gates: lw0.gates.pointer, table: prepared.table.pointer, window: w)
-        let decoderInput = stackForward(ws: ws, prepared: prepared, state: state, params: p, window: w, dropout: dropout)
-        decoderForward(logits: ws.logits.pointer, x: decoderInput, params: p, rows: w.rows)
-        let loss = crossEntropyForward(probabilities: ws.logits.pointer, window: w, lastStepOnly: lastStepOnly)
+        embeddingForward(gates: lw0.gates.pointer, table: prepared.table.pointer, window: w, rows: s.rows)
+        barrier()
+        let decoderInput = stackForward(ws: ws, prepared: prepared, state: state, params: p, window: w, dropout: dropout,
+                                        share: s)
+        decoderForward(logits: ws.logits.pointer, x: decoderInput, params: p, rows: s.rows)
+        let loss = crossEntropyForward(probabilities: ws.logits.pointer, window: w, rows: s.rows, lastStepOnly: lastStepOnly)
         guard backward else { return loss }
 
         // Backward through the same pieces in reverse, down to the gate gradients and the table's.
-        crossEntropyBackward(dLogits: ws.logits.pointer, window: w, lastStepOnly: lastStepOnly)
-        decoderBackward(dx: ws.dDecoderInput.pointer, dLogits: ws.logits.pointer, params: p, rows: w.rows)
+        crossEntropyBackward(dLogits: ws.logits.pointer, window: w, rows: s.rows, lastStepOnly: lastStepOnly)
+        decoderBackward(dx: ws.dDecoderInput.pointer, dLogits: ws.logits.pointer, params: p, rows: s.rows)
+        barrier()
         stackBackward(ws: ws, dOut: ws.dDecoderInput.pointer, params: p, window: w, dropout: dropout,
-                      hiddenGradNorms: hiddenGradNorms)
-        embeddingBackward(dTable: ws.dTable, dGates: lw0.dGatesInput.pointer, window: w)
+                      hiddenGradNorms: hiddenGradNorms, share: s)
+        embeddingBackward(dTable: ws.dTable, dGates: lw0.dGatesInput.pointer, window: w,
+                          gates: Range(part: part, of: parts, in: layers[0].cell.gates * config.hidden))
         return loss
     }
 
-    /// Phase 3: the table gradients of `workspaces` added into the first's, share `part` of `parts` of the elements.
-    public func sumTableGradients(workspaces: [Workspace], part: Int, of parts: Int) {
-        guard let first = workspaces.first else { return }
-        let r = Range(part: part, of: parts, in: first.dTable.count)
-        for ws in workspaces.dropFirst() {
-            Kernels.add(ws.dTable.pointer + r.lowerBound, into: first.dTable.pointer + r.lowerBound, count: r.count)
+    /// One thread's share of a window in `runColumns`: its rows of T*B for what is done once per window, and the
+    /// barrier of all shares.
+    struct Share {
+        let part: Int, parts: Int
+        let rows: Range<Int>
+        let barrier: () -> Void
+        init(part: Int, of parts: Int, window w: WindowColumns, barrier: @escaping () -> Void) {
+            self.part = part; self.parts = parts; self.barrier = barrier
+            rows = Range(part: part, of: parts, in: w.rows)
         }
     }
 
-    /// Phase 4: every parameter's gradient of the windows `runColumns` left in `workspaces` (whose first holds the
-    /// sum of their table gradients, phase 3), added into `grads`: share `part` of `parts` of each tensor's rows.
-    public func addParameterGradients(into grads: FloatBuffer, params: FloatBuffer, workspaces: [Workspace],
+    /// Phase 3: every parameter's gradient of the window `runColumns` left in `workspace` added into `grads`: share
+    /// `part` of `parts` of each tensor's rows.
+    public func addParameterGradients(into grads: FloatBuffer, params: FloatBuffer, workspace ws: Workspace,
                                       part: Int, of parts: Int) {
-        precondition(workspaces.allSatisfy { $0.ran.batch == 0 || $0.ran.backward },
-                     "addParameterGradients: a workspace whose last window ran forward only")
+        precondition(ws.ran.batch == 0 || ws.ran.backward, "addParameterGradients: the last window ran forward only")
+        guard ws.ran.batch > 0 else { return }
         let p = params.pointer, gp = grads.pointer, H = config.hidden, E = config.embed, V = vocabularySize
-        let GH = layers[0].cell.gates * H
+        let GH = layers[0].cell.gates * H, rows = ws.ran.steps * ws.ran.batch
         // The decoder: dW_dec += dLogits^T x, db_dec += column sums of dLogits, by rows of V.
         let v = Range(part: part, of: parts, in: V)
-        for ws in workspaces where ws.ran.batch > 0 && !v.isEmpty {
-            let rows = ws.ran.steps * ws.ran.batch, x = stackInput(layers.count, ws: ws)
+        if !v.isEmpty {
+            let x = stackInput(layers.count, ws: ws)
             BLAS.gemm(transA: true, m: v.count, n: H, k: rows, a: ws.logits.pointer + v.lowerBound, lda: V, b: x, ldb: H,
                       beta: 1, c: gp + decoderWeight + v.lowerBound * H, ldc: H)
             if let db = decoderBias {
@@ -250,14 +274,12 @@ public final class Model {
         }
         // The recurrent layers, by gate rows; layer 0's input side through the table.
         for (l, layer) in layers.enumerated() {
-            let windows = workspaces.map { ws in
-                (ws: ws.layers[l], rows: ws.ran.steps * ws.ran.batch,
-                 x: l == 0 ? nil : UnsafePointer(stackInput(l, ws: ws)))
-            }
-            layer.addParameterGradients(grads: gp, from: windows, gateRows: Range(part: part, of: parts, in: layer.cell.gates * H))
+            let x = l == 0 ? nil : UnsafePointer(stackInput(l, ws: ws))
+            layer.addParameterGradients(grads: gp, from: [(ws: ws.layers[l], rows: rows, x: x)],
+                                        gateRows: Range(part: part, of: parts, in: layer.cell.gates * H))
         }
         // The embedding, through the table: dW_ih0 += dTable^T E by gate rows, dE += dTable W_ih0 by rows of V.
-        guard let dT = workspaces.first?.dTable.pointer, workspaces.contains(where: { $0.ran.batch > 0 }) else { return }
+        let dT = ws.dTable.pointer
         let g = Range(part: part, of: parts, in: GH)
         if !g.isEmpty {
             BLAS.gemm(transA: true, m: g.count, n: E, k: V, a: dT + g.lowerBound, lda: GH, b: p + embeddingOffset, ldb: E,
@@ -274,7 +296,7 @@ public final class Model {
     /// Layer 0 reads an embedding row and projects it: the product of the two is a per-character table
     /// (V, G*H) = E W_ih0^T + biases, so the window's input projection (T*B, G*H) is a gather, not a GEMM. Phase 1
     /// computes share `part` of `parts` of the table's rows, and the same share of each layer's gate rows of W_hh^T
-    /// (`RecurrentLayer.transposeHidden`).
+    /// (`RecurrentLayer.transposeHidden`) when the steps read it.
     public func prepareWindow(params: FloatBuffer, into prepared: PreparedWindow, part: Int, of parts: Int) {
         let rows = Range(part: part, of: parts, in: vocabularySize), p = params.pointer
         let E = config.embed, GH = layers[0].cell.gates * config.hidden
@@ -282,30 +304,32 @@ public final class Model {
             layers[0].projectInput(params: p, x: p + embeddingOffset + rows.lowerBound * E, rows: rows.count,
                                    into: prepared.table.pointer + rows.lowerBound * GH)
         }
-        for (l, layer) in layers.enumerated() {
+        for (l, layer) in layers.enumerated() where prepared.transposed {
             layer.transposeHidden(params: p, into: prepared.whhT[l].pointer, gateRows: Range(part: part, of: parts, in: GH))
         }
     }
 
     /// gates (T*B, G*H) = the table's row of each input character.
-    func embeddingForward(gates: UnsafeMutablePointer<Float>, table: UnsafePointer<Float>, window w: WindowColumns) {
+    /// Rows `rows` of T*B.
+    func embeddingForward(gates: UnsafeMutablePointer<Float>, table: UnsafePointer<Float>, window w: WindowColumns,
+                          rows: Range<Int>) {
         let GH = layers[0].cell.gates * config.hidden
-        for t in 0..<w.steps {
-            for b in 0..<w.batch {
-                (gates + (t * w.batch + b) * GH).update(from: table + w.input(t, b) * GH, count: GH)
-            }
+        for r in rows {
+            (gates + r * GH).update(from: table + w.input(r / w.batch, r % w.batch) * GH, count: GH)
         }
     }
 
     /// dTable[v] = sum of the gate gradients `dGates` of rows reading v; phase 4 turns it into dW_ih0 += dTable^T E
-    /// and dE += dTable W_ih0 (V rows instead of T*B). The biases' gradients are layer 0's own.
-    func embeddingBackward(dTable: FloatBuffer, dGates: UnsafePointer<Float>, window w: WindowColumns) {
+    /// and dE += dTable W_ih0 (V rows instead of T*B). The biases' gradients are layer 0's own. Only the gate
+    /// columns `gates` of G*H, so that threads sharing a window never add into the same element.
+    func embeddingBackward(dTable: FloatBuffer, dGates: UnsafePointer<Float>, window w: WindowColumns, gates g: Range<Int>) {
         let GH = layers[0].cell.gates * config.hidden, dT = dTable.pointer
-        dTable.zero()
+        guard !g.isEmpty else { return }
+        for v in 0..<vocabularySize { (dT + v * GH + g.lowerBound).update(repeating: 0, count: g.count) }
         for t in 0..<w.steps {
             for b in 0..<w.batch {
                 let dst = dT + w.input(t, b) * GH, src = dGates + (t * w.batch + b) * GH
-                for j in 0..<GH { dst[j] += src[j] }
+                for j in g { dst[j] += src[j] }
             }
         }
     }
@@ -314,19 +338,18 @@ public final class Model {
 
     /// out = x * mask (T*B, n), mask = 1/keep with probability keep. The mask depends only on (seed, step, site,
     /// global column, t, unit), so a column gets the same mask whichever worker or thread computes it.
+    /// Rows `rows` of T*B.
     func dropoutForward(out: UnsafeMutablePointer<Float>, mask: UnsafeMutablePointer<Float>, x: UnsafePointer<Float>,
-                        width n: Int, site: Int, key: DropoutKey, window w: WindowColumns) {
+                        width n: Int, site: Int, key: DropoutKey, window w: WindowColumns, rows: Range<Int>) {
         let keep = 1 - config.dropout, scale = 1 / keep
         let rnd = CounterRandom(key: CounterRandom.key(key.seed, key.step, UInt64(site)))
-        for t in 0..<w.steps {
-            for b in 0..<w.batch {
-                let row = (t * w.batch + b) * n
-                let position = UInt64((t * (key.globalColumns ?? w.totalColumns) + key.columnBase + w.first + b) * n)
-                for j in 0..<n {
-                    let m: Float = rnd.uniform(at: position + UInt64(j)) < keep ? scale : 0
-                    mask[row + j] = m
-                    out[row + j] = x[row + j] * m
-                }
+        for r in rows {
+            let t = r / w.batch, b = r % w.batch, row = r * n
+            let position = UInt64((t * (key.globalColumns ?? w.totalColumns) + key.columnBase + w.first + b) * n)
+            for j in 0..<n {
+                let m: Float = rnd.uniform(at: position + UInt64(j)) < keep ? scale : 0
+                mask[row + j] = m
+                out[row + j] = x[row + j] * m
             }
         }
     }
@@ -341,22 +364,30 @@ public final class Model {
     /// The layers bottom-up from the carried state, dropout after each (site l + 1: between layers and before the
     /// decoder). Layer 0's input projection is already in its gates (embeddingForward). The state rows of the window's
     /// columns receive the final state (its value, not its gradient). Returns the decoder's input (T*B, H).
-    /// Each layer's W_hh^T is read from `prepared` (phase 1).
+    /// Each layer's W_hh is read as `prepared` says (phase 1).
     func stackForward(ws: Workspace, prepared: PreparedWindow, state: RecurrentState, params p: UnsafePointer<Float>,
-                      window w: WindowColumns, dropout: DropoutKey?) -> UnsafeMutablePointer<Float> {
+                      window w: WindowColumns, dropout: DropoutKey?, share s: Share) -> UnsafeMutablePointer<Float> {
         let T = w.steps, B = w.batch, H = config.hidden, c0 = w.first
+        let columns = Range(part: s.part, of: s.parts, in: B)
         for (l, layer) in layers.enumerated() {
-            let lw = ws.layers[l]
+            let lw = ws.layers[l], GH = layer.cell.gates * H
             let h0 = UnsafePointer(state.hRows(l, c0)), c0p = state.cRows(l, c0).map { UnsafePointer($0) }
             // Layer 0's input projection is already in its gates (embeddingForward).
-            if l > 0 { layer.projectInput(params: p, x: stackInput(l, ws: ws), rows: T * B, into: lw.gates.pointer) }
-            layer.recur(params: p, whhT: prepared.whhT[l].pointer, steps: T, batch: B, h0: h0, c0: c0p, ws: lw)
-            state.hRows(l, c0).update(from: lw.h.pointer + T * B * H, count: B * H)
-            if let cr = state.cRows(l, c0) { cr.update(from: lw.c.pointer + T * B * H, count: B * H) }
+            if l > 0 {
+                layer.projectInput(params: p, x: stackInput(l, ws: ws) + s.rows.lowerBound * layer.input,
+                                   rows: s.rows.count, into: lw.gates.pointer + s.rows.lowerBound * GH)
+                s.barrier()
+            }
+            layer.recur(params: p, whh: prepared.hiddenWeight(l, of: layer, params: p), steps: T, batch: B, h0: h0, c0: c0p, ws: lw,
+                        part: s.part, of: s.parts, barrier: s.barrier)
+            let last = (T * B + columns.lowerBound) * H, mine = columns.count * H
+            (state.hRows(l, c0) + columns.lowerBound * H).update(from: lw.h.pointer + last, count: mine)
+            if let cr = state.cRows(l, c0) { (cr + columns.lowerBound * H).update(from: lw.c.pointer + last, count: mine) }
             if let dropout {
                 dropoutForward(out: ws.dropped[l + 1].pointer, mask: ws.masks[l + 1].pointer, x: lw.h.pointer + B * H,
-                               width: H, site: l + 1, key: dropout, window: w)
+                               width: H, site: l + 1, key: dropout, window: w, rows: s.rows)
             }
+            s.barrier()
         }
         return stackInput(layers.count, ws: ws)
     }
@@ -365,16 +396,22 @@ public final class Model {
     /// each layer's gate gradients (the parameter gradients are phase 4's). Leaves layer 0's input side (its
     /// ws.dGatesInput) to embeddingBackward. `hiddenGradNorms` is the top layer's.
     func stackBackward(ws: Workspace, dOut: UnsafeMutablePointer<Float>, params p: UnsafePointer<Float>,
-                       window w: WindowColumns, dropout: DropoutKey?, hiddenGradNorms: UnsafeMutablePointer<Double>?) {
+                       window w: WindowColumns, dropout: DropoutKey?, hiddenGradNorms: UnsafeMutablePointer<Double>?,
+                       share s: Share) {
         var dOut = dOut
+        let H = config.hidden
         for l in stride(from: layers.count - 1, through: 0, by: -1) {
             if dropout != nil {
-                dropoutBackward(dx: dOut, mask: ws.masks[l + 1].pointer, count: w.rows * config.hidden)
+                dropoutBackward(dx: dOut + s.rows.lowerBound * H, mask: ws.masks[l + 1].pointer + s.rows.lowerBound * H,
+                                count: s.rows.count * H)
+                s.barrier()
             }
             let x = l == 0 ? nil : UnsafePointer(stackInput(l, ws: ws))
             layers[l].backwardThroughTime(params: p, x: x, dOut: dOut, steps: w.steps, batch: w.batch, ws: ws.layers[l],
                                           inputGradient: l > 0,
-                                          hiddenGradNorms: l == layers.count - 1 ? hiddenGradNorms : nil)
+                                          hiddenGradNorms: l == layers.count - 1 ? hiddenGradNorms : nil,
+                                          part: s.part, of: s.parts, barrier: s.barrier)
+            s.barrier()
             dOut = ws.layers[l].dInput.pointer
         }
     }
@@ -387,56 +424,59 @@ public final class Model {
 
     // MARK: Decoder
 
-    /// logits (rows, V) = x W_dec^T + b_dec, x (rows, H).
+    /// logits (rows, V) = x W_dec^T + b_dec, x (rows, H), for the rows `rows` of T*B.
     func decoderForward(logits: UnsafeMutablePointer<Float>, x: UnsafePointer<Float>, params p: UnsafePointer<Float>,
-                        rows: Int) {
-        let H = config.hidden, V = vocabularySize
-        BLAS.gemm(transB: true, m: rows, n: V, k: H, a: x, lda: H, b: p + decoderWeight, ldb: H, beta: 0, c: logits, ldc: V)
-        if let db = decoderBias { Kernels.addRowVector(logits, rows: rows, n: V, p + db) }
+                        rows r: Range<Int>) {
+        let H = config.hidden, V = vocabularySize, logits = logits + r.lowerBound * V
+        BLAS.gemm(transB: true, m: r.count, n: V, k: H, a: x + r.lowerBound * H, lda: H, b: p + decoderWeight, ldb: H,
+                  beta: 0, c: logits, ldc: V)
+        if let db = decoderBias { Kernels.addRowVector(logits, rows: r.count, n: V, p + db) }
     }
 
-    /// dx = dLogits W_dec (overwritten); dW_dec and db_dec are phase 4's.
+    /// dx = dLogits W_dec (overwritten) for the rows `rows`; dW_dec and db_dec are phase 3's.
     func decoderBackward(dx: UnsafeMutablePointer<Float>, dLogits: UnsafePointer<Float>, params p: UnsafePointer<Float>,
-                         rows: Int) {
+                         rows r: Range<Int>) {
         let H = config.hidden, V = vocabularySize
-        BLAS.gemm(m: rows, n: H, k: V, a: dLogits, lda: V, b: p + decoderWeight, ldb: H, beta: 0, c: dx, ldc: H)
+        BLAS.gemm(m: r.count, n: H, k: V, a: dLogits + r.lowerBound * V, lda: V, b: p + decoderWeight, ldb: H, beta: 0,
+                  c: dx + r.lowerBound * H, ldc: H)
     }
 
     // MARK: Softmax cross-entropy
 
-    /// Softmax of each row of `probabilities` (the logits on entry, (T*B, V)) in place; returns the summed
-    /// cross-entropy against the targets, in nats (only the last step's with `lastStepOnly`).
-    func crossEntropyForward(probabilities: UnsafeMutablePointer<Float>, window w: WindowColumns, lastStepOnly: Bool) -> Double {
+    /// Softmax of each of the rows `rows` of `probabilities` (the logits on entry, (T*B, V)) in place; returns their
+    /// summed cross-entropy against the targets, in nats (only the last step's with `lastStepOnly`).
+    func crossEntropyForward(probabilities: UnsafeMutablePointer<Float>, window w: WindowColumns, rows: Range<Int>,
+                             lastStepOnly: Bool) -> Double {
         let V = vocabularySize
         var loss = 0.0
-        for t in 0..<w.steps where !lastStepOnly || t == w.steps - 1 {
-            for b in 0..<w.batch {
-                let row = probabilities + (t * w.batch + b) * V
-                let targetLogit = row[w.target(t, b)]
-                var m = row[0]
-                for j in 1..<V where row[j] > m { m = row[j] }
-                var sum: Float = 0
-                for j in 0..<V { let e = expf(row[j] - m); row[j] = e; sum += e }
-                // Max-subtracted log-sum-exp (the chapter's softmax overflows once logits are scaled).
-                loss += Double(m) + log(Double(sum)) - Double(targetLogit)
-                let inv = 1 / sum
-                for j in 0..<V { row[j] *= inv }
-            }
+        for r in rows {
+            let t = r / w.batch, b = r % w.batch
+            guard !lastStepOnly || t == w.steps - 1 else { continue }
+            let row = probabilities + r * V
+            let targetLogit = row[w.target(t, b)]
+            var m = row[0]
+            for j in 1..<V where row[j] > m { m = row[j] }
+            var sum: Float = 0
+            for j in 0..<V { let e = expf(row[j] - m); row[j] = e; sum += e }
+            // Max-subtracted log-sum-exp (the chapter's softmax overflows once logits are scaled).
+            loss += Double(m) + log(Double(sum)) - Double(targetLogit)
+            let inv = 1 / sum
+            for j in 0..<V { row[j] *= inv }
         }
         return loss
     }
 
-    /// dLogits = softmax - onehot(target), in place over the probabilities; rows whose loss is not counted get zero.
-    func crossEntropyBackward(dLogits: UnsafeMutablePointer<Float>, window w: WindowColumns, lastStepOnly: Bool) {
+    /// dLogits = softmax - onehot(target), in place over the probabilities of the rows `rows`; rows whose loss is not
+    /// counted get zero.
+    func crossEntropyBackward(dLogits: UnsafeMutablePointer<Float>, window w: WindowColumns, rows: Range<Int>,
+                              lastStepOnly: Bool) {
         let V = vocabularySize
-        for t in 0..<w.steps {
-            for b in 0..<w.batch {
-                let row = dLogits + (t * w.batch + b) * V
-                if !lastStepOnly || t == w.steps - 1 {
-                    row[w.target(t, b)] -= 1
-                } else {
-                    for j in 0..<V { row[j] = 0 }
-                }
+        for r in rows {
+            let t = r / w.batch, b = r % w.batch, row = dLogits + r * V
+            if !lastStepOnly || t == w.steps - 1 {
+                row[w.target(t, b)] -= 1
+            } else {
+                for j in 0..<V { row[j] = 0 }
             }
         }
     }

@@ -66,15 +66,23 @@ public struct RecurrentLayer {
     /// Runs T steps from (h0, c0) over `x` (T*B, input). The output is ws.h rows 1...T.
     public func forward(params p: UnsafePointer<Float>, x: UnsafePointer<Float>, steps T: Int, batch B: Int,
                         h0: UnsafePointer<Float>, c0: UnsafePointer<Float>?, ws: LayerWorkspace) {
-        let whhT = FloatBuffer(count: cell.gates * hidden * hidden)
-        transposeHidden(params: p, into: whhT.pointer, gateRows: 0..<(cell.gates * hidden))
+        let transposed = !BLAS.computesSmallProductsUnpacked
+        let whhT = FloatBuffer(count: transposed ? cell.gates * hidden * hidden : 0)
+        if transposed { transposeHidden(params: p, into: whhT.pointer, gateRows: 0..<(cell.gates * hidden)) }
         projectInput(params: p, x: x, rows: T * B, into: ws.gates.pointer)
-        recur(params: p, whhT: whhT.pointer, steps: T, batch: B, h0: h0, c0: c0, ws: ws)
+        recur(params: p, whh: hiddenWeight(params: p, transposed: transposed ? UnsafePointer(whhT.pointer) : nil),
+              steps: T, batch: B, h0: h0, c0: c0, ws: ws)
     }
 
-    /// Gate rows `gateRows` of W_hh, transposed into `whhT` (H, G*H): once per window, for every step's GEMM.
-    /// OpenBLAS packs W_hh^T for the step's product faster than W_hh itself when the batch is small (16 columns:
-    /// 0.68 ms a step instead of 0.83 on Zen 3, docs/scaling.md), and the transposition costs 0.4 ms a window.
+    /// W_hh for the steps' products: `transposed`, W_hh^T made by `transposeHidden`, or nil for W_hh itself.
+    public func hiddenWeight(params p: UnsafePointer<Float>, transposed: UnsafePointer<Float>?) -> HiddenWeight {
+        HiddenWeight(pointer: transposed ?? p + weightHH, transposed: transposed != nil, hidden: hidden,
+                     gateRows: cell.gates * hidden)
+    }
+
+    /// Gate rows `gateRows` of W_hh, transposed into `whhT` (H, G*H): once per window, for every step's GEMM, on
+    /// kernels that pack W_hh^T faster than W_hh and compute nothing unpacked (`HiddenWeight`). The transposition
+    /// costs 0.4 ms a window.
     public func transposeHidden(params p: UnsafePointer<Float>, into whhT: UnsafeMutablePointer<Float>, gateRows g: Range<Int>) {
         BLAS.transpose(rows: g.count, cols: hidden, a: p + weightHH + g.lowerBound * hidden, lda: hidden,
                        b: whhT + g.lowerBound, ldb: cell.gates * hidden)
@@ -90,21 +98,31 @@ public struct RecurrentLayer {
         if cell.foldsHiddenBias { Kernels.addRowVector(gates, rows: rows, n: GH, p + biasHH) }
     }
 
-    /// The time loop, with ws.gates already holding the input projection of every step and `whhT` this window's
-    /// W_hh^T (`transposeHidden`).
-    public func recur(params p: UnsafePointer<Float>, whhT: UnsafePointer<Float>, steps T: Int, batch B: Int,
-                      h0: UnsafePointer<Float>, c0: UnsafePointer<Float>?, ws: LayerWorkspace) {
-        recur(cell, params: p, whhT: whhT, steps: T, batch: B, h0: h0, c0: c0, ws: ws)
+    /// The time loop, with ws.gates already holding the input projection of every step and `whh` this window's
+    /// W_hh as the steps read it (`hiddenWeight`). Threads may share it: every one of `parts` calls it with its `part` and the same
+    /// arguments, and each step's product is split by gate columns and the rest by batch columns, the threads meeting
+    /// at `barrier` in between (so that each reads only its share of W_hh for the product: docs/scaling.md).
+    public func recur(params p: UnsafePointer<Float>, whh: HiddenWeight, steps T: Int, batch B: Int,
+                      h0: UnsafePointer<Float>, c0: UnsafePointer<Float>?, ws: LayerWorkspace,
+                      part: Int = 0, of parts: Int = 1, barrier: () -> Void = {}) {
+        recur(cell, params: p, whh: whh, steps: T, batch: B, h0: h0, c0: c0, ws: ws, part: part, of: parts,
+              barrier: barrier)
     }
 
     /// Generic over the cell so that the loop calls the concrete cell (the existential is opened by the caller).
-    private func recur<Cell: RecurrentCell>(_ cell: Cell, params p: UnsafePointer<Float>, whhT: UnsafePointer<Float>,
+    private func recur<Cell: RecurrentCell>(_ cell: Cell, params p: UnsafePointer<Float>, whh: HiddenWeight,
                                             steps T: Int, batch B: Int, h0: UnsafePointer<Float>, c0: UnsafePointer<Float>?,
-                                            ws: LayerWorkspace) {
-        ws.h.pointer.update(from: h0, count: B * hidden)
-        if cell.hasCellState, let c0 { ws.c.pointer.update(from: c0, count: B * hidden) }
+                                            ws: LayerWorkspace, part: Int, of parts: Int, barrier: () -> Void) {
+        let columns = Range(part: part, of: parts, in: B), gates = Range(part: part, of: parts, in: cell.gates * hidden)
+        let first = columns.lowerBound * hidden
+        (ws.h.pointer + first).update(from: h0 + first, count: columns.count * hidden)
+        if cell.hasCellState, let c0 { (ws.c.pointer + first).update(from: c0 + first, count: columns.count * hidden) }
+        barrier()
         for t in 0..<T {
-            cell.forward(ws: ws, step: t, whhT: whhT, bhh: p + biasHH, batch: B, hidden: hidden)
+            cell.project(ws: ws, step: t, whh: whh, bhh: p + biasHH, batch: B, hidden: hidden, gates: gates)
+            barrier()
+            cell.activate(ws: ws, step: t, batch: B, hidden: hidden, columns: columns)
+            barrier()
         }
     }
 
@@ -122,29 +140,40 @@ public struct RecurrentLayer {
     }
 
     /// Backward without the parameter gradients: the gate gradients of every step stay in ws.dGatesInput (and
-    /// ws.dGatesHidden) for `addParameterGradients`, which may add several workspaces' at once.
+    /// ws.dGatesHidden) for `addParameterGradients`. Threads may share it as they share `recur`: each step's
+    /// elementwise part by batch columns, its product by hidden units, and the input gradient by rows. The
+    /// vanishing-gradient lesson's `hiddenGradNorms` wants one thread.
     public func backwardThroughTime(params p: UnsafePointer<Float>, x: UnsafePointer<Float>?, dOut: UnsafePointer<Float>,
                                     steps T: Int, batch B: Int, ws: LayerWorkspace, inputGradient: Bool,
-                                    hiddenGradNorms: UnsafeMutablePointer<Double>? = nil) {
+                                    hiddenGradNorms: UnsafeMutablePointer<Double>? = nil,
+                                    part: Int = 0, of parts: Int = 1, barrier: () -> Void = {}) {
+        precondition(hiddenGradNorms == nil || parts == 1, "the hidden-gradient norms are one thread's")
         backwardThroughTime(cell, params: p, x: x, dOut: dOut, steps: T, batch: B, ws: ws,
-                            inputGradient: inputGradient, hiddenGradNorms: hiddenGradNorms)
+                            inputGradient: inputGradient, hiddenGradNorms: hiddenGradNorms, part: part, of: parts,
+                            barrier: barrier)
     }
 
     private func backwardThroughTime<Cell: RecurrentCell>(_ cell: Cell, params p: UnsafePointer<Float>,
                                                           x: UnsafePointer<Float>?, dOut: UnsafePointer<Float>,
                                                           steps T: Int, batch B: Int, ws: LayerWorkspace,
                                                           inputGradient: Bool,
-                                                          hiddenGradNorms: UnsafeMutablePointer<Double>?) {
-        ws.dhNext.zero()
-        if cell.hasCellState { ws.dcNext.zero() }
+                                                          hiddenGradNorms: UnsafeMutablePointer<Double>?,
+                                                          part: Int, of parts: Int, barrier: () -> Void) {
+        let columns = Range(part: part, of: parts, in: B), units = Range(part: part, of: parts, in: hidden)
+        let first = columns.lowerBound * hidden
+        (ws.dhNext.pointer + first).update(repeating: 0, count: columns.count * hidden)
+        if cell.hasCellState { (ws.dcNext.pointer + first).update(repeating: 0, count: columns.count * hidden) }
         for t in stride(from: T - 1, through: 0, by: -1) {
-            let norm2 = cell.backward(ws: ws, step: t, dOut: dOut, whh: p + weightHH, batch: B, hidden: hidden)
+            let norm2 = cell.backwardColumns(ws: ws, step: t, dOut: dOut, batch: B, hidden: hidden, columns: columns)
             hiddenGradNorms?[t] = Double(norm2).squareRoot()
+            barrier()
+            cell.backwardProject(ws: ws, step: t, whh: p + weightHH, batch: B, hidden: hidden, units: units)
+            barrier()
         }
         guard x != nil, inputGradient else { return }
-        let GH = cell.gates * hidden
-        BLAS.gemm(m: T * B, n: input, k: GH, a: ws.dGatesInput.pointer, lda: GH, b: p + weightIH, ldb: input,
-                  beta: 0, c: ws.dInput.pointer, ldc: input)
+        let GH = cell.gates * hidden, rows = Range(part: part, of: parts, in: T * B)
+        BLAS.gemm(m: rows.count, n: input, k: GH, a: ws.dGatesInput.pointer + rows.lowerBound * GH, lda: GH,
+                  b: p + weightIH, ldb: input, beta: 0, c: ws.dInput.pointer + rows.lowerBound * input, ldc: input)
     }
 
     /// The weight and bias gradients of gate rows `gateRows` (of G*H), summed over windows that

@@ -54,6 +54,13 @@ public enum BLAS {
     /// Threads OpenBLAS may use inside one call. Bard's own column-parallel threads each call with 1.
     public static func setThreads(_ n: Int) { openblas_set_num_threads(Int32(max(1, n))) }
 
+    /// Whether OpenBLAS computes a small product straight from its operands, without packing them: its AVX-512
+    /// kernels do (0.3.21's SkylakeX, Cooperlake and SapphireRapids) when m n k <= `unpackedProductLimit` and both
+    /// operands run along k (B read transposed). A recurrent step's product against W_hh, cut into such pieces, then
+    /// skips the packing of W_hh that costs OpenBLAS a fifth of a step's time (docs/scaling.md).
+    public static let computesSmallProductsUnpacked = ["SkylakeX", "Cooperlake", "SapphireRapids"].contains(coreName)
+    public static let unpackedProductLimit = 1_000_000
+
     /// The kernel family OpenBLAS picked for this CPU (for logs and benchmark reports).
     public static var coreName: String {
         guard let p = openblas_get_corename() else { return "unknown" }

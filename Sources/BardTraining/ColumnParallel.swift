@@ -2,51 +2,50 @@ import BardModel
 import BardNumerics
 import Dispatch
 
-/// Splits a window's columns into contiguous chunks, one per thread, each with its own workspace, and computes each
-/// parameter's gradient once over all chunks, the threads sharing its rows (Model's four phases). Columns are
-/// independent in a recurrent model, so this is exactly the full-batch computation (up to the order of float
-/// additions), the same decomposition the cluster uses across processes.
+/// Computes a window's columns on `threads` threads that share every step (Model's three phases): each step's
+/// recurrent product split by gate columns, the rest by batch columns or rows, one workspace for all of them, and each
+/// parameter's gradient computed once, the threads sharing its rows. Each thread packs only its share of W_hh for a
+/// step's product, where threads that each took their own columns would pack all of it every step (docs/scaling.md).
+/// This is exactly the full-batch computation up to the order of float additions.
 public final class ColumnParallel {
     public let model: Model
-    public let chunks: [Range<Int>]
-    let workspaces: [Workspace]
+    public let columns: Range<Int>
+    let workspace: Workspace
     /// The table and transposed weights every thread reads (Model's phase 1).
     let prepared: PreparedWindow
+    let team: ThreadTeam
 
     public init(model: Model, steps: Int, columns: Range<Int>, threads: Int) {
         self.model = model
-        let n = max(1, min(threads, columns.count))
-        chunks = (0..<n).map { i in
-            let part = Range(part: i, of: n, in: columns.count)
-            return (columns.lowerBound + part.lowerBound) ..< (columns.lowerBound + part.upperBound)
-        }
-        workspaces = chunks.map { model.makeWorkspace(steps: steps, batch: $0.count) }
+        self.columns = columns
+        workspace = model.makeWorkspace(steps: steps, batch: columns.count)
         prepared = model.makePreparedWindow()
+        team = ThreadTeam(count: max(1, min(threads, columns.count)))
         BLAS.setThreads(1)
     }
 
-    /// Forward (and backward into `grads` when given) over the chunks; returns the loss sum.
+    public var threads: Int { team.count }
+
+    /// Forward (and backward into `grads` when given) over the columns; returns the loss sum.
     public func run(params: FloatBuffer, grads: FloatBuffer?, window: UnsafePointer<Int32>, steps: Int, totalColumns: Int,
                     state: RecurrentState, dropout: DropoutKey?) -> Double {
-        let n = chunks.count
+        let n = team.count
         if n == 1 {
             return model.run(params: params, grads: grads, window: window, steps: steps, totalColumns: totalColumns,
-                             columns: chunks[0], state: state, dropout: dropout, workspace: workspaces[0])
+                             columns: columns, state: state, dropout: dropout, workspace: workspace)
         }
-        DispatchQueue.concurrentPerform(iterations: n) { i in model.prepareWindow(params: params, into: prepared, part: i, of: n) }
-        var losses = [Double](repeating: 0, count: n)
-        losses.withUnsafeMutableBufferPointer { lossPtr in
-            DispatchQueue.concurrentPerform(iterations: n) { i in
-                lossPtr[i] = model.runColumns(params: params, prepared: prepared, backward: grads != nil, window: window,
-                                              steps: steps, totalColumns: totalColumns, columns: chunks[i], state: state,
-                                              dropout: dropout, workspace: workspaces[i])
-            }
-        }
-        if let grads {
-            DispatchQueue.concurrentPerform(iterations: n) { i in model.sumTableGradients(workspaces: workspaces, part: i, of: n) }
-            DispatchQueue.concurrentPerform(iterations: n) { i in
-                model.addParameterGradients(into: grads, params: params, workspaces: workspaces, part: i, of: n)
-            }
+        let losses = UnsafeMutableBufferPointer<Double>.allocate(capacity: n)
+        defer { losses.deallocate() }
+        let (model, prepared, workspace, columns, team) = (model, prepared, workspace, columns, team)
+        team.run { i in
+            model.prepareWindow(params: params, into: prepared, part: i, of: n)
+            team.barrier()
+            losses[i] = model.runColumns(params: params, prepared: prepared, backward: grads != nil, window: window,
+                                         steps: steps, totalColumns: totalColumns, columns: columns, state: state,
+                                         dropout: dropout, workspace: workspace, part: i, of: n, barrier: team.barrier)
+            guard let grads else { return }
+            team.barrier()
+            model.addParameterGradients(into: grads, params: params, workspace: workspace, part: i, of: n)
         }
         return losses.reduce(0, +)
     }

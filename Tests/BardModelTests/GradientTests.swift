@@ -157,11 +157,12 @@ final class GradientTests: XCTestCase {
         for i in 0..<s1.h.count { XCTAssertEqual(s1.h[i], s2.h[i], accuracy: 1e-6) }
     }
 
-    /// `run`'s four phases with the columns split among 2, 3 or 8 parts (more than columns and than characters: some
-    /// parts have nothing), each part's share of every phase run in
-    /// reverse order (as threads may), give the whole window's loss, gradient and state: for every cell, one and two
-    /// layers, with and without dropout and decoder bias, and row counts (V = 7, G*H = 5 to 20) that do not divide.
-    func testPhasesSplitAmongPartsGiveTheWholeWindow() {
+    /// `run`'s three phases shared among 2, 3 or 8 threads (more than columns, hidden units and characters: some
+    /// threads have nothing of some phase), the threads meeting at a real barrier, give the whole window's loss,
+    /// gradient and state: for every cell, one and two layers, with and without dropout and decoder bias, and row
+    /// counts (V = 7, G*H = 5 to 20) that do not divide; with the steps reading W_hh^T and W_hh itself
+    /// (`HiddenWeight`), whichever this machine's kernels prefer.
+    func testPhasesSharedAmongThreadsGiveTheWholeWindow() {
         for (cell, act) in Self.cells {
             for (layers, dropout, bias) in [(1, Float(0), true), (2, Float(0.2), false), (2, Float(0), true)] {
                 let cfg = config(cell, act, layers: layers, dropout: dropout, bias: bias)
@@ -175,21 +176,27 @@ final class GradientTests: XCTestCase {
                     model.run(params: params, grads: whole, window: w.baseAddress!, steps: T, totalColumns: B,
                               columns: 0..<B, state: s1, dropout: key, workspace: model.makeWorkspace(steps: T, batch: B))
                 }
-                for n in [2, 3, 8] {
+                for (n, transposed) in [2, 3, 8].flatMap({ n in [(n, false), (n, true)] }) {
                     let split = FloatBuffer(count: model.parameterCount), s2 = model.makeState(columns: B)
-                    let chunks = (0..<n).map { Range(part: $0, of: n, in: B) }
-                    let wss = chunks.map { model.makeWorkspace(steps: T, batch: $0.count) }
-                    let prepared = model.makePreparedWindow()
-                    for i in (0..<n).reversed() { model.prepareWindow(params: params, into: prepared, part: i, of: n) }
-                    let l2 = window.withUnsafeBufferPointer { w in
-                        chunks.indices.reversed().map { i in
-                            model.runColumns(params: params, prepared: prepared, backward: true, window: w.baseAddress!, steps: T,
-                                             totalColumns: B, columns: chunks[i], state: s2, dropout: key, workspace: wss[i])
-                        }.reduce(0, +)
+                    let ws = model.makeWorkspace(steps: T, batch: B)
+                    let prepared = model.makePreparedWindow(transposed: transposed)
+                    let team = ThreadTeam(count: n)
+                    let losses = UnsafeMutableBufferPointer<Double>.allocate(capacity: n)
+                    defer { losses.deallocate() }
+                    window.withUnsafeBufferPointer { w in
+                        let tokens = w.baseAddress!
+                        team.run { i in
+                            model.prepareWindow(params: params, into: prepared, part: i, of: n)
+                            team.barrier()
+                            losses[i] = model.runColumns(params: params, prepared: prepared, backward: true, window: tokens,
+                                                         steps: T, totalColumns: B, columns: 0..<B, state: s2, dropout: key,
+                                                         workspace: ws, part: i, of: n, barrier: team.barrier)
+                            team.barrier()
+                            model.addParameterGradients(into: split, params: params, workspace: ws, part: i, of: n)
+                        }
                     }
-                    for i in (0..<n).reversed() { model.sumTableGradients(workspaces: wss, part: i, of: n) }
-                    for i in (0..<n).reversed() { model.addParameterGradients(into: split, params: params, workspaces: wss, part: i, of: n) }
-                    let what = "\(cell) \(act) layers \(layers) dropout \(dropout) bias \(bias), \(n) parts"
+                    let l2 = losses.reduce(0, +)
+                    let what = "\(cell) \(act) layers \(layers) dropout \(dropout) bias \(bias), \(n) threads, W_hh^T \(transposed)"
                     XCTAssertEqual(l1, l2, accuracy: Tolerance.forwardRelative * abs(l1), what)
                     var worst: Float = 0
                     for i in 0..<whole.count { worst = max(worst, abs(whole[i] - split[i]) / max(1, abs(whole[i]))) }
@@ -197,6 +204,41 @@ final class GradientTests: XCTestCase {
                     XCTAssertGreaterThan(whole.array.map(abs).max()!, 0.01, "a gradient to compare, \(what)")
                     for i in 0..<s1.h.count { XCTAssertEqual(s1.h[i], s2.h[i], accuracy: 1e-6, what) }
                     for i in 0..<s1.c.count { XCTAssertEqual(s1.c[i], s2.c[i], accuracy: 1e-6, what) }
+                }
+            }
+        }
+    }
+}
+
+final class HiddenWeightTests: XCTestCase {
+    /// A step's recurrent product through `HiddenWeight` against the naive product, both ways of reading W_hh, with
+    /// row counts and gate ranges that make several pieces, a short last one and no piece at all: what it adds is
+    /// hPrev W_hh^T in the asked gate columns and nothing elsewhere.
+    func testProjectAddsTheProductInTheAskedGateColumnsOnly() {
+        var rng = RNG(seed: 5)
+        for (rows, hidden, gates) in [(5, 24, 96), (32, 40, 160), (3, 7, 28), (130, 512, 1024)] {
+            let whh = FloatBuffer(count: gates * hidden), whhT = FloatBuffer(count: gates * hidden)
+            for i in 0..<whh.count { whh[i] = rng.uniform(-1, 1) }
+            BLAS.transpose(rows: gates, cols: hidden, a: whh.pointer, lda: hidden, b: whhT.pointer, ldb: gates)
+            let h = FloatBuffer(count: rows * hidden)
+            for i in 0..<h.count { h[i] = rng.uniform(-1, 1) }
+            let expected = FloatBuffer(count: rows * gates)
+            BLAS.naiveGemm(transB: true, m: rows, n: gates, k: hidden, a: h.pointer, lda: hidden, b: whh.pointer,
+                           ldb: hidden, beta: 0, c: expected.pointer, ldc: gates)
+            for range in [0..<gates, 7..<(gates - 3), 0..<0] {
+                for transposed in [false, true] {
+                    let weight = HiddenWeight(pointer: transposed ? whhT.pointer : whh.pointer, transposed: transposed,
+                                              hidden: hidden, gateRows: gates)
+                    let out = FloatBuffer(count: rows * gates)
+                    for i in 0..<out.count { out[i] = 0.5 }
+                    weight.project(h.pointer, rows: rows, gates: range, into: out.pointer, ldc: gates)
+                    for r in 0..<rows {
+                        for j in 0..<gates {
+                            let want = 0.5 + (range.contains(j) ? expected[r * gates + j] : 0)
+                            XCTAssertEqual(out[r * gates + j], want, accuracy: 1e-4,
+                                           "rows \(rows) gates \(range) transposed \(transposed) at \(r), \(j)")
+                        }
+                    }
                 }
             }
         }

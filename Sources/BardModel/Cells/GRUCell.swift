@@ -9,14 +9,18 @@ public struct GRUCell: RecurrentCell {
     public var hasCellState: Bool { false }
     public var foldsHiddenBias: Bool { false }
 
-    public func forward(ws: LayerWorkspace, step t: Int, whhT: UnsafePointer<Float>, bhh: UnsafePointer<Float>,
-                        batch B: Int, hidden H: Int) {
+    public func project(ws: LayerWorkspace, step t: Int, whh: HiddenWeight, bhh: UnsafePointer<Float>,
+                        batch B: Int, hidden H: Int, gates r: Range<Int>) {
+        let GH = 3 * H, hPrev = ws.h.pointer + t * B * H, hp = ws.hiddenProjection.pointer + t * B * GH
+        for b in 0..<B { (hp + b * GH + r.lowerBound).update(from: bhh + r.lowerBound, count: r.count) }
+        whh.project(hPrev, rows: B, gates: r, into: hp, ldc: GH)
+    }
+
+    public func activate(ws: LayerWorkspace, step t: Int, batch B: Int, hidden H: Int, columns: Range<Int>) {
         let GH = 3 * H
         let hPrev = ws.h.pointer + t * B * H, hNew = hPrev + B * H, g = ws.gates.pointer + t * B * GH
         let hp = ws.hiddenProjection.pointer + t * B * GH
-        for b in 0..<B { (hp + b * GH).update(from: bhh, count: GH) }
-        BLAS.gemm(m: B, n: GH, k: H, a: hPrev, lda: H, b: whhT, ldb: GH, beta: 1, c: hp, ldc: GH)
-        for b in 0..<B {
+        for b in columns {
             let gr = g + b * GH, hr = hp + b * GH, o = b * H
             for j in 0..<H {
                 let r = Kernels.sigmoid(gr[j] + hr[j])
@@ -29,15 +33,15 @@ public struct GRUCell: RecurrentCell {
     }
 
     /// dn = dh (1 - z)(1 - n²), dz = dh (h_{t-1} - n) σ', dr = dn hp_n σ'. The input side gets (dr, dz, dn), the
-    /// hidden side (dr, dz, dn r); dh_{t-1} = dh z + dG_h W_hh.
-    public func backward(ws: LayerWorkspace, step t: Int, dOut: UnsafePointer<Float>, whh: UnsafePointer<Float>,
-                         batch B: Int, hidden H: Int) -> Float {
+    /// hidden side (dr, dz, dn r); dh_{t-1} = dh z + dG_h W_hh (dh z here, the product in `backwardProject`).
+    public func backwardColumns(ws: LayerWorkspace, step t: Int, dOut: UnsafePointer<Float>, batch B: Int, hidden H: Int,
+                                columns: Range<Int>) -> Float {
         let GH = 3 * H
         let g = ws.gates.pointer + t * B * GH, dg = ws.dGatesInput.pointer + t * B * GH, dOutT = dOut + t * B * H
         let hp = ws.hiddenProjection.pointer + t * B * GH, dgh = ws.dGatesHidden.pointer + t * B * GH
         let hPrev = ws.h.pointer + t * B * H, dhNext = ws.dhNext.pointer
         var norm2: Float = 0
-        for b in 0..<B {
+        for b in columns {
             let gr = g + b * GH, hr = hp + b * GH, dr = dg + b * GH, dhr = dgh + b * GH, o = b * H
             for j in 0..<H {
                 let k = o + j
@@ -52,8 +56,14 @@ public struct GRUCell: RecurrentCell {
                 dhNext[k] = dh * z
             }
         }
-        BLAS.gemm(m: B, n: H, k: GH, a: dgh, lda: GH, b: whh, ldb: H, beta: 1, c: dhNext, ldc: H)
         return norm2
+    }
+
+    public func backwardProject(ws: LayerWorkspace, step t: Int, whh: UnsafePointer<Float>, batch B: Int, hidden H: Int,
+                                units u: Range<Int>) {
+        let GH = 3 * H, dgh = ws.dGatesHidden.pointer + t * B * GH
+        BLAS.gemm(m: B, n: u.count, k: GH, a: dgh, lda: GH, b: whh + u.lowerBound, ldb: H, beta: 1,
+                  c: ws.dhNext.pointer + u.lowerBound, ldc: H)
     }
 
     public func generate(h: UnsafeMutablePointer<Float>, c: UnsafeMutablePointer<Float>, gates g: UnsafeMutablePointer<Float>,

@@ -9,13 +9,17 @@ public struct LSTMCell: RecurrentCell {
     public var hasCellState: Bool { true }
     public var foldsHiddenBias: Bool { true }
 
-    public func forward(ws: LayerWorkspace, step t: Int, whhT: UnsafePointer<Float>, bhh: UnsafePointer<Float>,
-                        batch B: Int, hidden H: Int) {
+    public func project(ws: LayerWorkspace, step t: Int, whh: HiddenWeight, bhh: UnsafePointer<Float>,
+                        batch B: Int, hidden H: Int, gates r: Range<Int>) {
+        let GH = 4 * H, hPrev = ws.h.pointer + t * B * H, g = ws.gates.pointer + t * B * GH
+        whh.project(hPrev, rows: B, gates: r, into: g, ldc: GH)
+    }
+
+    public func activate(ws: LayerWorkspace, step t: Int, batch B: Int, hidden H: Int, columns: Range<Int>) {
         let GH = 4 * H
-        let hPrev = ws.h.pointer + t * B * H, hNew = hPrev + B * H, g = ws.gates.pointer + t * B * GH
+        let hNew = ws.h.pointer + (t + 1) * B * H, g = ws.gates.pointer + t * B * GH
         let cPrev = ws.c.pointer + t * B * H, cNew = cPrev + B * H, tc = ws.tanhC.pointer + t * B * H
-        BLAS.gemm(m: B, n: GH, k: H, a: hPrev, lda: H, b: whhT, ldb: GH, beta: 1, c: g, ldc: GH)
-        for b in 0..<B {
+        for b in columns {
             let o = b * H
             Self.column(gates: g + b * GH, cPrev: cPrev + o, c: cNew + o, tanhC: tc + o, h: hNew + o, hidden: H)
         }
@@ -23,14 +27,14 @@ public struct LSTMCell: RecurrentCell {
 
     /// dc = dc_next + dh o (1 - tanh²c); the pre-activation gradients are dc g σ', dc c_{t-1} σ', dc i (1 - g²),
     /// dh tanh(c) σ'; dc_{t-1} = dc f; dh_{t-1} = dG W_hh (the input and hidden sides share dG).
-    public func backward(ws: LayerWorkspace, step t: Int, dOut: UnsafePointer<Float>, whh: UnsafePointer<Float>,
-                         batch B: Int, hidden H: Int) -> Float {
+    public func backwardColumns(ws: LayerWorkspace, step t: Int, dOut: UnsafePointer<Float>, batch B: Int, hidden H: Int,
+                                columns: Range<Int>) -> Float {
         let GH = 4 * H
         let g = ws.gates.pointer + t * B * GH, dg = ws.dGatesInput.pointer + t * B * GH, dOutT = dOut + t * B * H
         let cPrev = ws.c.pointer + t * B * H, tc = ws.tanhC.pointer + t * B * H
         let dhNext = ws.dhNext.pointer, dcNext = ws.dcNext.pointer
         var norm2: Float = 0
-        for b in 0..<B {
+        for b in columns {
             let gr = g + b * GH, dr = dg + b * GH, o = b * H
             for j in 0..<H {
                 let k = o + j
@@ -45,8 +49,14 @@ public struct LSTMCell: RecurrentCell {
                 dcNext[k] = dc * f
             }
         }
-        BLAS.gemm(m: B, n: H, k: GH, a: dg, lda: GH, b: whh, ldb: H, beta: 0, c: dhNext, ldc: H)
         return norm2
+    }
+
+    public func backwardProject(ws: LayerWorkspace, step t: Int, whh: UnsafePointer<Float>, batch B: Int, hidden H: Int,
+                                units u: Range<Int>) {
+        let GH = 4 * H, dg = ws.dGatesInput.pointer + t * B * GH
+        BLAS.gemm(m: B, n: u.count, k: GH, a: dg, lda: GH, b: whh + u.lowerBound, ldb: H, beta: 0,
+                  c: ws.dhNext.pointer + u.lowerBound, ldc: H)
     }
 
     public func generate(h: UnsafeMutablePointer<Float>, c: UnsafeMutablePointer<Float>, gates g: UnsafeMutablePointer<Float>,

@@ -10,31 +10,42 @@ public struct RNNCell: RecurrentCell {
     public var foldsHiddenBias: Bool { true }
     public var usesActivation: Bool { true }
 
-    public func forward(ws: LayerWorkspace, step t: Int, whhT: UnsafePointer<Float>, bhh: UnsafePointer<Float>,
-                        batch B: Int, hidden H: Int) {
-        let hPrev = ws.h.pointer + t * B * H, hNew = hPrev + B * H, g = ws.gates.pointer + t * B * H
-        BLAS.gemm(m: B, n: H, k: H, a: hPrev, lda: H, b: whhT, ldb: H, beta: 1, c: g, ldc: H)
+    public func project(ws: LayerWorkspace, step t: Int, whh: HiddenWeight, bhh: UnsafePointer<Float>,
+                        batch B: Int, hidden H: Int, gates r: Range<Int>) {
+        let hPrev = ws.h.pointer + t * B * H, g = ws.gates.pointer + t * B * H
+        whh.project(hPrev, rows: B, gates: r, into: g, ldc: H)
+    }
+
+    public func activate(ws: LayerWorkspace, step t: Int, batch B: Int, hidden H: Int, columns: Range<Int>) {
+        let g = ws.gates.pointer + t * B * H, hNew = ws.h.pointer + (t + 1) * B * H
+        let k = (columns.lowerBound * H)..<(columns.upperBound * H)
         if activation == .tanh {
-            for k in 0..<(B * H) { let a = Kernels.tanh(g[k]); g[k] = a; hNew[k] = a }
+            for k in k { let a = Kernels.tanh(g[k]); g[k] = a; hNew[k] = a }
         } else {
-            for k in 0..<(B * H) { let a = Kernels.sigmoid(g[k]); g[k] = a; hNew[k] = a }
+            for k in k { let a = Kernels.sigmoid(g[k]); g[k] = a; hNew[k] = a }
         }
     }
 
     /// The derivative from the activation a itself: tanh' = 1 - a², σ' = a (1 - a); dh_{t-1} = dG W_hh.
-    public func backward(ws: LayerWorkspace, step t: Int, dOut: UnsafePointer<Float>, whh: UnsafePointer<Float>,
-                         batch B: Int, hidden H: Int) -> Float {
+    public func backwardColumns(ws: LayerWorkspace, step t: Int, dOut: UnsafePointer<Float>, batch B: Int, hidden H: Int,
+                                columns: Range<Int>) -> Float {
         let g = ws.gates.pointer + t * B * H, dg = ws.dGatesInput.pointer + t * B * H, dOutT = dOut + t * B * H
         let dhNext = ws.dhNext.pointer
         var norm2: Float = 0
-        for k in 0..<(B * H) {
+        for k in (columns.lowerBound * H)..<(columns.upperBound * H) {
             let dh = dOutT[k] + dhNext[k]
             norm2 += dh * dh
             let a = g[k]
             dg[k] = dh * (activation == .tanh ? 1 - a * a : a * (1 - a))
         }
-        BLAS.gemm(m: B, n: H, k: H, a: dg, lda: H, b: whh, ldb: H, beta: 0, c: dhNext, ldc: H)
         return norm2
+    }
+
+    public func backwardProject(ws: LayerWorkspace, step t: Int, whh: UnsafePointer<Float>, batch B: Int, hidden H: Int,
+                                units u: Range<Int>) {
+        let dg = ws.dGatesInput.pointer + t * B * H
+        BLAS.gemm(m: B, n: u.count, k: H, a: dg, lda: H, b: whh + u.lowerBound, ldb: H, beta: 0,
+                  c: ws.dhNext.pointer + u.lowerBound, ldc: H)
     }
 
     public func generate(h: UnsafeMutablePointer<Float>, c: UnsafeMutablePointer<Float>, gates g: UnsafeMutablePointer<Float>,

@@ -23,19 +23,29 @@ public protocol RecurrentCell: Sendable {
     /// Whether `--activation` means anything to this cell.
     var usesActivation: Bool { get }
 
-    /// Step t of a batch. On entry, ws.gates rows of step t (B, G*H) hold the input side x W_ih^T + b_ih (+ b_hh
-    /// when folded) and ws.h rows of step t hold h_{t-1} (ws.c likewise c_{t-1}); on return the gate rows hold what
-    /// backward needs (the activations) and ws.h rows of step t + 1 hold h_t (ws.c, ws.tanhC likewise). `whhT` is
-    /// W_hh transposed, (H, G*H), made once per window.
-    func forward(ws: LayerWorkspace, step t: Int, whhT: UnsafePointer<Float>, bhh: UnsafePointer<Float>,
-                 batch B: Int, hidden H: Int)
+    /// Step t of a batch, in two halves that threads share (`RecurrentLayer.recur`; one thread calls both with
+    /// everything). On entry, ws.gates rows of step t (B, G*H) hold the input side x W_ih^T + b_ih (+ b_hh when
+    /// folded) and ws.h rows of step t hold h_{t-1} (ws.c likewise c_{t-1}).
+    /// `project` adds h_{t-1} W_hh^T (+ b_hh, kept apart in ws.hiddenProjection when not folded) in the gate columns
+    /// `gates` of G*H, for all B columns; `whh` is W_hh as this machine's kernels read it fastest (`HiddenWeight`).
+    func project(ws: LayerWorkspace, step t: Int, whh: HiddenWeight, bhh: UnsafePointer<Float>,
+                 batch B: Int, hidden H: Int, gates: Range<Int>)
+    /// Then `activate`, once every gate column is projected, does the rest for the batch columns `columns`: their
+    /// gate rows hold what backward needs (the activations) and ws.h rows of step t + 1 hold h_t (ws.c, ws.tanhC
+    /// likewise).
+    func activate(ws: LayerWorkspace, step t: Int, batch B: Int, hidden H: Int, columns: Range<Int>)
 
-    /// Backward of step t. Takes W_hh (not transposed) and `dOut` (T*B, H), the gradient of the loss with respect to
-    /// the layer's outputs. Reads ws.dhNext (ws.dcNext), the gradient flowing into h_t (c_t) from step t + 1, and
-    /// overwrites it with the gradient of h_{t-1} (c_{t-1}); writes the gate pre-activation gradients of step t into
-    /// ws.dGatesInput (and ws.dGatesHidden). Returns |dL/dh_t|^2 (the vanishing-gradient lesson).
-    func backward(ws: LayerWorkspace, step t: Int, dOut: UnsafePointer<Float>, whh: UnsafePointer<Float>,
-                  batch B: Int, hidden H: Int) -> Float
+    /// Backward of step t, in two halves likewise. `dOut` (T*B, H) is the gradient of the loss with respect to the
+    /// layer's outputs; ws.dhNext (ws.dcNext) holds the gradient flowing into h_t (c_t) from step t + 1.
+    /// `backwardColumns`, for the batch columns `columns`: writes their gate pre-activation gradients of step t into
+    /// ws.dGatesInput (and ws.dGatesHidden), their dc_{t-1} into ws.dcNext and the part of dh_{t-1} that does not
+    /// go through W_hh into ws.dhNext; returns their share of |dL/dh_t|^2 (the vanishing-gradient lesson).
+    func backwardColumns(ws: LayerWorkspace, step t: Int, dOut: UnsafePointer<Float>, batch B: Int, hidden H: Int,
+                         columns: Range<Int>) -> Float
+    /// `backwardProject`, once every column's gate gradients are in: the hidden units `units` of dh_{t-1} in
+    /// ws.dhNext, for all B columns, through W_hh (G*H, H), not transposed.
+    func backwardProject(ws: LayerWorkspace, step t: Int, whh: UnsafePointer<Float>, batch B: Int, hidden H: Int,
+                         units: Range<Int>)
 
     /// One step of one stream, in place: `gates` (G*H) holds the input side as in forward; h (and c) hold the
     /// previous state and receive the new one. `scratch` (G*H) is free space.
@@ -45,4 +55,19 @@ public protocol RecurrentCell: Sendable {
 
 extension RecurrentCell {
     public var usesActivation: Bool { false }
+
+    /// Step t of a batch on one thread: both halves over everything.
+    public func forward(ws: LayerWorkspace, step t: Int, whh: HiddenWeight, bhh: UnsafePointer<Float>,
+                        batch B: Int, hidden H: Int) {
+        project(ws: ws, step: t, whh: whh, bhh: bhh, batch: B, hidden: H, gates: 0..<(gates * H))
+        activate(ws: ws, step: t, batch: B, hidden: H, columns: 0..<B)
+    }
+
+    /// Backward of step t on one thread; returns |dL/dh_t|^2.
+    public func backward(ws: LayerWorkspace, step t: Int, dOut: UnsafePointer<Float>, whh: UnsafePointer<Float>,
+                         batch B: Int, hidden H: Int) -> Float {
+        let norm2 = backwardColumns(ws: ws, step: t, dOut: dOut, batch: B, hidden: H, columns: 0..<B)
+        backwardProject(ws: ws, step: t, whh: whh, batch: B, hidden: H, units: 0..<H)
+        return norm2
+    }
 }

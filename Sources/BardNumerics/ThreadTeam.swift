@@ -1,0 +1,77 @@
+import Foundation
+import Synchronization
+
+/// `count` threads that run one body together, each with its index, and meet at `barrier()` inside it (the threads
+/// of a window share each step's products: Model.runColumns). The calling thread is index 0; the others are the
+/// team's own threads, never a pool's: a pool need not run every iteration at once, and a barrier would then wait
+/// forever. A barrier spins briefly and then yields, so a team larger than the machine's cores still finishes.
+public final class ThreadTeam: @unchecked Sendable {
+    public let count: Int
+    private let shared: Shared
+
+    /// What the team's threads hold (not the team, so that its deinit can stop them).
+    private final class Shared: @unchecked Sendable {
+        let count: Int
+        let arrived = Atomic<Int>(0), generation = Atomic<Int>(0)
+        let start: [DispatchSemaphore]
+        let done = DispatchSemaphore(value: 0)
+        /// Written by `run` before it signals `start`, read by the threads after they wait on it.
+        var body: ((Int) -> Void)?
+        var stopping = false
+
+        init(count: Int) {
+            self.count = count
+            start = (0..<count).map { _ in DispatchSemaphore(value: 0) }
+        }
+
+        func barrier() {
+            guard count > 1 else { return }
+            let g = generation.load(ordering: .acquiring)
+            if arrived.add(1, ordering: .acquiringAndReleasing).newValue == count {
+                arrived.store(0, ordering: .relaxed)
+                generation.add(1, ordering: .releasing)
+                return
+            }
+            var spins = 0
+            while generation.load(ordering: .acquiring) == g {
+                spins += 1
+                if spins > 20_000 { sched_yield() }
+            }
+        }
+    }
+
+    public init(count: Int) {
+        self.count = max(1, count)
+        shared = Shared(count: self.count)
+        for i in 1..<self.count {
+            let s = shared
+            let thread = Thread {
+                while true {
+                    s.start[i].wait()
+                    if s.stopping { return }
+                    s.body?(i)
+                    s.done.signal()
+                }
+            }
+            thread.stackSize = 1 << 20
+            thread.start()
+        }
+    }
+
+    deinit {
+        shared.stopping = true
+        for i in 1..<count { shared.start[i].signal() }
+    }
+
+    /// Runs `body(0..<count)` at once, index 0 on the calling thread; returns when every index has.
+    public func run(_ body: @escaping (Int) -> Void) {
+        shared.body = body
+        for i in 1..<count { shared.start[i].signal() }
+        body(0)
+        for _ in 1..<count { shared.done.wait() }
+        shared.body = nil
+    }
+
+    /// Waits until every index of the running body has reached it.
+    public func barrier() { shared.barrier() }
+}
