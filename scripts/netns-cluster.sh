@@ -203,6 +203,13 @@ echo "$me: $name_w2 evicted $evicted_after s after the cut (at step $evict_step)
 
 healed_note=
 if ((heal)); then
+    # Until w2 is back, w1's link to the coordinator runs at 1 Mbit/s (tc tbf), so that each step takes tens of ms
+    # whatever the CPU: on a fast machine the rest of the run (w1 alone, the small model) takes less than a second,
+    # less than w2 needs to reconnect, and it would end before w2 could join again.
+    throttled=0
+    if setup ip netns exec "$ns_w1" tc qdisc add dev eth0 root tbf rate 1mbit burst 32kb latency 2s; then
+        throttled=1
+    fi
     ip -n "$ns_w2" link set eth0 up
     deadline=$((SECONDS + 30))
     until (($(grep -c "worker $name_w2 joined" "$tmp/coordinator.err" || true) > joined)); do
@@ -212,6 +219,7 @@ if ((heal)); then
         sleep 0.2
     done
     rejoin_step=$(current_step)
+    ((throttled)) && setup ip netns exec "$ns_w1" tc qdisc del dev eth0 root
     healed_note=", rejoined at step $rejoin_step after its link came back"
     echo "$me: link restored; $name_w2 joined again at step $rejoin_step"
 fi
