@@ -52,6 +52,12 @@ cluster() {  # bptt [--no-shm] -> chars/s
 }
 
 echo "cpu: $(lscpu | sed -n 's/^Model name: *//p'), $(nproc) cores, avx512f: $(grep -qw avx512f /proc/cpuinfo && echo yes || echo no)"
+kernels=$("$bard" bench --steps 1 --gen-chars 1 --batch 2 --embed 8 --hidden 8 --json | sed -n 's/.*"blas_core": "\([^"]*\)".*/\1/p')
+if [[ -n ${OPENBLAS_CORETYPE:-} ]]; then
+    echo "OpenBLAS kernels: $kernels (OPENBLAS_CORETYPE=$OPENBLAS_CORETYPE in the environment overrides Bard's own choice)"
+else
+    echo "OpenBLAS kernels: $kernels (Bard's own choice)"
+fi
 echo "load average at start: $(cut -d' ' -f1-3 /proc/loadavg)"
 declare -A results
 for r in $(seq 1 "$rounds"); do

@@ -42,13 +42,14 @@ for r in $(seq 1 "$rounds"); do
 done
 
 python3 - "$log" <<'PY'
-import json, re, statistics, sys
-runs = {}
+import json, os, re, statistics, sys
+runs, cores = {}, set()
 for line in open(sys.argv[1]):
     who, mode, threads, rest = line.split(" ", 3)
     if who == "bard":
         o = json.loads(rest)
         v = o["train_chars_per_s"] if mode == "train" else o["generate_chars_per_s"]
+        cores.add(o.get("blas_core", "unknown"))
     else:  # PyTorch prints "N chars/s (median-step M)" for training, "N chars/s" for generation
         m = re.search(r"median-step ([\d,]+)", rest) if mode == "train" else re.search(r": ([\d,]+) chars/s", rest)
         v = int(m.group(1).replace(",", ""))
@@ -60,4 +61,7 @@ for (mode, threads), r in runs.items():
     name = f"{mode}, {threads} thread{'s' if threads != '1' else ''}" if mode == "train" else "generate, batch 1"
     print(f"{name:<22}{statistics.median(b):>13,.0f}{statistics.median(t):>16,.0f}{statistics.median(b) / statistics.median(t):>18.2f}   {per}")
 print("(chars/s; training is the median step of 40, batch 32, bptt 25, Embedding 512 -> LSTM 512 -> Linear)")
+print(f"Bard's OpenBLAS kernels: {', '.join(sorted(cores))}"
+      + (f" (OPENBLAS_CORETYPE={os.environ['OPENBLAS_CORETYPE']} in the environment overrides Bard's own choice)"
+         if os.environ.get("OPENBLAS_CORETYPE") else " (Bard's own choice)"))
 PY

@@ -8,7 +8,7 @@ import Foundation
 public final class ColumnComputer {
     public let model: Model
     let threads: Int
-    var runner: ColumnParallel?
+    var runner: WindowThreads?
     var runnerShape = (steps: 0, columns: 0)
     /// The last computation's gradient sums.
     public let grads: FloatBuffer
@@ -35,7 +35,7 @@ public final class ColumnComputer {
         precondition(grads.count == model.parameterCount, "compute: the gradient target has the wrong size")
         let n = r.columns.count, t0 = Date()
         if runner == nil || runnerShape != (r.steps, n) {
-            runner = ColumnParallel(model: model, steps: r.steps, columns: 0..<n, threads: threads)
+            runner = WindowThreads(model: model, steps: r.steps, columns: 0..<n, threads: threads)
             runnerShape = (r.steps, n)
         }
         let state = model.makeState(columns: n)

@@ -189,7 +189,7 @@ public final class Model {
 
     // MARK: One window on several threads
     //
-    // `run` is three phases, so that threads can share a window (ColumnParallel) while what depends only on the
+    // `run` is three phases, so that threads can share a window (WindowThreads) while what depends only on the
     // parameters is made once and each parameter's gradient is computed once:
     // 1. `prepareWindow`, each thread a share of the embedding table's rows and of each layer's transposed W_hh
     //    (when the steps read it: `HiddenWeight`);

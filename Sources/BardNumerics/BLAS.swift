@@ -51,7 +51,7 @@ public enum BLAS {
         }
     }
 
-    /// Threads OpenBLAS may use inside one call. Bard's own column-parallel threads each call with 1.
+    /// Threads OpenBLAS may use inside one call. Bard's own threads (WindowThreads) each call with 1.
     public static func setThreads(_ n: Int) { openblas_set_num_threads(Int32(max(1, n))) }
 
     /// Whether OpenBLAS computes a small product straight from its operands, without packing them: its AVX-512

@@ -3,7 +3,7 @@ import BardModel
 import BardNumerics
 import Foundation
 
-/// What computes the gradient of one window: threads in this process (`ColumnParallel`) or, later, workers.
+/// What computes the gradient of one window: threads in this process (`WindowThreads`) or, later, workers.
 public protocol GradientComputer: AnyObject {
     /// Forward and backward over all `totalColumns` columns, gradients of the loss sum added into `grads`,
     /// state carried in place; returns the loss sum.
@@ -20,7 +20,7 @@ extension GradientComputer {
     public func annotate(_ record: inout MetricsRecord) {}
 }
 
-extension ColumnParallel: GradientComputer {
+extension WindowThreads: GradientComputer {
     public func computeGradients(params: FloatBuffer, grads: FloatBuffer, window: UnsafePointer<Int32>, steps: Int,
                                  totalColumns: Int, state: RecurrentState, dropout: DropoutKey?) throws -> Double {
         run(params: params, grads: grads, window: window, steps: steps, totalColumns: totalColumns, state: state,
@@ -263,7 +263,7 @@ public final class Trainer {
     @discardableResult
     public func run(computer: GradientComputer? = nil, remote: RemoteUpdate? = nil) throws -> TrainResult {
         let cfg = config, B = cfg.batch, T = cfg.bptt
-        let computer = computer ?? ColumnParallel(model: model, steps: T, columns: 0..<B, threads: cfg.threads)
+        let computer = computer ?? WindowThreads(model: model, steps: T, columns: 0..<B, threads: cfg.threads)
         try AtomicFile.prepareDirectory(options.outDir)
         var metrics = try MetricsLog(path: options.outDir + "/metrics.jsonl", keepThroughStep: step)
         let progress = Progress(total: totalSteps, windowsPerEpoch: windowsPerEpoch, interval: options.logInterval)

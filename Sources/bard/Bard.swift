@@ -96,7 +96,7 @@ struct TrainingFlags: ParsableArguments {
     @Option(help: "Epochs to train (ignored with --steps).") var epochs: Int?
     @Option(help: "Total optimiser steps of the run, counting those before a resume.") var steps: Int?
     @Option(help: "Random seed (initialisation, dropout, samples).") var seed: UInt64?
-    @Option(help: "Worker threads (each runs a share of the columns).") var threads: Int?
+    @Option(help: "Worker threads (they share each step of the window: WindowThreads).") var threads: Int?
     @Option(name: .customLong("val-fraction"), help: "Last fraction of the text held out for validation.") var valFraction: Double?
     @Flag(name: .customLong("carry-state"), help: "Keep the hidden state across epochs instead of resetting it.") var carryState = false
 

@@ -7,7 +7,7 @@ import Foundation
 struct Bench: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Measure training and generation speed (default: Embedding 512 -> LSTM 512 -> Linear, batch 32, bptt 25).")
-    @Option(help: "Threads (each runs a share of the columns).") var threads: Int = 1
+    @Option(help: "Threads (they share each step of the window: WindowThreads).") var threads: Int = 1
     @Option(help: "Cell.") var cell: CellKind = .lstm
     @Option(help: "Layers.") var layers: Int = 1
     @Option(help: "Embedding size.") var embed: Int = 512
@@ -30,7 +30,7 @@ struct Bench: ParsableCommand {
         let model = Model(config: c, vocabularySize: vocab)
         let params = model.makeParameters(seed: 0), grads = FloatBuffer(count: model.parameterCount)
         let optimizer = Optimizer(kind: .sgd, lr: 0.05, parameterCount: model.parameterCount)
-        let runner = ColumnParallel(model: model, steps: bptt, columns: 0..<batch, threads: threads)
+        let runner = WindowThreads(model: model, steps: bptt, columns: 0..<batch, threads: threads)
         let state = model.makeState(columns: batch)
         var rng = RNG(seed: 1)
         var window = (0..<((bptt + 1) * batch)).map { _ in Int32(rng.next() % UInt64(vocab)) }

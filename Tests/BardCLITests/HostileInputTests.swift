@@ -165,7 +165,7 @@ final class HostileInputTests: ProcessTestCase {
         XCTAssertEqual(reply.stepID, 8)
 
         // The same shard in this process.
-        let runner = ColumnParallel(model: model, steps: cfg.bptt, columns: 0..<columns.count, threads: 1)
+        let runner = WindowThreads(model: model, steps: cfg.bptt, columns: 0..<columns.count, threads: 1)
         let state = model.makeState(columns: columns.count)
         state.h.copy(from: FloatBuffer(h)); state.c.copy(from: FloatBuffer(c))
         let grads = FloatBuffer(count: model.parameterCount)

@@ -252,7 +252,7 @@ final class TrainerTests: XCTestCase {
         let columns = 7, steps = cfg.bptt
         let window = Array(corpus.tokens.prefix((steps + 1) * columns))
         func gradient(threads: Int) -> (loss: Double, grads: [Float], h: [Float]) {
-            let runner = ColumnParallel(model: model, steps: steps, columns: 0..<columns, threads: threads)
+            let runner = WindowThreads(model: model, steps: steps, columns: 0..<columns, threads: threads)
             let grads = FloatBuffer(count: model.parameterCount), state = model.makeState(columns: columns)
             let loss = window.withUnsafeBufferPointer { w in
                 runner.run(params: params, grads: grads, window: w.baseAddress!, steps: steps, totalColumns: columns,

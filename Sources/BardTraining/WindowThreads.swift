@@ -7,7 +7,7 @@ import Dispatch
 /// parameter's gradient computed once, the threads sharing its rows. Each thread packs only its share of W_hh for a
 /// step's product, where threads that each took their own columns would pack all of it every step (docs/scaling.md).
 /// This is exactly the full-batch computation up to the order of float additions.
-public final class ColumnParallel {
+public final class WindowThreads {
     public let model: Model
     public let columns: Range<Int>
     let workspace: Workspace
@@ -58,7 +58,7 @@ public func evaluate(model: Model, params: FloatBuffer, tokens: ArraySlice<Int32
     let streams = ColumnStreams(tokens, columns: columns)
     guard streams.rows >= 2 else { return (.nan, 0) }
     let steps = min(bptt, streams.rows - 1)
-    let runner = ColumnParallel(model: model, steps: steps, columns: 0..<columns, threads: threads)
+    let runner = WindowThreads(model: model, steps: steps, columns: 0..<columns, threads: threads)
     let state = model.makeState(columns: columns)
     var window = [Int32](repeating: 0, count: (steps + 1) * columns)
     var total = 0.0, start = 0
