@@ -319,7 +319,7 @@ public final class Model {
         }
     }
 
-    /// dTable[v] = sum of the gate gradients `dGates` of rows reading v; phase 4 turns it into dW_ih0 += dTable^T E
+    /// dTable[v] = sum of the gate gradients `dGates` of rows reading v; phase 3 turns it into dW_ih0 += dTable^T E
     /// and dE += dTable W_ih0 (V rows instead of T*B). The biases' gradients are layer 0's own. Only the gate
     /// columns `gates` of G*H, so that threads sharing a window never add into the same element.
     func embeddingBackward(dTable: FloatBuffer, dGates: UnsafePointer<Float>, window w: WindowColumns, gates g: Range<Int>) {
@@ -393,7 +393,7 @@ public final class Model {
     }
 
     /// The layers top-down from `dOut` (T*B, H), the gradient of the decoder's input, which is overwritten, down to
-    /// each layer's gate gradients (the parameter gradients are phase 4's). Leaves layer 0's input side (its
+    /// each layer's gate gradients (the parameter gradients are phase 3's). Leaves layer 0's input side (its
     /// ws.dGatesInput) to embeddingBackward. `hiddenGradNorms` is the top layer's.
     func stackBackward(ws: Workspace, dOut: UnsafeMutablePointer<Float>, params p: UnsafePointer<Float>,
                        window w: WindowColumns, dropout: DropoutKey?, hiddenGradNorms: UnsafeMutablePointer<Double>?,
