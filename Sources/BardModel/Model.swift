@@ -59,23 +59,23 @@ struct WindowColumns {
 }
 
 /// What every thread of a window reads, made once per window from the parameters (`Model.prepareWindow`): layer 0's
-/// input projection of every character, (V, G*H), and, when `transposed`, each layer's W_hh^T, (H, G*H)
+/// input projection of every character, (V, G*H), and, when the layout reads it, each layer's W_hh^T, (H, G*H)
 /// (`HiddenWeight`).
 public final class PreparedWindow {
     let table: FloatBuffer
-    let transposed: Bool
+    let layout: HiddenWeight.Layout
     let whhT: [FloatBuffer]
 
-    init(config: Config, vocabularySize v: Int, transposed: Bool) {
+    init(config: Config, vocabularySize v: Int, layout: HiddenWeight.Layout) {
         let gh = config.cell.gates * config.hidden
         table = FloatBuffer(count: v * gh)
-        self.transposed = transposed
-        whhT = (0..<config.layers).map { _ in FloatBuffer(count: transposed ? gh * config.hidden : 0) }
+        self.layout = layout
+        whhT = (0..<config.layers).map { _ in FloatBuffer(count: layout.transposes ? gh * config.hidden : 0) }
     }
 
     /// Layer l's W_hh as its steps read it.
     func hiddenWeight(_ l: Int, of layer: RecurrentLayer, params p: UnsafePointer<Float>) -> HiddenWeight {
-        layer.hiddenWeight(params: p, transposed: transposed ? UnsafePointer(whhT[l].pointer) : nil)
+        layer.hiddenWeight(params: p, transposed: UnsafePointer(whhT[l].pointer), layout: layout)
     }
 }
 
@@ -93,8 +93,9 @@ public final class Workspace {
     /// The shape of the window last run here, which `Model.addParameterGradients` reads back.
     var ran = (steps: 0, batch: 0, dropout: false, backward: false)
     /// The prepared window of `Model.run`, made on its first use (threads that share a window share one instead).
-    private(set) lazy var prepared = PreparedWindow(config: config, vocabularySize: vocabularySize,
-                                                    transposed: !BLAS.computesSmallProductsUnpacked)
+    private(set) lazy var prepared = PreparedWindow(
+        config: config, vocabularySize: vocabularySize,
+        layout: .fastest(batch: batch, gateRows: config.cell.gates * config.hidden))
     private let config: Config, vocabularySize: Int
 
     init(config: Config, vocabularySize v: Int, steps: Int, batch: Int) {
@@ -146,10 +147,11 @@ public final class Model {
         Workspace(config: config, vocabularySize: vocabularySize, steps: steps, batch: batch)
     }
 
-    /// `transposed`: whether the steps read W_hh^T (made in phase 1) or W_hh itself (`HiddenWeight`); the faster on
-    /// this machine's kernels unless a test asks for the other.
-    public func makePreparedWindow(transposed: Bool = !BLAS.computesSmallProductsUnpacked) -> PreparedWindow {
-        PreparedWindow(config: config, vocabularySize: vocabularySize, transposed: transposed)
+    /// For windows of `batch` columns, whose steps read W_hh as `layout` says (`HiddenWeight`; by default the
+    /// fastest on this machine's kernels).
+    public func makePreparedWindow(batch: Int, layout: HiddenWeight.Layout? = nil) -> PreparedWindow {
+        PreparedWindow(config: config, vocabularySize: vocabularySize,
+                       layout: layout ?? .fastest(batch: batch, gateRows: layers[0].cell.gates * config.hidden))
     }
 
     public func makeState(columns: Int) -> RecurrentState {
@@ -234,7 +236,7 @@ public final class Model {
         crossEntropyBackward(dLogits: ws.logits.pointer, window: w, rows: s.rows, lastStepOnly: lastStepOnly)
         decoderBackward(dx: ws.dDecoderInput.pointer, dLogits: ws.logits.pointer, params: p, rows: s.rows)
         barrier()
-        stackBackward(ws: ws, dOut: ws.dDecoderInput.pointer, params: p, window: w, dropout: dropout,
+        stackBackward(ws: ws, prepared: prepared, dOut: ws.dDecoderInput.pointer, params: p, window: w, dropout: dropout,
                       hiddenGradNorms: hiddenGradNorms, share: s)
         embeddingBackward(dTable: ws.dTable, dGates: lw0.dGatesInput.pointer, window: w,
                           gates: Range(part: part, of: parts, in: layers[0].cell.gates * config.hidden))
@@ -304,7 +306,7 @@ public final class Model {
             layers[0].projectInput(params: p, x: p + embeddingOffset + rows.lowerBound * E, rows: rows.count,
                                    into: prepared.table.pointer + rows.lowerBound * GH)
         }
-        for (l, layer) in layers.enumerated() where prepared.transposed {
+        for (l, layer) in layers.enumerated() where prepared.layout.transposes {
             layer.transposeHidden(params: p, into: prepared.whhT[l].pointer, gateRows: Range(part: part, of: parts, in: GH))
         }
     }
@@ -395,8 +397,8 @@ public final class Model {
     /// The layers top-down from `dOut` (T*B, H), the gradient of the decoder's input, which is overwritten, down to
     /// each layer's gate gradients (the parameter gradients are phase 3's). Leaves layer 0's input side (its
     /// ws.dGatesInput) to embeddingBackward. `hiddenGradNorms` is the top layer's.
-    func stackBackward(ws: Workspace, dOut: UnsafeMutablePointer<Float>, params p: UnsafePointer<Float>,
-                       window w: WindowColumns, dropout: DropoutKey?, hiddenGradNorms: UnsafeMutablePointer<Double>?,
+    func stackBackward(ws: Workspace, prepared: PreparedWindow, dOut: UnsafeMutablePointer<Float>,
+                       params p: UnsafePointer<Float>, window w: WindowColumns, dropout: DropoutKey?, hiddenGradNorms: UnsafeMutablePointer<Double>?,
                        share s: Share) {
         var dOut = dOut
         let H = config.hidden
@@ -407,7 +409,8 @@ public final class Model {
                 s.barrier()
             }
             let x = l == 0 ? nil : UnsafePointer(stackInput(l, ws: ws))
-            layers[l].backwardThroughTime(params: p, x: x, dOut: dOut, steps: w.steps, batch: w.batch, ws: ws.layers[l],
+            layers[l].backwardThroughTime(params: p, whh: prepared.hiddenWeight(l, of: layers[l], params: p), x: x,
+                                          dOut: dOut, steps: w.steps, batch: w.batch, ws: ws.layers[l],
                                           inputGradient: l > 0,
                                           hiddenGradNorms: l == layers.count - 1 ? hiddenGradNorms : nil,
                                           part: s.part, of: s.parts, barrier: s.barrier)

@@ -66,23 +66,24 @@ public struct RecurrentLayer {
     /// Runs T steps from (h0, c0) over `x` (T*B, input). The output is ws.h rows 1...T.
     public func forward(params p: UnsafePointer<Float>, x: UnsafePointer<Float>, steps T: Int, batch B: Int,
                         h0: UnsafePointer<Float>, c0: UnsafePointer<Float>?, ws: LayerWorkspace) {
-        let transposed = !BLAS.computesSmallProductsUnpacked
-        let whhT = FloatBuffer(count: transposed ? cell.gates * hidden * hidden : 0)
-        if transposed { transposeHidden(params: p, into: whhT.pointer, gateRows: 0..<(cell.gates * hidden)) }
+        let layout = HiddenWeight.Layout.fastest(batch: B, gateRows: cell.gates * hidden)
+        let whhT = FloatBuffer(count: layout.transposes ? cell.gates * hidden * hidden : 0)
+        if layout.transposes { transposeHidden(params: p, into: whhT.pointer, gateRows: 0..<(cell.gates * hidden)) }
         projectInput(params: p, x: x, rows: T * B, into: ws.gates.pointer)
-        recur(params: p, whh: hiddenWeight(params: p, transposed: transposed ? UnsafePointer(whhT.pointer) : nil),
+        recur(params: p, whh: hiddenWeight(params: p, transposed: UnsafePointer(whhT.pointer), layout: layout),
               steps: T, batch: B, h0: h0, c0: c0, ws: ws)
     }
 
-    /// W_hh for the steps' products: `transposed`, W_hh^T made by `transposeHidden`, or nil for W_hh itself.
-    public func hiddenWeight(params p: UnsafePointer<Float>, transposed: UnsafePointer<Float>?) -> HiddenWeight {
-        HiddenWeight(pointer: transposed ?? p + weightHH, transposed: transposed != nil, hidden: hidden,
+    /// W_hh for the steps' products, read as `layout` says; `transposed` is W_hh^T made by `transposeHidden` when the
+    /// layout reads it.
+    public func hiddenWeight(params p: UnsafePointer<Float>, transposed: UnsafePointer<Float>?,
+                             layout: HiddenWeight.Layout) -> HiddenWeight {
+        HiddenWeight(whh: p + weightHH, whhT: layout.transposes ? transposed : nil, layout: layout, hidden: hidden,
                      gateRows: cell.gates * hidden)
     }
 
-    /// Gate rows `gateRows` of W_hh, transposed into `whhT` (H, G*H): once per window, for every step's GEMM, on
-    /// kernels that pack W_hh^T faster than W_hh and compute nothing unpacked (`HiddenWeight`). The transposition
-    /// costs 0.4 ms a window.
+    /// Gate rows `gateRows` of W_hh, transposed into `whhT` (H, G*H): once per window, for the steps' products that
+    /// read it (`HiddenWeight`). The transposition costs 0.4 ms a window.
     public func transposeHidden(params p: UnsafePointer<Float>, into whhT: UnsafeMutablePointer<Float>, gateRows g: Range<Int>) {
         BLAS.transpose(rows: g.count, cols: hidden, a: p + weightHH + g.lowerBound * hidden, lda: hidden,
                        b: whhT + g.lowerBound, ldb: cell.gates * hidden)
@@ -134,27 +135,31 @@ public struct RecurrentLayer {
     public func backward(params p: UnsafePointer<Float>, grads gp: UnsafeMutablePointer<Float>, x: UnsafePointer<Float>?,
                   dOut: UnsafePointer<Float>, steps T: Int, batch B: Int, ws: LayerWorkspace, inputGradient: Bool,
                   hiddenGradNorms: UnsafeMutablePointer<Double>? = nil) {
-        backwardThroughTime(params: p, x: x, dOut: dOut, steps: T, batch: B, ws: ws, inputGradient: inputGradient,
-                            hiddenGradNorms: hiddenGradNorms)
+        let whh = hiddenWeight(params: p, transposed: nil,
+                               layout: HiddenWeight.Layout(forwardFromTransposed: false, backwardPieces: false))
+        backwardThroughTime(params: p, whh: whh, x: x, dOut: dOut, steps: T, batch: B, ws: ws,
+                            inputGradient: inputGradient, hiddenGradNorms: hiddenGradNorms)
         addParameterGradients(grads: gp, from: [(ws, T * B, x)], gateRows: 0..<(cell.gates * hidden))
     }
 
     /// Backward without the parameter gradients: the gate gradients of every step stay in ws.dGatesInput (and
     /// ws.dGatesHidden) for `addParameterGradients`. Threads may share it as they share `recur`: each step's
     /// elementwise part by batch columns, its product by hidden units, and the input gradient by rows. The
-    /// vanishing-gradient lesson's `hiddenGradNorms` wants one thread.
-    public func backwardThroughTime(params p: UnsafePointer<Float>, x: UnsafePointer<Float>?, dOut: UnsafePointer<Float>,
+    /// vanishing-gradient lesson's `hiddenGradNorms` wants one thread. `whh` is W_hh as the steps read it
+    /// (`hiddenWeight`).
+    public func backwardThroughTime(params p: UnsafePointer<Float>, whh: HiddenWeight, x: UnsafePointer<Float>?,
+                                    dOut: UnsafePointer<Float>,
                                     steps T: Int, batch B: Int, ws: LayerWorkspace, inputGradient: Bool,
                                     hiddenGradNorms: UnsafeMutablePointer<Double>? = nil,
                                     part: Int = 0, of parts: Int = 1, barrier: () -> Void = {}) {
         precondition(hiddenGradNorms == nil || parts == 1, "the hidden-gradient norms are one thread's")
-        backwardThroughTime(cell, params: p, x: x, dOut: dOut, steps: T, batch: B, ws: ws,
+        backwardThroughTime(cell, params: p, whh: whh, x: x, dOut: dOut, steps: T, batch: B, ws: ws,
                             inputGradient: inputGradient, hiddenGradNorms: hiddenGradNorms, part: part, of: parts,
                             barrier: barrier)
     }
 
     private func backwardThroughTime<Cell: RecurrentCell>(_ cell: Cell, params p: UnsafePointer<Float>,
-                                                          x: UnsafePointer<Float>?, dOut: UnsafePointer<Float>,
+                                                          whh: HiddenWeight, x: UnsafePointer<Float>?, dOut: UnsafePointer<Float>,
                                                           steps T: Int, batch B: Int, ws: LayerWorkspace,
                                                           inputGradient: Bool,
                                                           hiddenGradNorms: UnsafeMutablePointer<Double>?,
@@ -167,7 +172,7 @@ public struct RecurrentLayer {
             let norm2 = cell.backwardColumns(ws: ws, step: t, dOut: dOut, batch: B, hidden: hidden, columns: columns)
             hiddenGradNorms?[t] = Double(norm2).squareRoot()
             barrier()
-            cell.backwardProject(ws: ws, step: t, whh: p + weightHH, batch: B, hidden: hidden, units: units)
+            cell.backwardProject(ws: ws, step: t, whh: whh, batch: B, hidden: hidden, units: units)
             barrier()
         }
         guard x != nil, inputGradient else { return }

@@ -160,8 +160,8 @@ final class GradientTests: XCTestCase {
     /// `run`'s three phases shared among 2, 3 or 8 threads (more than columns, hidden units and characters: some
     /// threads have nothing of some phase), the threads meeting at a real barrier, give the whole window's loss,
     /// gradient and state: for every cell, one and two layers, with and without dropout and decoder bias, and row
-    /// counts (V = 7, G*H = 5 to 20) that do not divide; with the steps reading W_hh^T and W_hh itself
-    /// (`HiddenWeight`), whichever this machine's kernels prefer.
+    /// counts (V = 7, G*H = 5 to 20) that do not divide; with the steps reading W_hh and W_hh^T in every way
+    /// (`HiddenWeight.Layout.all`), whichever this machine's kernels prefer.
     func testPhasesSharedAmongThreadsGiveTheWholeWindow() {
         for (cell, act) in Self.cells {
             for (layers, dropout, bias) in [(1, Float(0), true), (2, Float(0.2), false), (2, Float(0), true)] {
@@ -176,10 +176,10 @@ final class GradientTests: XCTestCase {
                     model.run(params: params, grads: whole, window: w.baseAddress!, steps: T, totalColumns: B,
                               columns: 0..<B, state: s1, dropout: key, workspace: model.makeWorkspace(steps: T, batch: B))
                 }
-                for (n, transposed) in [2, 3, 8].flatMap({ n in [(n, false), (n, true)] }) {
+                for (n, layout) in [2, 3, 8].flatMap({ n in HiddenWeight.Layout.all.map { (n, $0) } }) {
                     let split = FloatBuffer(count: model.parameterCount), s2 = model.makeState(columns: B)
                     let ws = model.makeWorkspace(steps: T, batch: B)
-                    let prepared = model.makePreparedWindow(transposed: transposed)
+                    let prepared = model.makePreparedWindow(batch: B, layout: layout)
                     let team = ThreadTeam(count: n)
                     let losses = UnsafeMutableBufferPointer<Double>.allocate(capacity: n)
                     defer { losses.deallocate() }
@@ -196,7 +196,7 @@ final class GradientTests: XCTestCase {
                         }
                     }
                     let l2 = losses.reduce(0, +)
-                    let what = "\(cell) \(act) layers \(layers) dropout \(dropout) bias \(bias), \(n) threads, W_hh^T \(transposed)"
+                    let what = "\(cell) \(act) layers \(layers) dropout \(dropout) bias \(bias), \(n) threads, \(layout)"
                     XCTAssertEqual(l1, l2, accuracy: Tolerance.forwardRelative * abs(l1), what)
                     var worst: Float = 0
                     for i in 0..<whole.count { worst = max(worst, abs(whole[i] - split[i]) / max(1, abs(whole[i]))) }
@@ -211,34 +211,54 @@ final class GradientTests: XCTestCase {
 }
 
 final class HiddenWeightTests: XCTestCase {
-    /// A step's recurrent product through `HiddenWeight` against the naive product, both ways of reading W_hh, with
-    /// row counts and gate ranges that make several pieces, a short last one and no piece at all: what it adds is
-    /// hPrev W_hh^T in the asked gate columns and nothing elsewhere.
-    func testProjectAddsTheProductInTheAskedGateColumnsOnly() {
+    /// A step's products through `HiddenWeight` against the naive ones, in every layout, with row counts and ranges
+    /// that make several pieces, a short last one and no piece at all: forward adds hPrev W_hh^T in the asked gate
+    /// columns, backward writes (beta 0) or adds (beta 1) dGates W_hh in the asked hidden units, and nothing else
+    /// changes.
+    func testProductsMatchTheNaiveOnesInEveryLayout() {
         var rng = RNG(seed: 5)
-        for (rows, hidden, gates) in [(5, 24, 96), (32, 40, 160), (3, 7, 28), (130, 512, 1024)] {
-            let whh = FloatBuffer(count: gates * hidden), whhT = FloatBuffer(count: gates * hidden)
-            for i in 0..<whh.count { whh[i] = rng.uniform(-1, 1) }
+        func random(_ n: Int) -> FloatBuffer {
+            let b = FloatBuffer(count: n)
+            for i in 0..<n { b[i] = rng.uniform(-1, 1) }
+            return b
+        }
+        for (rows, hidden, gates) in [(5, 24, 96), (32, 40, 160), (3, 7, 28), (16, 512, 2048)] {
+            let whh = random(gates * hidden), whhT = FloatBuffer(count: gates * hidden)
             BLAS.transpose(rows: gates, cols: hidden, a: whh.pointer, lda: hidden, b: whhT.pointer, ldb: gates)
-            let h = FloatBuffer(count: rows * hidden)
-            for i in 0..<h.count { h[i] = rng.uniform(-1, 1) }
-            let expected = FloatBuffer(count: rows * gates)
+            let h = random(rows * hidden), dG = random(rows * gates)
+            let forward = FloatBuffer(count: rows * gates), backward = FloatBuffer(count: rows * hidden)
             BLAS.naiveGemm(transB: true, m: rows, n: gates, k: hidden, a: h.pointer, lda: hidden, b: whh.pointer,
-                           ldb: hidden, beta: 0, c: expected.pointer, ldc: gates)
-            for range in [0..<gates, 7..<(gates - 3), 0..<0] {
-                for transposed in [false, true] {
-                    let weight = HiddenWeight(pointer: transposed ? whhT.pointer : whh.pointer, transposed: transposed,
-                                              hidden: hidden, gateRows: gates)
+                           ldb: hidden, beta: 0, c: forward.pointer, ldc: gates)
+            BLAS.naiveGemm(m: rows, n: hidden, k: gates, a: dG.pointer, lda: gates, b: whh.pointer, ldb: hidden,
+                           beta: 0, c: backward.pointer, ldc: hidden)
+            for layout in HiddenWeight.Layout.all {
+                let weight = HiddenWeight(whh: whh.pointer, whhT: whhT.pointer, layout: layout, hidden: hidden,
+                                          gateRows: gates)
+                for range in [0..<gates, 7..<(gates - 3), 0..<0] {
                     let out = FloatBuffer(count: rows * gates)
                     for i in 0..<out.count { out[i] = 0.5 }
                     weight.project(h.pointer, rows: rows, gates: range, into: out.pointer, ldc: gates)
+                    var worst: Float = 0
                     for r in 0..<rows {
                         for j in 0..<gates {
-                            let want = 0.5 + (range.contains(j) ? expected[r * gates + j] : 0)
-                            XCTAssertEqual(out[r * gates + j], want, accuracy: 1e-4,
-                                           "rows \(rows) gates \(range) transposed \(transposed) at \(r), \(j)")
+                            let want = 0.5 + (range.contains(j) ? forward[r * gates + j] : 0)
+                            worst = max(worst, abs(out[r * gates + j] - want))
                         }
                     }
+                    XCTAssertLessThan(worst, Tolerance.productAbsolute, "forward: rows \(rows) gates \(range) \(layout)")
+                }
+                for (range, beta) in [(0..<hidden, Float(0)), (3..<(hidden - 3), 0), (3..<(hidden - 3), 1), (0..<0, 1)] {
+                    let out = FloatBuffer(count: rows * hidden)
+                    for i in 0..<out.count { out[i] = 0.5 }
+                    weight.projectBack(dG.pointer, rows: rows, units: range, into: out.pointer, beta: beta)
+                    var worst: Float = 0
+                    for r in 0..<rows {
+                        for j in 0..<hidden {
+                            let want = range.contains(j) ? beta * 0.5 + backward[r * hidden + j] : 0.5
+                            worst = max(worst, abs(out[r * hidden + j] - want))
+                        }
+                    }
+                    XCTAssertLessThan(worst, Tolerance.productAbsolute, "backward: rows \(rows) units \(range) beta \(beta) \(layout)")
                 }
             }
         }

@@ -103,6 +103,8 @@ enum Tolerance {
     static let gradientRelative = 2e-3
     static let forwardRelative = 1e-5
     static let finiteDifferenceStep = 1e-5
+    /// A float product of up to 2048 terms of magnitude below 1 (values up to about 15) against the naive one.
+    static let productAbsolute: Float = 1e-3
 
     static func close(_ a: Double, _ b: Double) -> Bool {
         abs(a - b) <= gradientAbsolute + gradientRelative * max(abs(a), abs(b))

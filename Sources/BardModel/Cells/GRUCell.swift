@@ -59,11 +59,10 @@ public struct GRUCell: RecurrentCell {
         return norm2
     }
 
-    public func backwardProject(ws: LayerWorkspace, step t: Int, whh: UnsafePointer<Float>, batch B: Int, hidden H: Int,
+    public func backwardProject(ws: LayerWorkspace, step t: Int, whh: HiddenWeight, batch B: Int, hidden H: Int,
                                 units u: Range<Int>) {
         let GH = 3 * H, dgh = ws.dGatesHidden.pointer + t * B * GH
-        BLAS.gemm(m: B, n: u.count, k: GH, a: dgh, lda: GH, b: whh + u.lowerBound, ldb: H, beta: 1,
-                  c: ws.dhNext.pointer + u.lowerBound, ldc: H)
+        whh.projectBack(dgh, rows: B, units: u, into: ws.dhNext.pointer, beta: 1)
     }
 
     public func generate(h: UnsafeMutablePointer<Float>, c: UnsafeMutablePointer<Float>, gates g: UnsafeMutablePointer<Float>,

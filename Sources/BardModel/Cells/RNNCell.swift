@@ -41,11 +41,10 @@ public struct RNNCell: RecurrentCell {
         return norm2
     }
 
-    public func backwardProject(ws: LayerWorkspace, step t: Int, whh: UnsafePointer<Float>, batch B: Int, hidden H: Int,
+    public func backwardProject(ws: LayerWorkspace, step t: Int, whh: HiddenWeight, batch B: Int, hidden H: Int,
                                 units u: Range<Int>) {
         let dg = ws.dGatesInput.pointer + t * B * H
-        BLAS.gemm(m: B, n: u.count, k: H, a: dg, lda: H, b: whh + u.lowerBound, ldb: H, beta: 0,
-                  c: ws.dhNext.pointer + u.lowerBound, ldc: H)
+        whh.projectBack(dg, rows: B, units: u, into: ws.dhNext.pointer, beta: 0)
     }
 
     public func generate(h: UnsafeMutablePointer<Float>, c: UnsafeMutablePointer<Float>, gates g: UnsafeMutablePointer<Float>,

@@ -43,8 +43,8 @@ public protocol RecurrentCell: Sendable {
     func backwardColumns(ws: LayerWorkspace, step t: Int, dOut: UnsafePointer<Float>, batch B: Int, hidden H: Int,
                          columns: Range<Int>) -> Float
     /// `backwardProject`, once every column's gate gradients are in: the hidden units `units` of dh_{t-1} in
-    /// ws.dhNext, for all B columns, through W_hh (G*H, H), not transposed.
-    func backwardProject(ws: LayerWorkspace, step t: Int, whh: UnsafePointer<Float>, batch B: Int, hidden H: Int,
+    /// ws.dhNext, for all B columns, through W_hh (`HiddenWeight.projectBack`).
+    func backwardProject(ws: LayerWorkspace, step t: Int, whh: HiddenWeight, batch B: Int, hidden H: Int,
                          units: Range<Int>)
 
     /// One step of one stream, in place: `gates` (G*H) holds the input side as in forward; h (and c) hold the
@@ -55,19 +55,4 @@ public protocol RecurrentCell: Sendable {
 
 extension RecurrentCell {
     public var usesActivation: Bool { false }
-
-    /// Step t of a batch on one thread: both halves over everything.
-    public func forward(ws: LayerWorkspace, step t: Int, whh: HiddenWeight, bhh: UnsafePointer<Float>,
-                        batch B: Int, hidden H: Int) {
-        project(ws: ws, step: t, whh: whh, bhh: bhh, batch: B, hidden: H, gates: 0..<(gates * H))
-        activate(ws: ws, step: t, batch: B, hidden: H, columns: 0..<B)
-    }
-
-    /// Backward of step t on one thread; returns |dL/dh_t|^2.
-    public func backward(ws: LayerWorkspace, step t: Int, dOut: UnsafePointer<Float>, whh: UnsafePointer<Float>,
-                         batch B: Int, hidden H: Int) -> Float {
-        let norm2 = backwardColumns(ws: ws, step: t, dOut: dOut, batch: B, hidden: H, columns: 0..<B)
-        backwardProject(ws: ws, step: t, whh: whh, batch: B, hidden: H, units: 0..<H)
-        return norm2
-    }
 }
