@@ -147,11 +147,12 @@ public final class Model {
         Workspace(config: config, vocabularySize: vocabularySize, steps: steps, batch: batch)
     }
 
-    /// For windows of `batch` columns, whose steps read W_hh as `layout` says (`HiddenWeight`; by default the
-    /// fastest on this machine's kernels).
-    public func makePreparedWindow(batch: Int, layout: HiddenWeight.Layout? = nil) -> PreparedWindow {
+    /// For windows of `batch` columns on `threads` threads, whose steps read W_hh as `layout` says (`HiddenWeight`;
+    /// by default the fastest on this machine's kernels).
+    public func makePreparedWindow(batch: Int, threads: Int = 1, layout: HiddenWeight.Layout? = nil) -> PreparedWindow {
         PreparedWindow(config: config, vocabularySize: vocabularySize,
-                       layout: layout ?? .fastest(batch: batch, gateRows: layers[0].cell.gates * config.hidden))
+                       layout: layout ?? .fastest(batch: batch, threads: threads,
+                                                  gateRows: layers[0].cell.gates * config.hidden))
     }
 
     public func makeState(columns: Int) -> RecurrentState {

@@ -144,7 +144,8 @@ public struct RecurrentLayer {
 
     /// Backward without the parameter gradients: the gate gradients of every step stay in ws.dGatesInput (and
     /// ws.dGatesHidden) for `addParameterGradients`. Threads may share it as they share `recur`: each step's
-    /// elementwise part by batch columns, its product by hidden units, and the input gradient by rows. The
+    /// elementwise part by batch columns, its product by hidden units or by batch columns (`HiddenWeight.Layout`),
+    /// and the input gradient by rows. The
     /// vanishing-gradient lesson's `hiddenGradNorms` wants one thread. `whh` is W_hh as the steps read it
     /// (`hiddenWeight`).
     public func backwardThroughTime(params p: UnsafePointer<Float>, whh: HiddenWeight, x: UnsafePointer<Float>?,
@@ -168,13 +169,23 @@ public struct RecurrentLayer {
         let first = columns.lowerBound * hidden
         (ws.dhNext.pointer + first).update(repeating: 0, count: columns.count * hidden)
         if cell.hasCellState { (ws.dcNext.pointer + first).update(repeating: 0, count: columns.count * hidden) }
+        // With backward pieces (few columns a thread: `HiddenWeight.Layout`) each thread's product is its own
+        // columns' and needs no other thread's gate gradients; otherwise each thread takes hidden units of all
+        // columns, between two barriers.
+        let byColumns = whh.layout.backwardPieces
         for t in stride(from: T - 1, through: 0, by: -1) {
             let norm2 = cell.backwardColumns(ws: ws, step: t, dOut: dOut, batch: B, hidden: hidden, columns: columns)
             hiddenGradNorms?[t] = Double(norm2).squareRoot()
-            barrier()
-            cell.backwardProject(ws: ws, step: t, whh: whh, batch: B, hidden: hidden, units: units)
-            barrier()
+            if byColumns {
+                cell.backwardProject(ws: ws, step: t, whh: whh, batch: B, hidden: hidden, columns: columns,
+                                     units: 0..<hidden)
+            } else {
+                barrier()
+                cell.backwardProject(ws: ws, step: t, whh: whh, batch: B, hidden: hidden, columns: 0..<B, units: units)
+                barrier()
+            }
         }
+        if byColumns { barrier() }
         guard x != nil, inputGradient else { return }
         let GH = cell.gates * hidden, rows = Range(part: part, of: parts, in: T * B)
         BLAS.gemm(m: rows.count, n: input, k: GH, a: ws.dGatesInput.pointer + rows.lowerBound * GH, lda: GH,

@@ -19,8 +19,8 @@ public final class WindowThreads {
         self.model = model
         self.columns = columns
         workspace = model.makeWorkspace(steps: steps, batch: columns.count)
-        prepared = model.makePreparedWindow(batch: columns.count)
         team = ThreadTeam(count: max(1, min(threads, columns.count)))
+        prepared = model.makePreparedWindow(batch: columns.count, threads: team.count)
         BLAS.setThreads(1)
     }
 

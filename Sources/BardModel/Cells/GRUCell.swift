@@ -60,9 +60,9 @@ public struct GRUCell: RecurrentCell {
     }
 
     public func backwardProject(ws: LayerWorkspace, step t: Int, whh: HiddenWeight, batch B: Int, hidden H: Int,
-                                units u: Range<Int>) {
-        let GH = 3 * H, dgh = ws.dGatesHidden.pointer + t * B * GH
-        whh.projectBack(dgh, rows: B, units: u, into: ws.dhNext.pointer, beta: 1)
+                                columns c: Range<Int>, units u: Range<Int>) {
+        let GH = 3 * H, dgh = ws.dGatesHidden.pointer + (t * B + c.lowerBound) * GH
+        whh.projectBack(dgh, rows: c.count, units: u, into: ws.dhNext.pointer + c.lowerBound * H, beta: 1)
     }
 
     public func generate(h: UnsafeMutablePointer<Float>, c: UnsafeMutablePointer<Float>, gates g: UnsafeMutablePointer<Float>,

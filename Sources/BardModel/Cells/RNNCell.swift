@@ -42,9 +42,9 @@ public struct RNNCell: RecurrentCell {
     }
 
     public func backwardProject(ws: LayerWorkspace, step t: Int, whh: HiddenWeight, batch B: Int, hidden H: Int,
-                                units u: Range<Int>) {
-        let dg = ws.dGatesInput.pointer + t * B * H
-        whh.projectBack(dg, rows: B, units: u, into: ws.dhNext.pointer, beta: 0)
+                                columns c: Range<Int>, units u: Range<Int>) {
+        let dg = ws.dGatesInput.pointer + (t * B + c.lowerBound) * H
+        whh.projectBack(dg, rows: c.count, units: u, into: ws.dhNext.pointer + c.lowerBound * H, beta: 0)
     }
 
     public func generate(h: UnsafeMutablePointer<Float>, c: UnsafeMutablePointer<Float>, gates g: UnsafeMutablePointer<Float>,

@@ -42,10 +42,11 @@ public protocol RecurrentCell: Sendable {
     /// go through W_hh into ws.dhNext; returns their share of |dL/dh_t|^2 (the vanishing-gradient lesson).
     func backwardColumns(ws: LayerWorkspace, step t: Int, dOut: UnsafePointer<Float>, batch B: Int, hidden H: Int,
                          columns: Range<Int>) -> Float
-    /// `backwardProject`, once every column's gate gradients are in: the hidden units `units` of dh_{t-1} in
-    /// ws.dhNext, for all B columns, through W_hh (`HiddenWeight.projectBack`).
+    /// `backwardProject`, once the gate gradients of the batch columns `columns` are in: the hidden units `units`
+    /// of their dh_{t-1} in ws.dhNext, through W_hh (`HiddenWeight.projectBack`). Threads share it by units (all
+    /// columns) or by columns (all units), as the layout says (`RecurrentLayer.backwardThroughTime`).
     func backwardProject(ws: LayerWorkspace, step t: Int, whh: HiddenWeight, batch B: Int, hidden H: Int,
-                         units: Range<Int>)
+                         columns: Range<Int>, units: Range<Int>)
 
     /// One step of one stream, in place: `gates` (G*H) holds the input side as in forward; h (and c) hold the
     /// previous state and receive the new one. `scratch` (G*H) is free space.
