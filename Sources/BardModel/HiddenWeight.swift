@@ -32,7 +32,9 @@ public struct HiddenWeight {
         }
 
         /// Every layout, for tests: each reads W_hh some other way.
-        public static let all = [false, true].flatMap { f in [false, true].map { Layout(forwardFromTransposed: f, backwardPieces: $0) } }
+        public static let all = [false, true].flatMap { f in
+            [false, true].map { Layout(forwardFromTransposed: f, backwardPieces: $0) }
+        }
     }
 
     static let backwardPiece = 16
