@@ -7,8 +7,8 @@ import BardNumerics
 ///   for kernels that compute them without packing (`BLAS.computesSmallProductsUnpacked`; on Zen 5, 32 columns take
 ///   0.41 ms a step against 0.54 from W_hh^T, and 16 columns 0.19 against 0.42);
 /// - backward, W_hh in one product; or, with few columns on those kernels, W_hh^T read transposed in pieces of 16
-///   hidden units (16 columns: 0.26 ms a step against 0.30; 32 columns are too many for a piece to stay unpacked,
-///   so threads sharing 32 columns then take 16 each).
+///   hidden units (LSTM 512 with 16 columns: 0.26 ms a step against 0.30; with 32 a piece is too large to stay
+///   unpacked, so threads sharing 32 columns then take 16 each).
 /// Every way gives the same products up to the order of float additions.
 public struct HiddenWeight {
     /// Which of W_hh and W_hh^T a window's steps read.
@@ -26,7 +26,7 @@ public struct HiddenWeight {
         /// two threads with 16 columns each take 6.2 ms for a window's 25 backward products on Zen 5, against 7.3-7.6
         /// for all 32 columns split by hidden units.
         public static func fastest(batch: Int, threads: Int = 1, gateRows: Int) -> Layout {
-            let unpacked = BLAS.computesSmallProductsUnpacked, rows = (batch + threads - 1) / max(1, threads)
+            let unpacked = BLAS.computesSmallProductsUnpacked, t = max(1, threads), rows = (batch + t - 1) / t
             return Layout(forwardFromTransposed: !unpacked,
                           backwardPieces: unpacked && rows * backwardPiece * gateRows <= BLAS.unpackedProductLimit)
         }

@@ -180,7 +180,7 @@ public final class Model {
                     totalColumns: Int, columns: Range<Int>, state: RecurrentState, dropout: DropoutKey?,
                     workspace ws: Workspace, lastStepOnly: Bool = false,
                     hiddenGradNorms: UnsafeMutablePointer<Double>? = nil) -> Double {
-        prepareWindow(params: params, into: ws.prepared, part: 0, of: 1)
+        prepareWindow(params: params, into: ws.prepared, part: 0, of: 1, backward: grads != nil)
         let loss = runColumns(params: params, prepared: ws.prepared, backward: grads != nil, window: window, steps: T,
                               totalColumns: totalColumns, columns: columns, state: state, dropout: dropout, workspace: ws,
                               lastStepOnly: lastStepOnly, hiddenGradNorms: hiddenGradNorms)
@@ -197,9 +197,9 @@ public final class Model {
     // 1. `prepareWindow`, each thread a share of the embedding table's rows and of each layer's transposed W_hh
     //    (when the steps read it: `HiddenWeight`);
     // 2. `runColumns`, the threads together on one workspace: forward, loss and backward through time, leaving the
-    //    gate and table gradients in the workspace. Each step's product is split by gate columns (by hidden units
-    //    backward) and the rest of a step by batch columns, with a barrier in between; what is done once per window
-    //    (the decoder, the loss, the input projections) is split by rows;
+    //    gate and table gradients in the workspace. Each step's product is split by gate columns (backward by hidden
+    //    units, or by batch columns as `HiddenWeight.Layout` says) and the rest of a step by batch columns, with
+    //    barriers in between; what is done once per window (the decoder, the loss, the input projections) by rows;
     // 3. `addParameterGradients`, every weight and bias gradient, each thread its share of every tensor's rows.
 
     /// Phase 2: forward, and backward when `backward` is set, over one window for the columns `columns` of a batch of
@@ -299,15 +299,17 @@ public final class Model {
     /// Layer 0 reads an embedding row and projects it: the product of the two is a per-character table
     /// (V, G*H) = E W_ih0^T + biases, so the window's input projection (T*B, G*H) is a gather, not a GEMM. Phase 1
     /// computes share `part` of `parts` of the table's rows, and the same share of each layer's gate rows of W_hh^T
-    /// (`RecurrentLayer.transposeHidden`) when the steps read it.
-    public func prepareWindow(params: FloatBuffer, into prepared: PreparedWindow, part: Int, of parts: Int) {
+    /// (`RecurrentLayer.transposeHidden`) when the steps read it (backward pieces only when there is a `backward`).
+    public func prepareWindow(params: FloatBuffer, into prepared: PreparedWindow, part: Int, of parts: Int,
+                              backward: Bool = true) {
         let rows = Range(part: part, of: parts, in: vocabularySize), p = params.pointer
         let E = config.embed, GH = layers[0].cell.gates * config.hidden
         if !rows.isEmpty {
             layers[0].projectInput(params: p, x: p + embeddingOffset + rows.lowerBound * E, rows: rows.count,
                                    into: prepared.table.pointer + rows.lowerBound * GH)
         }
-        for (l, layer) in layers.enumerated() where prepared.layout.transposes {
+        let layout = prepared.layout
+        for (l, layer) in layers.enumerated() where layout.forwardFromTransposed || (backward && layout.backwardPieces) {
             layer.transposeHidden(params: p, into: prepared.whhT[l].pointer, gateRows: Range(part: part, of: parts, in: GH))
         }
     }

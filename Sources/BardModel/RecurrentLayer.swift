@@ -66,7 +66,8 @@ public struct RecurrentLayer {
     /// Runs T steps from (h0, c0) over `x` (T*B, input). The output is ws.h rows 1...T.
     public func forward(params p: UnsafePointer<Float>, x: UnsafePointer<Float>, steps T: Int, batch B: Int,
                         h0: UnsafePointer<Float>, c0: UnsafePointer<Float>?, ws: LayerWorkspace) {
-        let layout = HiddenWeight.Layout.fastest(batch: B, gateRows: cell.gates * hidden)
+        // Forward only: no backward pieces, so W_hh^T is made only if the forward step reads it.
+        let layout = HiddenWeight.Layout(forwardFromTransposed: !BLAS.computesSmallProductsUnpacked, backwardPieces: false)
         let whhT = FloatBuffer(count: layout.transposes ? cell.gates * hidden * hidden : 0)
         if layout.transposes { transposeHidden(params: p, into: whhT.pointer, gateRows: 0..<(cell.gates * hidden)) }
         projectInput(params: p, x: x, rows: T * B, into: ws.gates.pointer)
@@ -145,9 +146,8 @@ public struct RecurrentLayer {
     /// Backward without the parameter gradients: the gate gradients of every step stay in ws.dGatesInput (and
     /// ws.dGatesHidden) for `addParameterGradients`. Threads may share it as they share `recur`: each step's
     /// elementwise part by batch columns, its product by hidden units or by batch columns (`HiddenWeight.Layout`),
-    /// and the input gradient by rows. The
-    /// vanishing-gradient lesson's `hiddenGradNorms` wants one thread. `whh` is W_hh as the steps read it
-    /// (`hiddenWeight`).
+    /// and the input gradient by rows. The vanishing-gradient lesson's `hiddenGradNorms` wants one thread. `whh` is
+    /// W_hh as the steps read it (`hiddenWeight`).
     public func backwardThroughTime(params p: UnsafePointer<Float>, whh: HiddenWeight, x: UnsafePointer<Float>?,
                                     dOut: UnsafePointer<Float>,
                                     steps T: Int, batch B: Int, ws: LayerWorkspace, inputGradient: Bool,

@@ -2,11 +2,13 @@ import BardModel
 import BardNumerics
 import Dispatch
 
-/// Computes a window's columns on `threads` threads that share every step (Model's three phases): each step's
-/// recurrent product split by gate columns, the rest by batch columns or rows, one workspace for all of them, and each
-/// parameter's gradient computed once, the threads sharing its rows. Each thread packs only its share of W_hh for a
-/// step's product, where threads that each took their own columns would pack all of it every step (docs/scaling.md).
-/// This is exactly the full-batch computation up to the order of float additions.
+/// Computes a window's columns on `threads` threads that share every step (Model's three phases), one workspace for
+/// all of them: a forward step's recurrent product split by gate columns and a backward one by hidden units, so that
+/// each thread packs only its share of W_hh where threads that each took their own columns would pack all of it every
+/// step; or, where OpenBLAS computes a thread's columns' backward products unpacked, backward by batch columns
+/// (`HiddenWeight.Layout`). The rest of a step is split by batch columns, what runs once per window by rows, and each
+/// parameter's gradient is computed once, the threads sharing its rows (docs/scaling.md). This is exactly the
+/// full-batch computation up to the order of float additions.
 public final class WindowThreads {
     public let model: Model
     public let columns: Range<Int>
@@ -38,7 +40,7 @@ public final class WindowThreads {
         defer { losses.deallocate() }
         let (model, prepared, workspace, columns, team) = (model, prepared, workspace, columns, team)
         team.run { i in
-            model.prepareWindow(params: params, into: prepared, part: i, of: n)
+            model.prepareWindow(params: params, into: prepared, part: i, of: n, backward: grads != nil)
             team.barrier()
             losses[i] = model.runColumns(params: params, prepared: prepared, backward: grads != nil, window: window,
                                          steps: steps, totalColumns: totalColumns, columns: columns, state: state,

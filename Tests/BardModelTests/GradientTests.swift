@@ -211,10 +211,19 @@ final class GradientTests: XCTestCase {
 }
 
 final class HiddenWeightTests: XCTestCase {
+    /// The largest |out - want| over a (rows, columns) buffer.
+    func worstDifference(_ out: FloatBuffer, rows: Int, columns: Int, _ want: (Int, Int) -> Float) -> Float {
+        var worst: Float = 0
+        for r in 0..<rows {
+            for j in 0..<columns { worst = max(worst, abs(out[r * columns + j] - want(r, j))) }
+        }
+        return worst
+    }
+
     /// A step's products through `HiddenWeight` against the naive ones, in every layout, with row counts and ranges
-    /// that make several pieces, a short last one and no piece at all: forward adds hPrev W_hh^T in the asked gate
-    /// columns, backward writes (beta 0) or adds (beta 1) dGates W_hh in the asked hidden units, and nothing else
-    /// changes.
+    /// that make several pieces, a short last one, no piece at all and, with 130 rows, one product: forward adds
+    /// hPrev W_hh^T in the asked gate columns, backward writes (beta 0) or adds (beta 1) dGates W_hh in the asked
+    /// hidden units, and nothing else changes.
     func testProductsMatchTheNaiveOnesInEveryLayout() {
         var rng = RNG(seed: 5)
         func random(_ n: Int) -> FloatBuffer {
@@ -222,7 +231,7 @@ final class HiddenWeightTests: XCTestCase {
             for i in 0..<n { b[i] = rng.uniform(-1, 1) }
             return b
         }
-        for (rows, hidden, gates) in [(5, 24, 96), (32, 40, 160), (3, 7, 28), (16, 512, 2048)] {
+        for (rows, hidden, gates) in [(5, 24, 96), (32, 40, 160), (3, 7, 28), (16, 512, 2048), (130, 512, 1024)] {
             let whh = random(gates * hidden), whhT = FloatBuffer(count: gates * hidden)
             BLAS.transpose(rows: gates, cols: hidden, a: whh.pointer, lda: hidden, b: whhT.pointer, ldb: gates)
             let h = random(rows * hidden), dG = random(rows * gates)
@@ -238,12 +247,8 @@ final class HiddenWeightTests: XCTestCase {
                     let out = FloatBuffer(count: rows * gates)
                     for i in 0..<out.count { out[i] = 0.5 }
                     weight.project(h.pointer, rows: rows, gates: range, into: out.pointer, ldc: gates)
-                    var worst: Float = 0
-                    for r in 0..<rows {
-                        for j in 0..<gates {
-                            let want = 0.5 + (range.contains(j) ? forward[r * gates + j] : 0)
-                            worst = max(worst, abs(out[r * gates + j] - want))
-                        }
+                    let worst = worstDifference(out, rows: rows, columns: gates) { r, j in
+                        0.5 + (range.contains(j) ? forward[r * gates + j] : 0)
                     }
                     XCTAssertLessThan(worst, Tolerance.productAbsolute, "forward: rows \(rows) gates \(range) \(layout)")
                 }
@@ -251,12 +256,8 @@ final class HiddenWeightTests: XCTestCase {
                     let out = FloatBuffer(count: rows * hidden)
                     for i in 0..<out.count { out[i] = 0.5 }
                     weight.projectBack(dG.pointer, rows: rows, units: range, into: out.pointer, beta: beta)
-                    var worst: Float = 0
-                    for r in 0..<rows {
-                        for j in 0..<hidden {
-                            let want = range.contains(j) ? beta * 0.5 + backward[r * hidden + j] : 0.5
-                            worst = max(worst, abs(out[r * hidden + j] - want))
-                        }
+                    let worst = worstDifference(out, rows: rows, columns: hidden) { r, j in
+                        range.contains(j) ? beta * 0.5 + backward[r * hidden + j] : 0.5
                     }
                     XCTAssertLessThan(worst, Tolerance.productAbsolute, "backward: rows \(rows) units \(range) beta \(beta) \(layout)")
                 }
