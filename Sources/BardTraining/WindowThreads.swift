@@ -1,6 +1,5 @@
 import BardModel
 import BardNumerics
-import Dispatch
 
 /// Computes a window's columns on `threads` threads that share every step (Model's three phases), one workspace for
 /// all of them: a forward step's recurrent product split by gate columns and a backward one by hidden units, so that
