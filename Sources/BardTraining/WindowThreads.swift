@@ -12,16 +12,15 @@ public final class WindowThreads {
     public let model: Model
     public let columns: Range<Int>
     let workspace: Workspace
-    /// The table and transposed weights every thread reads (Model's phase 1).
-    let prepared: PreparedWindow
     let team: ThreadTeam
+    /// The table and transposed weights every thread reads (Model's phase 1); one thread uses the workspace's own.
+    private lazy var prepared = model.makePreparedWindow(batch: columns.count, threads: team.count)
 
     public init(model: Model, steps: Int, columns: Range<Int>, threads: Int) {
         self.model = model
         self.columns = columns
         workspace = model.makeWorkspace(steps: steps, batch: columns.count)
         team = ThreadTeam(count: max(1, min(threads, columns.count)))
-        prepared = model.makePreparedWindow(batch: columns.count, threads: team.count)
         BLAS.setThreads(1)
     }
 

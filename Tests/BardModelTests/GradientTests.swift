@@ -162,7 +162,9 @@ final class GradientTests: XCTestCase {
     /// gradient and state: for every cell, one and two layers, with and without dropout and decoder bias, and row
     /// counts (V = 7, G*H = 5 to 20) that do not divide; with the steps reading W_hh and W_hh^T in every way
     /// (`HiddenWeight.Layout.all`), whichever this machine's kernels prefer.
+    /// The whole test has 120 s: threads that miss a barrier fail it instead of hanging the suite.
     func testPhasesSharedAmongThreadsGiveTheWholeWindow() {
+        let deadline = DispatchTime.now() + 120
         for (cell, act) in Self.cells {
             for (layers, dropout, bias) in [(1, Float(0), true), (2, Float(0.2), false), (2, Float(0), true)] {
                 let cfg = config(cell, act, layers: layers, dropout: dropout, bias: bias)
@@ -181,22 +183,30 @@ final class GradientTests: XCTestCase {
                     let ws = model.makeWorkspace(steps: T, batch: B)
                     let prepared = model.makePreparedWindow(batch: B, layout: layout)
                     let team = ThreadTeam(count: n)
-                    let losses = UnsafeMutableBufferPointer<Double>.allocate(capacity: n)
-                    defer { losses.deallocate() }
-                    window.withUnsafeBufferPointer { w in
-                        let tokens = w.baseAddress!
+                    let what = "\(cell) \(act) layers \(layers) dropout \(dropout) bias \(bias), \(n) threads, \(layout)"
+                    // Freed only once the threads are done: after a missed deadline they may still run.
+                    nonisolated(unsafe) let losses = UnsafeMutableBufferPointer<Double>.allocate(capacity: n)
+                    nonisolated(unsafe) let tokens = UnsafeMutableBufferPointer<Int32>.allocate(capacity: window.count)
+                    _ = tokens.initialize(from: window)
+                    let finished = DispatchSemaphore(value: 0)
+                    Thread {
                         team.run { i in
                             model.prepareWindow(params: params, into: prepared, part: i, of: n)
                             team.barrier()
-                            losses[i] = model.runColumns(params: params, prepared: prepared, backward: true, window: tokens,
-                                                         steps: T, totalColumns: B, columns: 0..<B, state: s2, dropout: key,
-                                                         workspace: ws, part: i, of: n, barrier: team.barrier)
+                            losses[i] = model.runColumns(params: params, prepared: prepared, backward: true,
+                                                         window: tokens.baseAddress!, steps: T, totalColumns: B,
+                                                         columns: 0..<B, state: s2, dropout: key, workspace: ws, part: i,
+                                                         of: n, barrier: team.barrier)
                             team.barrier()
                             model.addParameterGradients(into: split, params: params, workspace: ws, part: i, of: n)
                         }
+                        finished.signal()
+                    }.start()
+                    guard finished.wait(timeout: deadline) == .success else {
+                        return XCTFail("the threads were not done by the test's deadline (a missed barrier?), \(what)")
                     }
                     let l2 = losses.reduce(0, +)
-                    let what = "\(cell) \(act) layers \(layers) dropout \(dropout) bias \(bias), \(n) threads, \(layout)"
+                    losses.deallocate(); tokens.deallocate()
                     XCTAssertEqual(l1, l2, accuracy: Tolerance.forwardRelative * abs(l1), what)
                     var worst: Float = 0
                     for i in 0..<whole.count { worst = max(worst, abs(whole[i] - split[i]) / max(1, abs(whole[i]))) }
