@@ -321,9 +321,26 @@ public final class Coordinator: GradientComputer {
 
     public func computeGradients(params: FloatBuffer, grads: FloatBuffer, window: UnsafePointer<Int32>, steps: Int,
                                  totalColumns: Int, state: RecurrentState, dropout: DropoutKey?) throws -> Double {
+        try step(params: params, grads: grads, window: window, steps: steps, totalColumns: totalColumns, state: state,
+                 dropout: dropout, meanOver: nil).lossSum
+    }
+
+    /// The step with the mean taken in the pass that adds the workers' gradients (`Reducer`).
+    public func meanGradients(params: FloatBuffer, grads: FloatBuffer, window: UnsafePointer<Int32>, steps: Int,
+                              totalColumns: Int, state: RecurrentState, dropout: DropoutKey?, meanOver n: Int,
+                              threads: Int) throws -> (lossSum: Double, squares: [Double]) {
+        precondition(shards == nil, "meanGradients: with shards the gradient and its norm are theirs")
+        return try step(params: params, grads: grads, window: window, steps: steps, totalColumns: totalColumns, state: state,
+                        dropout: dropout, meanOver: n)
+    }
+
+    /// One step: the gradient sum in `grads` (whatever it held), or with `meanOver` its mean and the sums of squares of
+    /// its blocks. With shards the gradient goes to them, and `grads` is left as it was.
+    func step(params: FloatBuffer, grads: FloatBuffer, window: UnsafePointer<Int32>, steps: Int, totalColumns: Int,
+              state: RecurrentState, dropout: DropoutKey?, meanOver: Int?) throws -> (lossSum: Double, squares: [Double]) {
         if let end = lastStepEnd { timing.update = clock() - end }
         if shards != nil {
-            return try shardedStep(window: window, steps: steps, totalColumns: totalColumns, state: state, dropout: dropout)
+            return (try shardedStep(window: window, steps: steps, totalColumns: totalColumns, state: state, dropout: dropout), [])
         }
         parameterVersion += 1
         // Encoded once per step, and only if a worker needs the parameters by message (none does on shared memory).
@@ -429,8 +446,8 @@ public final class Coordinator: GradientComputer {
             }
             let waited = clock() - t0
             let r0 = clock()
-            var (loss, nonFinite) = Reducer.reduce(round.results, into: grads, state: state, threads: hostThreads,
-                                                   shared: sharedResults.mapValues(\.region))
+            var (loss, nonFinite, squares) = Reducer.reduce(round.results, into: grads, state: state, threads: hostThreads,
+                                                            shared: sharedResults.mapValues(\.region), meanOver: meanOver)
             var unchecked = false
             while !nonFinite.isEmpty && !unchecked {
                 // A worker answered "done, in shared memory" over a NaN or an infinity there. As when a worker reports a
@@ -444,10 +461,9 @@ public final class Coordinator: GradientComputer {
                     guard round.replace(result) else { unchecked = true; break }
                     sharedResults[first] = nil
                 }
-                grads.zero(threads: hostThreads)
                 if !unchecked {
-                    (loss, nonFinite) = Reducer.reduce(round.results, into: grads, state: state, threads: hostThreads,
-                                                       shared: sharedResults.mapValues(\.region))
+                    (loss, nonFinite, squares) = Reducer.reduce(round.results, into: grads, state: state, threads: hostThreads,
+                                                                shared: sharedResults.mapValues(\.region), meanOver: meanOver)
                 }
             }
             if unchecked {
@@ -468,7 +484,7 @@ public final class Coordinator: GradientComputer {
             timing.communication = max(0, waited - compute - timing.send)
             timing.reduce = clock() - r0
             lastStepEnd = clock()
-            return loss
+            return (loss, squares)
         }
     }
 

@@ -85,20 +85,14 @@ public final class Optimizer {
     /// order. Their sum in that order is the squared norm; a shard that owns a block-aligned slice of the parameters
     /// returns its blocks' parts, and the lead adds every shard's in order to the same bits.
     public static func mean(_ grads: FloatBuffer, over n: Int, threads: Int) -> [Double] {
-        let g = grads.pointer, scale = Float(1 / Double(max(1, n)))
+        let g = grads.pointer, scale = meanScale(over: n)
         return Blocks.parts(grads.count, threads: threads) { _, r in
-            var s0 = 0.0, s1 = 0.0, s2 = 0.0, s3 = 0.0
-            var i = r.lowerBound
-            while i + 4 <= r.upperBound {
-                g[i] *= scale; g[i + 1] *= scale; g[i + 2] *= scale; g[i + 3] *= scale
-                let a = Double(g[i]), b = Double(g[i + 1]), c = Double(g[i + 2]), d = Double(g[i + 3])
-                s0 += a * a; s1 += b * b; s2 += c * c; s3 += d * d
-                i += 4
-            }
-            while i < r.upperBound { g[i] *= scale; let a = Double(g[i]); s0 += a * a; i += 1 }
-            return (s0 + s1) + (s2 + s3)
+            Kernels.scaleSumOfSquares(g + r.lowerBound, count: r.count, scale: scale)
         }
     }
+
+    /// The factor that turns a gradient summed over `n` targets into their mean.
+    public static func meanScale(over n: Int) -> Float { Float(1 / Double(max(1, n))) }
 
     /// The second pass of `step`, given the global gradient norm: counts the step, then for each block the clipped
     /// gradient, the update, the average and the finiteness checks of what was written.

@@ -75,6 +75,34 @@ public enum Kernels {
         }
     }
 
+    /// y[i] = x[i], and whether every x[i] is finite, in one pass: `addCheckingFinite` for the first term of a sum.
+    public static func copyCheckingFinite(_ x: UnsafePointer<Float>, into y: UnsafeMutablePointer<Float>, count: Int) -> Bool {
+        x.withMemoryRebound(to: UInt32.self, capacity: count) { bits in
+            var special: UInt32 = 0
+            for i in 0..<count {
+                let b = bits[i]
+                special |= (b & 0x7F80_0000) == 0x7F80_0000 ? 1 : 0
+                y[i] = Float(bitPattern: b)
+            }
+            return special == 0
+        }
+    }
+
+    /// x[i] *= scale, and the sum of the squares of the results in Double (four partial sums, added pairwise): the
+    /// mean of a gradient sum and its part of the squared norm, in one pass.
+    public static func scaleSumOfSquares(_ x: UnsafeMutablePointer<Float>, count: Int, scale: Float) -> Double {
+        var s0 = 0.0, s1 = 0.0, s2 = 0.0, s3 = 0.0
+        var i = 0
+        while i + 4 <= count {
+            x[i] *= scale; x[i + 1] *= scale; x[i + 2] *= scale; x[i + 3] *= scale
+            let a = Double(x[i]), b = Double(x[i + 1]), c = Double(x[i + 2]), d = Double(x[i + 3])
+            s0 += a * a; s1 += b * b; s2 += c * c; s3 += d * d
+            i += 4
+        }
+        while i < count { x[i] *= scale; let a = Double(x[i]); s0 += a * a; i += 1 }
+        return (s0 + s1) + (s2 + s3)
+    }
+
     /// b[j] += sum over rows of y[r, j].
     public static func addColumnSums(_ y: UnsafePointer<Float>, rows: Int, n: Int, stride: Int? = nil,
                                      into b: UnsafeMutablePointer<Float>) {

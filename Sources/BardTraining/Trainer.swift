@@ -9,6 +9,13 @@ public protocol GradientComputer: AnyObject {
     /// state carried in place; returns the loss sum.
     func computeGradients(params: FloatBuffer, grads: FloatBuffer, window: UnsafePointer<Int32>, steps: Int,
                           totalColumns: Int, state: RecurrentState, dropout: DropoutKey?) throws -> Double
+    /// `computeGradients` into `grads`, whatever it held, divided by `meanOver` targets: the mean gradient, and the
+    /// sums of squares of its blocks (`Optimizer.mean`), on up to `threads` threads. The default clears `grads`,
+    /// computes and takes the mean in a pass of its own; a computer that sums other gradients (the coordinator) does
+    /// it in the pass that adds them.
+    func meanGradients(params: FloatBuffer, grads: FloatBuffer, window: UnsafePointer<Int32>, steps: Int,
+                       totalColumns: Int, state: RecurrentState, dropout: DropoutKey?, meanOver n: Int,
+                       threads: Int) throws -> (lossSum: Double, squares: [Double])
     /// Appended to the progress line (workers alive, step time split).
     var statusSuffix: String { get }
     /// Adds what it knows to each step's metrics record (workers, the step's time split, counters).
@@ -16,6 +23,14 @@ public protocol GradientComputer: AnyObject {
 }
 
 extension GradientComputer {
+    public func meanGradients(params: FloatBuffer, grads: FloatBuffer, window: UnsafePointer<Int32>, steps: Int,
+                              totalColumns: Int, state: RecurrentState, dropout: DropoutKey?, meanOver n: Int,
+                              threads: Int) throws -> (lossSum: Double, squares: [Double]) {
+        grads.zero(threads: threads)
+        let loss = try computeGradients(params: params, grads: grads, window: window, steps: steps,
+                                        totalColumns: totalColumns, state: state, dropout: dropout)
+        return (loss, Optimizer.mean(grads, over: n, threads: threads))
+    }
     public var statusSuffix: String { "" }
     public func annotate(_ record: inout MetricsRecord) {}
 }
@@ -291,15 +306,24 @@ public final class Trainer {
                     needsSeed = false; remoteAhead = false
                 }
                 let t0 = Date()
-                // With the update elsewhere the gradient is summed there too: nothing here to clear.
-                if remote == nil { grads.zero(threads: updateThreads) }
                 let lossSum: Double
+                // The mean gradient's blocks' sums of squares; with the update elsewhere the gradient is summed and
+                // its norm found there too.
+                var squares: [Double] = []
                 do {
                     lossSum = try tokens.withUnsafeMutableBufferPointer { w -> Double in
                         guard let base = w.baseAddress else { return .nan }
                         trainStreams.window(startRow: window * T, steps: T, into: base)
-                        return try computer.computeGradients(params: params, grads: grads, window: base, steps: T, totalColumns: B,
-                                                             state: state, dropout: DropoutKey(seed: cfg.seed, step: step))
+                        let dropout = DropoutKey(seed: cfg.seed, step: step)
+                        if remote != nil {
+                            return try computer.computeGradients(params: params, grads: grads, window: base, steps: T,
+                                                                 totalColumns: B, state: state, dropout: dropout)
+                        }
+                        let (loss, s) = try computer.meanGradients(params: params, grads: grads, window: base, steps: T,
+                                                                   totalColumns: B, state: state, dropout: dropout,
+                                                                   meanOver: B * T, threads: updateThreads)
+                        squares = s
+                        return loss
                     }
                 } catch is StopTraining {
                     // Parameters, state and cursor are still those of the last completed step.
@@ -313,8 +337,9 @@ public final class Trainer {
                     throw BardError.diverged("training diverged at step \(step + 1) (loss \(loss)); \(keptCheckpoint(lastCheckpointStep)); lower --lr or set --clip")
                 }
                 optimizer.lr = LearningRate.at(step: step, epoch: epoch, totalSteps: totalSteps, config: cfg)
-                // Mean, norm, clipping, the update, the average and the finiteness checks, in two passes on every update
-                // thread. The parameters are only written once the norm is known to be finite.
+                // Clipping, the update, the average and the finiteness checks in one pass on every update thread (the
+                // mean and its norm came with the gradient). The parameters are only written once the norm is known
+                // to be finite.
                 let checkNorm = { (norm: Double) throws in
                     guard norm.isFinite else {
                         throw BardError.diverged("training diverged at step \(self.step + 1) (loss \(loss), gradient norm \(norm)); \(self.keptCheckpoint(lastCheckpointStep)); lower --lr or set --clip")
@@ -325,8 +350,10 @@ public final class Trainer {
                     report = try remote.update(lr: optimizer.lr, clip: cfg.clip, decay: cfg.ema ?? 0, checkNorm: checkNorm)
                     remoteAhead = true
                 } else {
-                    report = try optimizer.step(params: params, grads: grads, meanOver: B * T, clip: cfg.clip, average: average,
-                                                decay: cfg.ema ?? 0, threads: updateThreads, checkNorm: checkNorm)
+                    let norm = squares.reduce(0, +).squareRoot()
+                    try checkNorm(norm)
+                    report = optimizer.update(params: params, grads: grads, norm: norm, clip: cfg.clip, average: average,
+                                              decay: cfg.ema ?? 0, threads: updateThreads)
                 }
                 let norm = report.norm
                 // A finite loss and gradient do not make a finite update (lr * g, or Adam's g^2, can overflow): this step is

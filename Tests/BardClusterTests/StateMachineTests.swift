@@ -282,11 +282,21 @@ final class ReducerTests: XCTestCase {
         for r in results.sorted(by: { $0.columns.lowerBound < $1.columns.lowerBound }) {
             for i in 0..<n { reference[i] += r.gradients[i] }
         }
+        // The mean of the sum and its blocks' sums of squares, as the trainer's own pass makes them.
+        let mean = FloatBuffer(reference)
+        let meanSquares = Optimizer.mean(mean, over: 7 * 25, threads: 1)
         for threads in [1, 2, 5] {
-            let grads = FloatBuffer(count: n), state = model.makeState(columns: 7)
-            XCTAssertEqual(Reducer.reduce(results, into: grads, state: state, threads: threads).loss, 7)
+            // Whatever the buffer held before is overwritten, not added to.
+            let grads = FloatBuffer([Float](repeating: 3, count: n)), state = model.makeState(columns: 7)
+            let (loss, _, squares) = Reducer.reduce(results, into: grads, state: state, threads: threads)
+            XCTAssertEqual(loss, 7)
+            XCTAssertEqual(squares, [])
             XCTAssertTrue(grads.array == reference, "\(threads) threads")
             XCTAssertEqual(state.h.array, [0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 1, 4, 4, 4, 4, 4, 4, 4, 4, 4])
+            let meaned = FloatBuffer([Float](repeating: -1, count: n))
+            let m = Reducer.reduce(results, into: meaned, state: model.makeState(columns: 7), threads: threads, meanOver: 7 * 25)
+            XCTAssertTrue(meaned.array == mean.array, "\(threads) threads, mean")
+            XCTAssertEqual(m.squares, meanSquares, "\(threads) threads, mean")
         }
         // The same sum with one result's gradient in shared memory; a NaN or an infinity there is found as it is added.
         let memory = InMemorySharedMemory()
@@ -294,18 +304,28 @@ final class ReducerTests: XCTestCase {
         results[2].gradients.withUnsafeBufferPointer { region.floats.update(from: $0.baseAddress!, count: n) }
         var viaShared = results
         viaShared[2].gradients = []; viaShared[2].sharedGradients = true
+        var sharedFirst = results  // and the first term of the sum (copied, not added) in shared memory
+        sharedFirst[1].gradients = []; sharedFirst[1].sharedGradients = true
+        let first = try! memory.create(count: n, token: 2)
+        results[1].gradients.withUnsafeBufferPointer { first.floats.update(from: $0.baseAddress!, count: n) }
         for threads in [1, 2] {
-            let grads = FloatBuffer(count: n), state = model.makeState(columns: 7)
-            let (loss, nonFinite) = Reducer.reduce(viaShared, into: grads, state: state, threads: threads, shared: [1: region])
-            XCTAssertEqual(loss, 7)
-            XCTAssertEqual(nonFinite, [])
-            XCTAssertTrue(grads.array == reference, "\(threads) threads, shared")
+            for (set, regions) in [(viaShared, [1: region]), (sharedFirst, [0: first])] {
+                let grads = FloatBuffer([Float](repeating: 3, count: n)), state = model.makeState(columns: 7)
+                let (loss, nonFinite, _) = Reducer.reduce(set, into: grads, state: state, threads: threads, shared: regions)
+                XCTAssertEqual(loss, 7)
+                XCTAssertEqual(nonFinite, [])
+                XCTAssertTrue(grads.array == reference, "\(threads) threads, shared \(regions.keys)")
+            }
         }
         for bad in [Float.nan, .infinity] {
-            region.floats[n - 3] = bad
-            let (_, nonFinite) = Reducer.reduce(viaShared, into: FloatBuffer(count: n), state: model.makeState(columns: 7),
-                                                threads: 2, shared: [1: region])
-            XCTAssertEqual(nonFinite, [1], "\(bad)")
+            for (set, regions, r) in [(viaShared, [1: region], region), (sharedFirst, [0: first], first)] {
+                let keep = r.floats[n - 3]
+                r.floats[n - 3] = bad
+                let (_, nonFinite, _) = Reducer.reduce(set, into: FloatBuffer(count: n), state: model.makeState(columns: 7),
+                                                       threads: 2, shared: regions)
+                XCTAssertEqual(nonFinite, regions.keys.sorted(), "\(bad)")
+                r.floats[n - 3] = keep
+            }
         }
     }
 }
