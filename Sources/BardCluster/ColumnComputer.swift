@@ -41,7 +41,7 @@ public final class ColumnComputer {
         let state = model.makeState(columns: n)
         state.h.copy(from: FloatBuffer(r.h))
         if state.c.count > 0 { state.c.copy(from: FloatBuffer(r.c)) }
-        grads.zero()
+        grads.zero(threads: threads)
         // Dropout masks are keyed by global column: the shard's offset in the batch.
         let dropout = r.training ? DropoutKey(seed: r.dropoutSeed, step: Int(truncatingIfNeeded: r.dropoutStep),
                                               columnBase: r.columns.lowerBound, globalColumns: r.totalColumns) : nil
