@@ -29,8 +29,9 @@ public final class ColumnComputer {
     /// Forward and backward (when `r.training`) of the request's window with `params`; gradient sums in `target`
     /// (default `grads`). Returns the result (gradients left empty: they are in the target) and whether loss, state
     /// and (unless `checkGradients` is false: the coordinator checks shared memory as it adds it) gradients are finite.
+    /// With `table`, layer 0's table is read from there and its gradient written there (`SharedTable`).
     public func compute(_ r: StepRequest, params: FloatBuffer, into target: FloatBuffer? = nil,
-                        checkGradients: Bool = true) -> (result: StepResult, finite: Bool) {
+                        checkGradients: Bool = true, table: SharedTable? = nil) -> (result: StepResult, finite: Bool) {
         let grads = target ?? self.grads
         precondition(grads.count == model.parameterCount, "compute: the gradient target has the wrong size")
         let n = r.columns.count, t0 = Date()
@@ -41,14 +42,23 @@ public final class ColumnComputer {
         let state = model.makeState(columns: n)
         state.h.copy(from: FloatBuffer(r.h))
         if state.c.count > 0 { state.c.copy(from: FloatBuffer(r.c)) }
-        grads.zero(threads: threads)
+        if table == nil {
+            grads.zero(threads: threads)
+        } else {
+            // The embedding's and W_ih0's places are not written (nor read) with a shared table.
+            var at = 0
+            for r in model.tableParameterRanges + [grads.count ..< grads.count] {
+                FloatBuffer(viewing: grads.pointer + at, count: r.lowerBound - at).zero(threads: threads)
+                at = r.upperBound
+            }
+        }
         // Dropout masks are keyed by global column: the shard's offset in the batch.
         let dropout = r.training ? DropoutKey(seed: r.dropoutSeed, step: Int(truncatingIfNeeded: r.dropoutStep),
                                               columnBase: r.columns.lowerBound, globalColumns: r.totalColumns) : nil
         let loss = r.tokens.withUnsafeBufferPointer { w -> Double in
             guard let base = w.baseAddress, let runner else { return .nan }
             return runner.run(params: params, grads: r.training ? grads : nil, window: base, steps: r.steps,
-                              totalColumns: n, state: state, dropout: dropout)
+                              totalColumns: n, state: state, dropout: dropout, table: table)
         }
         let result = StepResult(stepID: r.stepID, columns: r.columns, lossSum: loss,
                                 computeSeconds: Date().timeIntervalSince(t0), gradients: [], h: state.h.array, c: state.c.array)

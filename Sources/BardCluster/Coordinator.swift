@@ -44,6 +44,8 @@ public final class Coordinator: GradientComputer {
     public var shared: SharedExchange?
     /// Recomputes a worker's columns here when it reports a divergence or leaves non-finite gradients in shared memory.
     lazy var verifier = ColumnComputer(model: model, threads: 1)
+    /// The embedding's and W_ih0's gradients of the workers on shared memory, made here once from their tables'.
+    lazy var tableReduction = TableReduction(model: model)
 
     /// Coordinator shards (`--shards K`; nil: this process makes the update). ShardLead.swift drives them.
     public internal(set) var shards: ShardRoster?
@@ -357,7 +359,7 @@ public final class Coordinator: GradientComputer {
                 // A worker on this host reads the parameters from the shared region, where the trainer keeps them,
                 // stamped with this step's version before the first request that needs it.
                 let region = shared?.region(for: peer), viaShared = region != nil
-                if viaShared { shared?.publish(params, version: parameterVersion) }
+                if viaShared { shared?.publish(params, version: parameterVersion, threads: hostThreads) }
                 requestRegions[peer] = region
                 let request = StepRequest(
                     stepID: stepID, parameterVersion: parameterVersion, columns: shard, totalColumns: totalColumns,
@@ -447,7 +449,8 @@ public final class Coordinator: GradientComputer {
             let waited = clock() - t0
             let r0 = clock()
             var (loss, nonFinite, squares) = Reducer.reduce(round.results, into: grads, state: state, threads: hostThreads,
-                                                            shared: sharedResults.mapValues(\.region), meanOver: meanOver)
+                                                            shared: sharedResults.mapValues(\.region), table: tableReduction,
+                                                            params: params, meanOver: meanOver)
             var unchecked = false
             while !nonFinite.isEmpty && !unchecked {
                 // A worker answered "done, in shared memory" over a NaN or an infinity there. As when a worker reports a
@@ -463,7 +466,8 @@ public final class Coordinator: GradientComputer {
                 }
                 if !unchecked {
                     (loss, nonFinite, squares) = Reducer.reduce(round.results, into: grads, state: state, threads: hostThreads,
-                                                                shared: sharedResults.mapValues(\.region), meanOver: meanOver)
+                                                                shared: sharedResults.mapValues(\.region), table: tableReduction,
+                                                            params: params, meanOver: meanOver)
                 }
             }
             if unchecked {

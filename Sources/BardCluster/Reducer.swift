@@ -11,15 +11,28 @@ public enum Reducer {
     /// sum, and the first columns of the results whose gradients came through shared memory and hold a NaN or an
     /// infinity there (checked in the same pass as the addition: a message's were checked when it was decoded); when
     /// there are any, `grads` is not the sum. The work is spread over `threads` threads by blocks of parameters, each
-    /// element adding the results in column order, so the sum is the same bits for any thread count. A result whose
-    /// gradient came through shared memory has it in `shared`, under its first column.
+    /// element adding its terms in a fixed order, so the sum is the same bits for any thread count.
+    ///
+    /// A result whose gradient came through shared memory has it in `shared`, under its first column, with its
+    /// window's gradient of layer 0's table after it instead of the embedding's and W_ih0's (`SharedTable`): those
+    /// two are made once from the tables' sum (`table`, with `params`), and the results by message are added to them.
     public static func reduce(_ results: [StepResult], into grads: FloatBuffer, state: RecurrentState, threads: Int = 1,
-                              shared: [Int: SharedRegion] = [:], meanOver n: Int? = nil)
-        -> (loss: Double, nonFinite: [Int], squares: [Double]) {
+                              shared: [Int: SharedRegion] = [:], table: TableReduction? = nil, params: FloatBuffer? = nil,
+                              meanOver n: Int? = nil) -> (loss: Double, nonFinite: [Int], squares: [Double]) {
         let ordered = results.sorted(by: { $0.columns.lowerBound < $1.columns.lowerBound })
         precondition(ordered.allSatisfy { r in
-            r.sharedGradients ? shared[r.columns.lowerBound]?.count == grads.count : r.gradients.count == grads.count
+            r.sharedGradients ? (shared[r.columns.lowerBound]?.count ?? 0) >= grads.count : r.gradients.count == grads.count
         }, "reduce: a result's gradient has the wrong size")
+        let viaShared = ordered.indices.filter { ordered[$0].sharedGradients }
+        // The embedding's and W_ih0's gradients of the shared results, written first where the messages' are added.
+        var tableRanges: [Range<Int>] = []
+        var badTables: [Int] = []
+        if !viaShared.isEmpty {
+            guard let table, let params else { preconditionFailure("reduce: results in shared memory need their table's reduction") }
+            let regions = viaShared.compactMap { shared[ordered[$0].columns.lowerBound] }
+            badTables = table.write(from: regions, params: params, into: grads, threads: threads).map { viaShared[$0] }
+            tableRanges = table.ranges
+        }
         let out = grads.pointer, scale = n.map(Optimizer.meanScale(over:))
         // Per block and result: 1 when that result's shared block is not finite.
         var bad = [UInt8](repeating: 0, count: Blocks.count(grads.count) * ordered.count)
@@ -27,30 +40,50 @@ public enum Reducer {
         bad.withUnsafeMutableBufferPointer { flags in
             squares.withUnsafeMutableBufferPointer { sq in
                 guard let f = flags.baseAddress, let s = sq.baseAddress else { return }
-                Blocks.forEach(grads.count, threads: threads) { b, r in
-                    let y = out + r.lowerBound
-                    if ordered.isEmpty { y.update(repeating: 0, count: r.count) }
-                    for (k, result) in ordered.enumerated() {
-                        if result.sharedGradients, let region = shared[result.columns.lowerBound] {
-                            let x = region.floats + r.lowerBound
-                            let finite = k == 0 ? Kernels.copyCheckingFinite(x, into: y, count: r.count)
-                                                : Kernels.addCheckingFinite(x, into: y, count: r.count)
-                            f[b * ordered.count + k] = finite ? 0 : 1
-                            continue
+                Blocks.forEach(grads.count, threads: threads) { b, block in
+                    for (r, fromTable) in segments(of: block, around: tableRanges) {
+                        let y = out + r.lowerBound
+                        var first = !fromTable  // a table segment already holds its first term
+                        for (k, result) in ordered.enumerated() {
+                            if result.sharedGradients {
+                                guard !fromTable, let region = shared[result.columns.lowerBound] else { continue }
+                                let x = region.floats + r.lowerBound
+                                let finite = first ? Kernels.copyCheckingFinite(x, into: y, count: r.count)
+                                                   : Kernels.addCheckingFinite(x, into: y, count: r.count)
+                                if !finite { f[b * ordered.count + k] = 1 }
+                            } else {
+                                result.gradients.withUnsafeBufferPointer { g in
+                                    guard let gb = g.baseAddress else { return }
+                                    if first { y.update(from: gb + r.lowerBound, count: r.count) }
+                                    else { Kernels.add(gb + r.lowerBound, into: y, count: r.count) }
+                                }
+                            }
+                            first = false
                         }
-                        result.gradients.withUnsafeBufferPointer { g in
-                            guard let gb = g.baseAddress else { return }
-                            if k == 0 { y.update(from: gb + r.lowerBound, count: r.count) }
-                            else { Kernels.add(gb + r.lowerBound, into: y, count: r.count) }
-                        }
+                        if first { y.update(repeating: 0, count: r.count) }  // no results
                     }
-                    if let scale { s[b] = Kernels.scaleSumOfSquares(y, count: r.count, scale: scale) }
+                    if let scale { s[b] = Kernels.scaleSumOfSquares(out + block.lowerBound, count: block.count, scale: scale) }
                 }
             }
         }
-        let nonFinite = ordered.indices.filter { k in stride(from: k, to: bad.count, by: ordered.count).contains { bad[$0] != 0 } }
-            .map { ordered[$0].columns.lowerBound }
+        let nonFinite = ordered.indices.filter { k in
+            badTables.contains(k) || stride(from: k, to: bad.count, by: ordered.count).contains { bad[$0] != 0 }
+        }.map { ordered[$0].columns.lowerBound }
         return (collect(ordered, state: state), nonFinite, scale == nil ? [] : squares)
+    }
+
+    /// `block` cut at the edges of `ranges` (sorted, disjoint), each piece with whether it lies in one of them.
+    static func segments(of block: Range<Int>, around ranges: [Range<Int>]) -> [(Range<Int>, Bool)] {
+        var pieces: [(Range<Int>, Bool)] = []
+        var at = block.lowerBound
+        for t in ranges where t.upperBound > at && t.lowerBound < block.upperBound {
+            if t.lowerBound > at { pieces.append((at ..< t.lowerBound, false)) }
+            let end = min(t.upperBound, block.upperBound)
+            pieces.append((max(at, t.lowerBound) ..< end, true))
+            at = end
+        }
+        if at < block.upperBound { pieces.append((at ..< block.upperBound, false)) }
+        return pieces
     }
 
     /// The results' loss sum (added in column order) and their final state rows written into `state`: all a

@@ -6,22 +6,30 @@ import Foundation
 /// (its update writes them once per step) where every local worker reads them, and one region per local worker's registration where it writes its
 /// gradient sums and the coordinator reduces them. Control stays on the socket.
 ///
+/// Each region holds the model's table after the parameters (`SharedLayout`): the coordinator makes layer 0's input
+/// table once per step for all its local workers, and each worker leaves its window's gradient of the table there
+/// instead of the embedding's and W_ih0's, which the coordinator makes once from their sum (`TableReduction`).
+///
 /// A gradient region lives as long as the registration it was made for: a restarted, evicted or re-registered worker
 /// gets a new one, so a process of an old registration that is still computing can never write into memory the
 /// coordinator reads. Names are removed when a region is dropped and when the coordinator closes; what a killed
 /// coordinator left is removed by the next one (`PosixSharedMemory.removeStale`).
 public final class SharedExchange {
     let memory: SharedMemory
-    let count: Int
+    let model: Model
+    let layout: SharedLayout
     let parameters: SharedRegion
     var gradients: [PeerID: SharedRegion] = [:]
     var log: (String) -> Void
     var loggedFailure = false
+    /// The parameter version whose table the parameters region holds.
+    var tableVersion: UInt64?
 
-    public init(memory: SharedMemory, parameterCount: Int, log: @escaping (String) -> Void) throws {
-        self.memory = memory; count = parameterCount; self.log = log
+    public init(memory: SharedMemory, model: Model, log: @escaping (String) -> Void) throws {
+        self.memory = memory; self.model = model; layout = SharedLayout(model); self.log = log
+        BLAS.setThreads(1)  // the table is made on threads of its own (`publish`); OpenBLAS's would spin beside them
         // One secret for all of this coordinator's regions: a worker checks it in each region it opens.
-        parameters = try memory.create(count: parameterCount, token: UInt64.random(in: 1...UInt64.max))
+        parameters = try memory.create(count: layout.count, token: UInt64.random(in: 1...UInt64.max))
     }
 
     /// A region for a worker that just registered on `peer` from `host`, if that is this host; nil otherwise (or when
@@ -30,7 +38,7 @@ public final class SharedExchange {
         drop(peer)
         guard !host.isEmpty, host == memory.host else { return nil }
         do {
-            let region = try memory.create(count: count, token: parameters.token)
+            let region = try memory.create(count: layout.count, token: parameters.token)
             gradients[peer] = region
             return SharedOffer(parameters: parameters.name, gradients: region.name, token: region.token)
         } catch {
@@ -57,11 +65,17 @@ public final class SharedExchange {
     /// The parameter region as a buffer for the trainer's parameters (`Trainer(parameterStorage:)`), which a
     /// coordinator with local workers must use: the update writes them where the workers read them, and publishing
     /// copies nothing. It keeps the region mapped.
-    public var parameterStorage: FloatBuffer { parameters.retainingBuffer() }
+    public var parameterStorage: FloatBuffer { parameters.retainingBuffer(count: layout.parameterCount) }
 
-    /// Stamps `version` on the parameters in the region (the trainer's own, `parameterStorage`) for the local workers.
-    func publish(_ params: FloatBuffer, version: UInt64) {
+    /// Makes the table of the parameters in the region (the trainer's own, `parameterStorage`) on `threads` threads,
+    /// once per version, and stamps `version` on both for the local workers.
+    func publish(_ params: FloatBuffer, version: UInt64, threads: Int) {
         precondition(params.pointer == parameters.floats, "SharedExchange: the trainer's parameters are not in the shared region (Trainer(parameterStorage:))")
+        if tableVersion != version {
+            let (model, p, table, t) = (model, UnsafePointer(params.pointer), layout.table(in: parameters), max(1, threads))
+            ThreadTeam.parallel(t) { i in model.makeTable(params: p, into: table, part: i, of: t) }
+            tableVersion = version
+        }
         parameters.version = version
     }
 
@@ -70,4 +84,16 @@ public final class SharedExchange {
         for peer in Array(gradients.keys) { drop(peer) }
         memory.remove(parameters)
     }
+}
+
+/// Where things are in a shared region: a parameters region holds the parameters and then their table (V, G*H), a
+/// gradient region the gradient sums and then the gradient of the table. The embedding's and W_ih0's places in a
+/// gradient region are not written (`Model.tableParameterRanges`).
+public struct SharedLayout: Sendable {
+    public let parameterCount: Int
+    public let tableCount: Int
+    public init(_ model: Model) { parameterCount = model.parameterCount; tableCount = model.tableCount }
+    /// Floats in a region.
+    public var count: Int { parameterCount + tableCount }
+    public func table(in region: SharedRegion) -> UnsafeMutablePointer<Float> { region.floats + parameterCount }
 }

@@ -18,7 +18,8 @@ public final class WorkerCore {
     /// Shared memory with a coordinator on this host (nil: messages only, `--no-shm`).
     let sharedMemory: SharedMemory?
     /// The coordinator's parameters region (read only) and this worker's gradient region, when attached.
-    var shared: (parameters: SharedRegion, gradients: SharedRegion)?
+    /// The regions offered by a coordinator on this host, and the views of them a step uses (`SharedLayout`).
+    var shared: (parameters: SharedRegion, gradients: SharedRegion, params: FloatBuffer, grads: FloatBuffer, table: SharedTable)?
     /// Why the last offer could not be used.
     var sharedProblem = "no shared memory was offered"
     public private(set) var stepsComputed = 0
@@ -175,10 +176,14 @@ public final class WorkerCore {
             sharedProblem = offer == nil ? "no shared memory was offered" : "this worker takes no shared memory (--no-shm)"
             return
         }
-        let count = computer.model.parameterCount
+        let layout = SharedLayout(computer.model)
         do {
-            shared = (try memory.open(offer.parameters, count: count, token: offer.token, writable: false),
-                      try memory.open(offer.gradients, count: count, token: offer.token, writable: true))
+            let parameters = try memory.open(offer.parameters, count: layout.count, token: offer.token, writable: false)
+            let gradients = try memory.open(offer.gradients, count: layout.count, token: offer.token, writable: true)
+            shared = (parameters, gradients,
+                      FloatBuffer(viewing: parameters.floats, count: layout.parameterCount),
+                      FloatBuffer(viewing: gradients.floats, count: layout.parameterCount),
+                      SharedTable(table: layout.table(in: parameters), gradient: layout.table(in: gradients)))
             log("on the coordinator's host: parameters and gradients go through shared memory")
         } catch {
             sharedProblem = "cannot open the shared memory offered: \(error)"
@@ -266,21 +271,21 @@ public final class WorkerCore {
             return Message.refuse(.badRequest, reason: "step \(r.stepID) does not fit the model").encode()
         }
         // The parameters in shared memory (and the gradient sums go there too), or the copy messages brought.
-        let source: (params: FloatBuffer, grads: FloatBuffer)
+        let source: (params: FloatBuffer, grads: FloatBuffer, table: SharedTable?)
         if r.fromShards {
             if let (code, problem) = fetchSlices(version: r.parameterVersion, into: params) {
                 return Message.refuse(code, reason: problem).encode()
             }
             parameterVersion = .max  // the buffer now holds the shards' slices, not a whole message's parameters
-            source = (params, computer.grads)
+            source = (params, computer.grads, nil)
         } else if r.sharedParameters {
-            guard let (parameters, gradients) = shared else {
+            guard let shared else {
                 return Message.refuse(.noSharedMemory, reason: sharedProblem).encode()
             }
-            guard parameters.version == r.parameterVersion else {
-                return Message.refuse(.staleParameters, reason: "the shared parameters are version \(parameters.version), step \(r.stepID) needs \(r.parameterVersion)").encode()
+            guard shared.parameters.version == r.parameterVersion else {
+                return Message.refuse(.staleParameters, reason: "the shared parameters are version \(shared.parameters.version), step \(r.stepID) needs \(r.parameterVersion)").encode()
             }
-            source = (parameters.buffer, gradients.buffer)
+            source = (shared.params, shared.grads, shared.table)
         } else {
             if !r.parameters.isEmpty {
                 guard r.parameters.count == computer.model.parameterCount else {
@@ -293,11 +298,12 @@ public final class WorkerCore {
             guard parameterVersion == r.parameterVersion else {
                 return Message.refuse(.staleParameters, reason: "stale parameters (have version \(parameterVersion), step needs \(r.parameterVersion))").encode()
             }
-            source = (params, computer.grads)
+            source = (params, computer.grads, nil)
         }
         // Gradients in shared memory are checked by the coordinator as it adds them, and a non-finite one is
         // computed there again, as a reported divergence would be: no second pass over them here.
-        var (result, finite) = computer.compute(r, params: source.params, into: source.grads, checkGradients: !r.sharedParameters)
+        var (result, finite) = computer.compute(r, params: source.params, into: source.grads, checkGradients: !r.sharedParameters,
+                                                table: source.table)
         guard finite else {
             return Message.refuse(.diverged, reason: "non-finite loss or gradient at step \(r.dropoutStep &+ 1)").encode()
         }

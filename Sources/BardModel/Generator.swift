@@ -16,9 +16,8 @@ public final class Generator {
     public init(model: Model, params: FloatBuffer) {
         self.model = model; self.params = params
         let cfg = model.config, H = cfg.hidden, GH = cfg.cell.gates * H, V = model.vocabularySize
-        table = FloatBuffer(count: V * GH)
-        model.layers[0].projectInput(params: params.pointer, x: params.pointer + model.embeddingOffset, rows: V,
-                                     into: table.pointer)
+        table = FloatBuffer(count: model.tableCount)
+        model.makeTable(params: params.pointer, into: table.pointer, part: 0, of: 1)
         h = (0..<cfg.layers).map { _ in FloatBuffer(count: H) }
         c = (0..<cfg.layers).map { _ in FloatBuffer(count: H) }
         gates = FloatBuffer(count: GH)

@@ -63,6 +63,9 @@ struct WindowColumns {
 /// (`HiddenWeight`).
 public final class PreparedWindow {
     let table: FloatBuffer
+    /// The table made elsewhere that the next window reads instead of `table` (nil: it makes its own).
+    public var shared: SharedTable?
+    var tablePointer: UnsafePointer<Float> { shared?.table ?? UnsafePointer(table.pointer) }
     let layout: HiddenWeight.Layout
     let whhT: [FloatBuffer]
 
@@ -76,6 +79,17 @@ public final class PreparedWindow {
     /// Layer l's W_hh as its steps read it.
     func hiddenWeight(_ l: Int, of layer: RecurrentLayer, params p: UnsafePointer<Float>) -> HiddenWeight {
         layer.hiddenWeight(params: p, transposed: UnsafePointer(whhT[l].pointer), layout: layout)
+    }
+}
+
+/// Layer 0's input table (V, G*H) of the parameters a window runs with, made by another process (the coordinator,
+/// once for all the workers of its host), and where the window's gradient of the table goes instead of the
+/// embedding's and W_ih0's, which that process makes from the sum (`Model.addTableGradients`).
+public struct SharedTable {
+    public let table: UnsafePointer<Float>
+    public let gradient: UnsafeMutablePointer<Float>
+    public init(table: UnsafePointer<Float>, gradient: UnsafeMutablePointer<Float>) {
+        self.table = table; self.gradient = gradient
     }
 }
 
@@ -179,13 +193,14 @@ public final class Model {
     public func run(params: FloatBuffer, grads: FloatBuffer?, window: UnsafePointer<Int32>, steps T: Int,
                     totalColumns: Int, columns: Range<Int>, state: RecurrentState, dropout: DropoutKey?,
                     workspace ws: Workspace, lastStepOnly: Bool = false,
-                    hiddenGradNorms: UnsafeMutablePointer<Double>? = nil) -> Double {
+                    hiddenGradNorms: UnsafeMutablePointer<Double>? = nil, table: SharedTable? = nil) -> Double {
+        ws.prepared.shared = table
         prepareWindow(params: params, into: ws.prepared, part: 0, of: 1, backward: grads != nil)
         let loss = runColumns(params: params, prepared: ws.prepared, backward: grads != nil, window: window, steps: T,
                               totalColumns: totalColumns, columns: columns, state: state, dropout: dropout, workspace: ws,
                               lastStepOnly: lastStepOnly, hiddenGradNorms: hiddenGradNorms)
         if let grads {
-            addParameterGradients(into: grads, params: params, workspace: ws, part: 0, of: 1)
+            addParameterGradients(into: grads, params: params, workspace: ws, part: 0, of: 1, table: table)
         }
         return loss
     }
@@ -225,7 +240,7 @@ public final class Model {
 
         // Forward: embedding (as layer 0's input projection) -> recurrent stack (dropout after each layer) -> decoder
         // -> softmax cross-entropy, which leaves the probabilities in ws.logits.
-        embeddingForward(gates: lw0.gates.pointer, table: prepared.table.pointer, window: w, rows: s.rows)
+        embeddingForward(gates: lw0.gates.pointer, table: prepared.tablePointer, window: w, rows: s.rows)
         barrier()
         let decoderInput = stackForward(ws: ws, prepared: prepared, state: state, params: p, window: w, dropout: dropout,
                                         share: s)
@@ -257,12 +272,14 @@ public final class Model {
     }
 
     /// Phase 3: every parameter's gradient of the window `runColumns` left in `workspace` added into `grads`: share
-    /// `part` of `parts` of each tensor's rows.
+    /// `part` of `parts` of each tensor's rows. With `table` (a `SharedTable`), the table's gradient is written to its
+    /// `gradient` instead, and the embedding's and W_ih0's gradients are left as they were (`addTableGradients`
+    /// makes them where the tables of several workers are summed).
     public func addParameterGradients(into grads: FloatBuffer, params: FloatBuffer, workspace ws: Workspace,
-                                      part: Int, of parts: Int) {
+                                      part: Int, of parts: Int, table: SharedTable? = nil) {
         precondition(ws.ran.batch == 0 || ws.ran.backward, "addParameterGradients: the last window ran forward only")
         guard ws.ran.batch > 0 else { return }
-        let p = params.pointer, gp = grads.pointer, H = config.hidden, E = config.embed, V = vocabularySize
+        let p = params.pointer, gp = grads.pointer, H = config.hidden, V = vocabularySize
         let GH = layers[0].cell.gates * H, rows = ws.ran.steps * ws.ran.batch
         // The decoder: dW_dec += dLogits^T x, db_dec += column sums of dLogits, by rows of V.
         let v = Range(part: part, of: parts, in: V)
@@ -281,17 +298,36 @@ public final class Model {
             layer.addParameterGradients(grads: gp, from: [(ws: ws.layers[l], rows: rows, x: x)],
                                         gateRows: Range(part: part, of: parts, in: layer.cell.gates * H))
         }
-        // The embedding, through the table: dW_ih0 += dTable^T E by gate rows, dE += dTable W_ih0 by rows of V.
-        let dT = ws.dTable.pointer
-        let g = Range(part: part, of: parts, in: GH)
+        // The embedding, through the table.
+        if let table {
+            if !v.isEmpty { table.gradient.advanced(by: v.lowerBound * GH).update(from: ws.dTable.pointer + v.lowerBound * GH, count: v.count * GH) }
+        } else {
+            addTableGradients(UnsafePointer(ws.dTable.pointer), params: p, into: gp, part: part, of: parts)
+        }
+    }
+
+    /// The embedding's and W_ih0's gradients from the table's, `dTable` (V, G*H): dW_ih0 += dTable^T E by gate rows,
+    /// dE += dTable W_ih0 by columns of E (each part reads its columns of W_ih0, not all of it), share `part` of
+    /// `parts` of each (with `accumulate` false, written instead of added). The biases' gradients are layer 0's own.
+    public func addTableGradients(_ dTable: UnsafePointer<Float>, params p: UnsafePointer<Float>,
+                                  into gp: UnsafeMutablePointer<Float>, part: Int, of parts: Int, accumulate: Bool = true) {
+        let E = config.embed, V = vocabularySize, GH = layers[0].cell.gates * config.hidden, beta: Float = accumulate ? 1 : 0
+        let g = Range(part: part, of: parts, in: GH), e = Range(part: part, of: parts, in: E)
         if !g.isEmpty {
-            BLAS.gemm(transA: true, m: g.count, n: E, k: V, a: dT + g.lowerBound, lda: GH, b: p + embeddingOffset, ldb: E,
-                      beta: 1, c: gp + layers[0].weightIH + g.lowerBound * E, ldc: E)
+            BLAS.gemm(transA: true, m: g.count, n: E, k: V, a: dTable + g.lowerBound, lda: GH, b: p + embeddingOffset, ldb: E,
+                      beta: beta, c: gp + layers[0].weightIH + g.lowerBound * E, ldc: E)
         }
-        if !v.isEmpty {
-            BLAS.gemm(m: v.count, n: E, k: GH, a: dT + v.lowerBound * GH, lda: GH, b: p + layers[0].weightIH, ldb: E,
-                      beta: 1, c: gp + embeddingOffset + v.lowerBound * E, ldc: E)
+        if !e.isEmpty {
+            BLAS.gemm(m: V, n: e.count, k: GH, a: dTable, lda: GH, b: p + layers[0].weightIH + e.lowerBound, ldb: E,
+                      beta: beta, c: gp + embeddingOffset + e.lowerBound, ldc: E)
         }
+    }
+
+    /// The parameters whose gradients come through the table's (`addTableGradients`): the embedding and W_ih0.
+    public var tableParameterRanges: [Range<Int>] {
+        let E = config.embed, GH = layers[0].cell.gates * config.hidden
+        return [embeddingOffset ..< embeddingOffset + vocabularySize * E,
+                layers[0].weightIH ..< layers[0].weightIH + GH * E].sorted { $0.lowerBound < $1.lowerBound }
     }
 
     // MARK: Embedding table
@@ -300,19 +336,37 @@ public final class Model {
     /// (V, G*H) = E W_ih0^T + biases, so the window's input projection (T*B, G*H) is a gather, not a GEMM. Phase 1
     /// computes share `part` of `parts` of the table's rows, and the same share of each layer's gate rows of W_hh^T
     /// (`RecurrentLayer.transposeHidden`) when the steps read it (backward pieces only when there is a `backward`).
+    /// When `prepared` reads a table made elsewhere (`PreparedWindow.shared`), it makes none.
     public func prepareWindow(params: FloatBuffer, into prepared: PreparedWindow, part: Int, of parts: Int,
                               backward: Bool = true) {
-        let rows = Range(part: part, of: parts, in: vocabularySize), p = params.pointer
-        let E = config.embed, GH = layers[0].cell.gates * config.hidden
-        if !rows.isEmpty {
-            layers[0].projectInput(params: p, x: p + embeddingOffset + rows.lowerBound * E, rows: rows.count,
-                                   into: prepared.table.pointer + rows.lowerBound * GH)
+        let p = params.pointer, GH = layers[0].cell.gates * config.hidden
+        if prepared.shared == nil {
+            makeTable(params: p, into: prepared.table.pointer, part: part, of: parts)
         }
         let layout = prepared.layout
         for (l, layer) in layers.enumerated() where layout.forwardFromTransposed || (backward && layout.backwardPieces) {
             layer.transposeHidden(params: p, into: prepared.whhT[l].pointer, gateRows: Range(part: part, of: parts, in: GH))
         }
     }
+
+    /// Share `part` of `parts` of the table (V, G*H) of `params`, into `table`: its gate columns, so that each part
+    /// reads only its gate rows of W_ih0 (a share of its rows would pack all of W_ih0 for each part). Each value is
+    /// the product, then b_ih, then b_hh when the cell folds it in, added as `RecurrentLayer.projectInput` does.
+    public func makeTable(params p: UnsafePointer<Float>, into table: UnsafeMutablePointer<Float>, part: Int, of parts: Int) {
+        let l0 = layers[0], E = config.embed, GH = l0.cell.gates * config.hidden
+        let g = Range(part: part, of: parts, in: GH)
+        guard !g.isEmpty else { return }
+        BLAS.gemm(transB: true, m: vocabularySize, n: g.count, k: E, a: p + embeddingOffset, lda: E,
+                  b: p + l0.weightIH + g.lowerBound * E, ldb: E, beta: 0, c: table + g.lowerBound, ldc: GH)
+        for v in 0..<vocabularySize {
+            let row = table + v * GH + g.lowerBound
+            Kernels.add(p + l0.biasIH + g.lowerBound, into: row, count: g.count)
+            if l0.cell.foldsHiddenBias { Kernels.add(p + l0.biasHH + g.lowerBound, into: row, count: g.count) }
+        }
+    }
+
+    /// Floats in the table (V, G*H).
+    public var tableCount: Int { vocabularySize * layers[0].cell.gates * config.hidden }
 
     /// gates (T*B, G*H) = the table's row of each input character.
     /// Rows `rows` of T*B.

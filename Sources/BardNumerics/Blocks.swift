@@ -11,7 +11,8 @@ public enum Blocks {
 
     public static func range(_ block: Int, of n: Int) -> Range<Int> { block * size ..< min(n, (block + 1) * size) }
 
-    /// Runs `body(block, range)` for every block of `0..<n`, each thread taking a contiguous run of blocks.
+    /// Runs `body(block, range)` for every block of `0..<n`, each thread taking a contiguous run of blocks
+    /// (`ThreadTeam.parallel`).
     public static func forEach(_ n: Int, threads: Int, _ body: (Int, Range<Int>) -> Void) {
         let blocks = count(n)
         let t = max(1, min(threads, blocks))
@@ -19,7 +20,7 @@ public enum Blocks {
             for b in 0..<blocks { body(b, range(b, of: n)) }
             return
         }
-        DispatchQueue.concurrentPerform(iterations: t) { i in
+        ThreadTeam.parallel(t) { i in
             for b in blocks * i / t ..< blocks * (i + 1) / t { body(b, range(b, of: n)) }
         }
     }

@@ -75,3 +75,32 @@ public final class ThreadTeam: @unchecked Sendable {
     /// Waits until every index of the running body has reached it.
     public func barrier() { shared.barrier() }
 }
+
+extension ThreadTeam {
+    /// Teams kept for `parallel`, by size, and which of them are running a caller's body.
+    private static let kept = Mutex<(teams: [Int: ThreadTeam], busy: Set<Int>)>(([:], []))
+
+    /// Runs `body(0..<count)` at once on a team of dedicated threads kept for the purpose (one per size, made on
+    /// first use), index 0 on the calling thread; when that team is running another caller's body, on the calling
+    /// thread, one index after another (so `body` must not wait at a barrier). For work between a window's (an
+    /// update, a reduction): a pool need not wake its threads in time for work this short, and threads of its own
+    /// sleep between calls.
+    public static func parallel(_ count: Int, _ body: (Int) -> Void) {
+        guard count > 1 else { if count == 1 { body(0) }; return }
+        let team: ThreadTeam? = kept.withLock { k in
+            guard !k.busy.contains(count) else { return nil }
+            k.busy.insert(count)
+            if let t = k.teams[count] { return t }
+            let t = ThreadTeam(count: count)
+            k.teams[count] = t
+            return t
+        }
+        guard let team else {
+            for i in 0..<count { body(i) }
+            return
+        }
+        defer { _ = kept.withLock { $0.busy.remove(count) } }
+        withoutActuallyEscaping(body) { team.run($0) }
+    }
+}
+

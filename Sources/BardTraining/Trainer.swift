@@ -162,11 +162,11 @@ public final class Trainer {
         throw BardError.badCheckpoint("\(dir): model is at step \(step) but training state at \(ts.step)")
     }
 
-    /// - Parameter parameterStorage: where the parameters live, given their count: memory the caller provides (the
+    /// - Parameter parameterStorage: where the parameters live, given the model: memory the caller provides (the
     ///   coordinator's shared region, which the workers on its host read in place), or nil (or no answer, or memory
     ///   of another size, which a precondition refuses) for the trainer's own.
     public init(options: TrainOptions, corpus: Corpus, log: @escaping (String) -> Void,
-                parameterStorage: ((Int) -> FloatBuffer?)? = nil) throws {
+                parameterStorage: ((Model) -> FloatBuffer?)? = nil) throws {
         var config = options.config
         self.options = options
         self.corpus = corpus
@@ -243,7 +243,7 @@ public final class Trainer {
         } else {
             initial = model.makeParameters(seed: config.seed)
         }
-        if let storage = parameterStorage?(initial.count) {
+        if let storage = parameterStorage?(model) {
             precondition(storage.count == initial.count, "Trainer: the parameter storage has the wrong size")
             storage.copy(from: initial)
             params = storage

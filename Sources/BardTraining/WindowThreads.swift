@@ -26,14 +26,16 @@ public final class WindowThreads {
 
     public var threads: Int { team.count }
 
-    /// Forward (and backward into `grads` when given) over the columns; returns the loss sum.
+    /// Forward (and backward into `grads` when given) over the columns; returns the loss sum. With `table`, the
+    /// window reads layer 0's table from it and writes the table's gradient there (`SharedTable`).
     public func run(params: FloatBuffer, grads: FloatBuffer?, window: UnsafePointer<Int32>, steps: Int, totalColumns: Int,
-                    state: RecurrentState, dropout: DropoutKey?) -> Double {
+                    state: RecurrentState, dropout: DropoutKey?, table: SharedTable? = nil) -> Double {
         let n = team.count
         if n == 1 {
             return model.run(params: params, grads: grads, window: window, steps: steps, totalColumns: totalColumns,
-                             columns: columns, state: state, dropout: dropout, workspace: workspace)
+                             columns: columns, state: state, dropout: dropout, workspace: workspace, table: table)
         }
+        prepared.shared = table
         let losses = UnsafeMutableBufferPointer<Double>.allocate(capacity: n)
         defer { losses.deallocate() }
         let (model, prepared, workspace, columns, team) = (model, prepared, workspace, columns, team)
@@ -45,7 +47,7 @@ public final class WindowThreads {
                                          dropout: dropout, workspace: workspace, part: i, of: n, barrier: team.barrier)
             guard let grads else { return }
             team.barrier()
-            model.addParameterGradients(into: grads, params: params, workspace: workspace, part: i, of: n)
+            model.addParameterGradients(into: grads, params: params, workspace: workspace, part: i, of: n, table: table)
         }
         return losses.reduce(0, +)
     }

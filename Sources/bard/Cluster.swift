@@ -94,10 +94,10 @@ struct CoordinatorCommand: ParsableCommand {
         if !stale.isEmpty { say("removed \(stale.count) shared-memory region(s) left by a coordinator that is gone") }
         var exchange: SharedExchange?
         defer { exchange?.close() }
-        let trainer = try Trainer(options: options, corpus: corpus, log: say, parameterStorage: { count in
+        let trainer = try Trainer(options: options, corpus: corpus, log: say, parameterStorage: { model in
             guard let memory = sharedMemory.memory, shards == nil else { return nil }
             do {
-                exchange = try SharedExchange(memory: memory, parameterCount: count, log: stderrLog("coordinator: "))
+                exchange = try SharedExchange(memory: memory, model: model, log: stderrLog("coordinator: "))
             } catch {
                 say("no shared memory (\(error)); workers on this host get messages")
             }

@@ -298,33 +298,77 @@ final class ReducerTests: XCTestCase {
             XCTAssertTrue(meaned.array == mean.array, "\(threads) threads, mean")
             XCTAssertEqual(m.squares, meanSquares, "\(threads) threads, mean")
         }
-        // The same sum with one result's gradient in shared memory; a NaN or an infinity there is found as it is added.
-        let memory = InMemorySharedMemory()
-        let region = try! memory.create(count: n, token: 1)
-        results[2].gradients.withUnsafeBufferPointer { region.floats.update(from: $0.baseAddress!, count: n) }
-        var viaShared = results
-        viaShared[2].gradients = []; viaShared[2].sharedGradients = true
-        var sharedFirst = results  // and the first term of the sum (copied, not added) in shared memory
-        sharedFirst[1].gradients = []; sharedFirst[1].sharedGradients = true
-        let first = try! memory.create(count: n, token: 2)
-        results[1].gradients.withUnsafeBufferPointer { first.floats.update(from: $0.baseAddress!, count: n) }
-        for threads in [1, 2] {
-            for (set, regions) in [(viaShared, [1: region]), (sharedFirst, [0: first])] {
-                let grads = FloatBuffer([Float](repeating: 3, count: n)), state = model.makeState(columns: 7)
-                let (loss, nonFinite, _) = Reducer.reduce(set, into: grads, state: state, threads: threads, shared: regions)
-                XCTAssertEqual(loss, 7)
-                XCTAssertEqual(nonFinite, [])
-                XCTAssertTrue(grads.array == reference, "\(threads) threads, shared \(regions.keys)")
-            }
+    }
+
+    /// Results in shared memory hold their table's gradient instead of the embedding's and W_ih0's: the sum is that of
+    /// results by message holding those two gradients (`Model.addTableGradients` of each table), whatever the other
+    /// results' regions hold in those places; it is the same bits for any thread count; and a NaN or an infinity in a
+    /// region is found as it is added, in the table's gradient or elsewhere (but not where the region is not read).
+    func testResultsInSharedMemoryAddTheirTablesGradients() throws {
+        var config = Config()
+        config.layers = 1; config.embed = 100; config.hidden = 100; config.dropout = 0
+        let model = Model(config: config, vocabularySize: 7)
+        let layout = SharedLayout(model), n = model.parameterCount
+        XCTAssertGreaterThan(n, 2 * Blocks.size)  // several blocks, cut at the table's parameters
+        let params = model.makeParameters(seed: 3)
+        var rng = RNG(seed: 9)
+        func random(_ count: Int) -> [Float] { (0..<count).map { _ in Float(rng.next() % 100_000) / 7_000 - 7 } }
+        let columns = [4..<7, 0..<1, 1..<4]
+        let gradients = columns.map { _ in random(n) }, tables = columns.map { _ in random(layout.tableCount) }
+        // What each would send by message: its gradient with the two made from its table.
+        let asMessages = zip(gradients, tables).map { g, t -> [Float] in
+            let full = FloatBuffer(g)
+            for r in model.tableParameterRanges { (full.pointer + r.lowerBound).update(repeating: 0, count: r.count) }
+            t.withUnsafeBufferPointer { model.addTableGradients($0.baseAddress!, params: params.pointer, into: full.pointer, part: 0, of: 1) }
+            return full.array
         }
+        func result(_ k: Int, shared: Bool) -> StepResult {
+            StepResult(stepID: 1, columns: columns[k], lossSum: 1, computeSeconds: 0, gradients: shared ? [] : asMessages[k],
+                       h: [Float](repeating: 0, count: columns[k].count * 100), c: [Float](repeating: 0, count: columns[k].count * 100),
+                       sharedGradients: shared)
+        }
+        var reference = [Float](repeating: 0, count: n)
+        for k in [1, 2, 0] { for i in 0..<n { reference[i] += asMessages[k][i] } }
+        let memory = InMemorySharedMemory()
+        var regions: [Int: SharedRegion] = [:]
+        for k in 0..<3 {
+            let region = try memory.create(count: layout.count, token: 1)
+            gradients[k].withUnsafeBufferPointer { region.floats.update(from: $0.baseAddress!, count: n) }
+            tables[k].withUnsafeBufferPointer { layout.table(in: region).update(from: $0.baseAddress!, count: layout.tableCount) }
+            // Where the embedding's and W_ih0's gradients would be: never read.
+            for r in model.tableParameterRanges { region.floats[r.lowerBound + r.count / 2] = .nan }
+            regions[columns[k].lowerBound] = region
+        }
+        let table = TableReduction(model: model)
+        for sharedOnes in [[0, 1, 2], [1], [0, 2]] {
+            let results = (0..<3).map { result($0, shared: sharedOnes.contains($0)) }
+            var sums: [[Float]] = []
+            for threads in [1, 2, 5] {
+                let grads = FloatBuffer([Float](repeating: 3, count: n))
+                let (loss, nonFinite, _) = Reducer.reduce(results, into: grads, state: model.makeState(columns: 7), threads: threads,
+                                                          shared: regions, table: table, params: params)
+                XCTAssertEqual(loss, 3)
+                XCTAssertEqual(nonFinite, [], "\(sharedOnes)")
+                sums.append(grads.array)
+            }
+            XCTAssertTrue(sums.allSatisfy { $0 == sums[0] }, "\(sharedOnes): the bits depend on the thread count")
+            var diff = 0.0, norm = 0.0
+            for i in 0..<n { diff += Double(sums[0][i] - reference[i]) * Double(sums[0][i] - reference[i]); norm += Double(reference[i] * reference[i]) }
+            XCTAssertLessThan((diff / norm).squareRoot(), Tolerance.reduction, "\(sharedOnes)")
+        }
+        // A NaN or an infinity in the table's gradient, or in the rest of what is read, is the region's writer's.
+        let last = model.layout.total - 1  // the decoder's bias: not one of the table's parameters
+        XCTAssertFalse(model.tableParameterRanges.contains { $0.contains(last) })
         for bad in [Float.nan, .infinity] {
-            for (set, regions, r) in [(viaShared, [1: region], region), (sharedFirst, [0: first], first)] {
-                let keep = r.floats[n - 3]
-                r.floats[n - 3] = bad
-                let (_, nonFinite, _) = Reducer.reduce(set, into: FloatBuffer(count: n), state: model.makeState(columns: 7),
-                                                       threads: 2, shared: regions)
-                XCTAssertEqual(nonFinite, regions.keys.sorted(), "\(bad)")
-                r.floats[n - 3] = keep
+            for at in [layout.parameterCount + layout.tableCount - 1, last] {
+                let region = regions[1]!
+                let keep = region.floats[at]
+                region.floats[at] = bad
+                let results = (0..<3).map { result($0, shared: true) }
+                let (_, nonFinite, _) = Reducer.reduce(results, into: FloatBuffer(count: n), state: model.makeState(columns: 7),
+                                                       threads: 2, shared: regions, table: table, params: params)
+                XCTAssertEqual(nonFinite, [1], "\(bad) at \(at)")
+                region.floats[at] = keep
             }
         }
     }
