@@ -47,9 +47,9 @@ public final class ColumnComputer {
         } else {
             // The embedding's and W_ih0's places are not written (nor read) with a shared table.
             var at = 0
-            for r in model.tableParameterRanges + [grads.count ..< grads.count] {
-                FloatBuffer(viewing: grads.pointer + at, count: r.lowerBound - at).zero(threads: threads)
-                at = r.upperBound
+            for skipped in model.tableParameterRanges + [grads.count ..< grads.count] {
+                FloatBuffer(viewing: grads.pointer + at, count: skipped.lowerBound - at).zero(threads: threads)
+                at = skipped.upperBound
             }
         }
         // Dropout masks are keyed by global column: the shard's offset in the batch.

@@ -324,7 +324,7 @@ public final class Coordinator: GradientComputer {
     public func computeGradients(params: FloatBuffer, grads: FloatBuffer, window: UnsafePointer<Int32>, steps: Int,
                                  totalColumns: Int, state: RecurrentState, dropout: DropoutKey?) throws -> Double {
         try step(params: params, grads: grads, window: window, steps: steps, totalColumns: totalColumns, state: state,
-                 dropout: dropout, meanOver: nil).lossSum
+                 dropout: dropout, meanOver: nil, threads: hostThreads).lossSum
     }
 
     /// The step with the mean taken in the pass that adds the workers' gradients (`Reducer`).
@@ -333,13 +333,13 @@ public final class Coordinator: GradientComputer {
                               threads: Int) throws -> (lossSum: Double, squares: [Double]) {
         precondition(shards == nil, "meanGradients: with shards the gradient and its norm are theirs")
         return try step(params: params, grads: grads, window: window, steps: steps, totalColumns: totalColumns, state: state,
-                        dropout: dropout, meanOver: n)
+                        dropout: dropout, meanOver: n, threads: threads)
     }
 
     /// One step: the gradient sum in `grads` (whatever it held), or with `meanOver` its mean and the sums of squares of
-    /// its blocks. With shards the gradient goes to them, and `grads` is left as it was.
+    /// its blocks, reduced on `threads` threads. With shards the gradient goes to them, and `grads` is left as it was.
     func step(params: FloatBuffer, grads: FloatBuffer, window: UnsafePointer<Int32>, steps: Int, totalColumns: Int,
-              state: RecurrentState, dropout: DropoutKey?, meanOver: Int?) throws -> (lossSum: Double, squares: [Double]) {
+              state: RecurrentState, dropout: DropoutKey?, meanOver: Int?, threads: Int) throws -> (lossSum: Double, squares: [Double]) {
         if let end = lastStepEnd { timing.update = clock() - end }
         if shards != nil {
             return (try shardedStep(window: window, steps: steps, totalColumns: totalColumns, state: state, dropout: dropout), [])
@@ -448,8 +448,8 @@ public final class Coordinator: GradientComputer {
             }
             let waited = clock() - t0
             let r0 = clock()
-            var (loss, nonFinite, squares) = Reducer.reduce(round.results, into: grads, state: state, threads: hostThreads,
-                                                            shared: sharedResults.mapValues(\.region), table: tableReduction,
+            var (loss, nonFinite, squares) = Reducer.reduce(round.results, into: grads, state: state, threads: threads,
+                                                            shared: sharedResults.mapValues(\.region), table: shared == nil ? nil : tableReduction,
                                                             params: params, meanOver: meanOver)
             var unchecked = false
             while !nonFinite.isEmpty && !unchecked {
@@ -465,8 +465,8 @@ public final class Coordinator: GradientComputer {
                     sharedResults[first] = nil
                 }
                 if !unchecked {
-                    (loss, nonFinite, squares) = Reducer.reduce(round.results, into: grads, state: state, threads: hostThreads,
-                                                                shared: sharedResults.mapValues(\.region), table: tableReduction,
+                    (loss, nonFinite, squares) = Reducer.reduce(round.results, into: grads, state: state, threads: threads,
+                                                                shared: sharedResults.mapValues(\.region), table: shared == nil ? nil : tableReduction,
                                                             params: params, meanOver: meanOver)
                 }
             }

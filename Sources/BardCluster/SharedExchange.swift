@@ -27,7 +27,9 @@ public final class SharedExchange {
 
     public init(memory: SharedMemory, model: Model, log: @escaping (String) -> Void) throws {
         self.memory = memory; self.model = model; layout = SharedLayout(model); self.log = log
-        BLAS.setThreads(1)  // the table is made on threads of its own (`publish`); OpenBLAS's would spin beside them
+        // The table and its gradients are made on threads of their own (`publish`, `TableReduction`); OpenBLAS's
+        // would spin beside them.
+        BLAS.setThreads(1)
         // One secret for all of this coordinator's regions: a worker checks it in each region it opens.
         parameters = try memory.create(count: layout.count, token: UInt64.random(in: 1...UInt64.max))
     }
@@ -72,8 +74,11 @@ public final class SharedExchange {
     func publish(_ params: FloatBuffer, version: UInt64, threads: Int) {
         precondition(params.pointer == parameters.floats, "SharedExchange: the trainer's parameters are not in the shared region (Trainer(parameterStorage:))")
         if tableVersion != version {
-            let (model, p, table, t) = (model, UnsafePointer(params.pointer), layout.table(in: parameters), max(1, threads))
-            ThreadTeam.parallel(t) { i in model.makeTable(params: p, into: table, part: i, of: t) }
+            let (model, p, table) = (model, UnsafePointer(params.pointer), layout.table(in: parameters))
+            let parts = SharedLayout.productParts, t = max(1, min(threads, parts))
+            ThreadTeam.parallel(t) { i in
+                for part in stride(from: i, to: parts, by: t) { model.makeTable(params: p, into: table, part: part, of: parts) }
+            }
             tableVersion = version
         }
         parameters.version = version
@@ -84,16 +89,4 @@ public final class SharedExchange {
         for peer in Array(gradients.keys) { drop(peer) }
         memory.remove(parameters)
     }
-}
-
-/// Where things are in a shared region: a parameters region holds the parameters and then their table (V, G*H), a
-/// gradient region the gradient sums and then the gradient of the table. The embedding's and W_ih0's places in a
-/// gradient region are not written (`Model.tableParameterRanges`).
-public struct SharedLayout: Sendable {
-    public let parameterCount: Int
-    public let tableCount: Int
-    public init(_ model: Model) { parameterCount = model.parameterCount; tableCount = model.tableCount }
-    /// Floats in a region.
-    public var count: Int { parameterCount + tableCount }
-    public func table(in region: SharedRegion) -> UnsafeMutablePointer<Float> { region.floats + parameterCount }
 }

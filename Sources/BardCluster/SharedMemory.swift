@@ -56,14 +56,12 @@ public final class SharedRegion: @unchecked Sendable {
         (base + SharedRegion.headerBytes).assumingMemoryBound(to: Float.self)
     }
 
-    /// The floats as a buffer (a view: the region must outlive it).
-    public lazy var buffer = FloatBuffer(viewing: floats, count: count)
-
     /// The floats (the first `count`) as a buffer that keeps the region mapped as long as it lives (for one that outlives the region's
     /// other holders: the trainer's parameters, in a region this process made). Never keep one in the region itself:
     /// the cycle would leak the mapping.
     public func retainingBuffer(count: Int? = nil) -> FloatBuffer {
-        FloatBuffer(viewing: floats, count: min(count ?? self.count, self.count), keeping: self)
+        precondition((count ?? 0) <= self.count, "retainingBuffer: \(count ?? 0) floats of a region of \(self.count)")
+        return FloatBuffer(viewing: floats, count: count ?? self.count, keeping: self)
     }
 
     /// The version of the parameters in a parameters region (`.max`: none yet). Written after the floats. When the

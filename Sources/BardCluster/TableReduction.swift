@@ -1,6 +1,5 @@
 import BardModel
 import BardNumerics
-import Dispatch
 
 /// The embedding's and W_ih0's gradients of the workers that left their window's gradient of layer 0's table in shared
 /// memory instead (`SharedTable`): the tables' gradients added in column order, checked finite as they are added, and
@@ -11,18 +10,17 @@ public final class TableReduction {
     /// The parameters whose gradients this makes, in order (`Model.tableParameterRanges`).
     public let ranges: [Range<Int>]
     let sum: FloatBuffer
-    /// The products are split into this many parts whatever the thread count, so their bits do not depend on it.
-    static let parts = 4
 
     public init(model: Model) {
         self.model = model; layout = SharedLayout(model); ranges = model.tableParameterRanges
         sum = FloatBuffer(count: layout.tableCount)
-        BLAS.setThreads(1)  // the products are spread over threads here; OpenBLAS's own would spin beside them
     }
 
     /// Adds the tables' gradients in `regions` (in column order) and writes the embedding's and W_ih0's gradients of
-    /// their sum into `ranges` of `grads`, on up to `threads` threads. Returns the indexes of the regions whose table
-    /// gradient holds a NaN or an infinity (then `grads` is not written).
+    /// their sum into `ranges` of `grads`, on up to `threads` threads. Returns the indexes of the regions that are
+    /// their writers' fault: a table's gradient with a NaN or an infinity, or finite values so large that its own
+    /// products overflow (an honest worker's would have overflowed in its own hands: a divergence, which the
+    /// coordinator's own computation of its columns then confirms). When there are any, `grads` is not written.
     func write(from regions: [SharedRegion], params: FloatBuffer, into grads: FloatBuffer, threads: Int) -> [Int] {
         precondition(grads.count == layout.parameterCount && regions.allSatisfy { $0.count == layout.count },
                      "TableReduction: sizes differ")
@@ -34,13 +32,32 @@ public final class TableReduction {
             if !finite { bad.append(i) }
         }
         guard bad.isEmpty, !regions.isEmpty else { return bad }
-        let (model, dTable, p, g) = (model, UnsafePointer(sum.pointer), UnsafePointer(params.pointer), grads.pointer)
-        let parts = TableReduction.parts
-        ThreadTeam.parallel(max(1, min(threads, parts))) { t in
-            for part in stride(from: t, to: parts, by: max(1, min(threads, parts))) {
-                model.addTableGradients(dTable, params: p, into: g, part: part, of: parts, accumulate: false)
+        products(of: sum.pointer, params: params, into: grads, threads: threads)
+        if written(grads) { return [] }
+        // Which table alone overflows. If none does, their sum does: the step's norm says it diverged, as the sum of
+        // their products would have.
+        for (i, region) in regions.enumerated() {
+            products(of: layout.table(in: region), params: params, into: grads, threads: threads)
+            if !written(grads) { bad.append(i) }
+        }
+        if bad.isEmpty { products(of: sum.pointer, params: params, into: grads, threads: threads) }
+        return bad
+    }
+
+    /// The two products of `dTable` in `SharedLayout.productParts` parts whatever the thread count, so that their
+    /// bits do not depend on it.
+    private func products(of dTable: UnsafeMutablePointer<Float>, params: FloatBuffer, into grads: FloatBuffer, threads: Int) {
+        let (model, d, p, g) = (model, UnsafePointer(dTable), UnsafePointer(params.pointer), grads.pointer)
+        let parts = SharedLayout.productParts, t = max(1, min(threads, parts))
+        ThreadTeam.parallel(t) { i in
+            for part in stride(from: i, to: parts, by: t) {
+                model.addTableGradients(d, params: p, into: g, part: part, of: parts, accumulate: false)
             }
         }
-        return []
+    }
+
+    /// Whether what the products wrote is finite.
+    private func written(_ grads: FloatBuffer) -> Bool {
+        ranges.allSatisfy { Kernels.allFinite(grads.pointer + $0.lowerBound, count: $0.count) }
     }
 }

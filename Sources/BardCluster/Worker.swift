@@ -17,8 +17,8 @@ public final class WorkerCore {
     var parameterVersion: UInt64 = .max
     /// Shared memory with a coordinator on this host (nil: messages only, `--no-shm`).
     let sharedMemory: SharedMemory?
-    /// The coordinator's parameters region (read only) and this worker's gradient region, when attached.
-    /// The regions offered by a coordinator on this host, and the views of them a step uses (`SharedLayout`).
+    /// The coordinator's parameters region (read only) and this worker's gradient region, when attached, and the
+    /// views of them a step uses (`SharedLayout`).
     var shared: (parameters: SharedRegion, gradients: SharedRegion, params: FloatBuffer, grads: FloatBuffer, table: SharedTable)?
     /// Why the last offer could not be used.
     var sharedProblem = "no shared memory was offered"

@@ -185,7 +185,8 @@ public final class Model {
     /// `totalColumns`. `window` holds steps + 1 rows of totalColumns tokens, time-major: inputs are rows 0..<steps,
     /// targets rows 1...steps. The state rows of those columns are read as the initial state and overwritten with
     /// the final one (carried, detached). Gradients of the loss *sum* are accumulated into `grads`, so shards add up
-    /// to the full batch. Returns the summed cross-entropy in nats.
+    /// to the full batch (with `table`, the embedding's and W_ih0's excepted: `SharedTable`). Returns the summed
+    /// cross-entropy in nats.
     ///
     /// `dropout` nil means evaluation (no dropout). `lastStepOnly` keeps only the last step's loss, and
     /// `hiddenGradNorms` (steps entries) receives |dL/dh_t| of the top layer, for the vanishing-gradient lesson.
@@ -195,6 +196,7 @@ public final class Model {
                     workspace ws: Workspace, lastStepOnly: Bool = false,
                     hiddenGradNorms: UnsafeMutablePointer<Double>? = nil, table: SharedTable? = nil) -> Double {
         ws.prepared.shared = table
+        defer { ws.prepared.shared = nil }  // a region's table is read during this window only
         prepareWindow(params: params, into: ws.prepared, part: 0, of: 1, backward: grads != nil)
         let loss = runColumns(params: params, prepared: ws.prepared, backward: grads != nil, window: window, steps: T,
                               totalColumns: totalColumns, columns: columns, state: state, dropout: dropout, workspace: ws,
@@ -334,7 +336,7 @@ public final class Model {
 
     /// Layer 0 reads an embedding row and projects it: the product of the two is a per-character table
     /// (V, G*H) = E W_ih0^T + biases, so the window's input projection (T*B, G*H) is a gather, not a GEMM. Phase 1
-    /// computes share `part` of `parts` of the table's rows, and the same share of each layer's gate rows of W_hh^T
+    /// computes share `part` of `parts` of the table's gate columns (`makeTable`), and the same share of each layer's gate rows of W_hh^T
     /// (`RecurrentLayer.transposeHidden`) when the steps read it (backward pieces only when there is a `backward`).
     /// When `prepared` reads a table made elsewhere (`PreparedWindow.shared`), it makes none.
     public func prepareWindow(params: FloatBuffer, into prepared: PreparedWindow, part: Int, of parts: Int,

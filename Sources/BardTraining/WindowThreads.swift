@@ -36,6 +36,7 @@ public final class WindowThreads {
                              columns: columns, state: state, dropout: dropout, workspace: workspace, table: table)
         }
         prepared.shared = table
+        defer { prepared.shared = nil }  // a region's table is read during this window only
         let losses = UnsafeMutableBufferPointer<Double>.allocate(capacity: n)
         defer { losses.deallocate() }
         let (model, prepared, workspace, columns, team) = (model, prepared, workspace, columns, team)

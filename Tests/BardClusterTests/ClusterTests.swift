@@ -236,25 +236,26 @@ final class InMemoryClusterTests: XCTestCase {
         let (t, made) = try trainerOnSharedMemory(base + "/shm", memory: memory, log: lines.append)
         XCTAssertTrue(t.params.pointer == made.parameterStorage.pointer, "the trainer's parameters live in the region")
         let hub = InMemoryHub()
-        let coordinator = Coordinator(transport: hub.server(), model: t.model, fingerprint: "fp", minWorkers: 3, log: lines.append)
+        let coordinator = Coordinator(transport: hub.server(), model: t.model, fingerprint: "fp", minWorkers: 4, log: lines.append)
         coordinator.workerWait = 60  // a run that loses its workers fails, never hangs
         coordinator.shared = made
-        // w0 shares the coordinator's memory; w1 is on another host; w2 claims this host but sees other memory.
-        let memories: [SharedMemory] = [memory, InMemorySharedMemory(host: "other-host"), InMemorySharedMemory(host: "this-host")]
+        // w0 (2 threads) and w3 share the coordinator's memory, so the coordinator adds two tables' gradients and the
+        // messages of w1, on another host, and w2, which claims this host but sees other memory.
+        let memories: [SharedMemory] = [memory, InMemorySharedMemory(host: "other-host"), InMemorySharedMemory(host: "this-host"), memory]
         var workers: [WorkerCore] = []
-        for i in 0..<3 {
-            let w = WorkerCore(transport: hub.client(id: "w\(i)"), name: "w\(i)", fingerprint: "", threads: 1,
+        for i in 0..<4 {
+            let w = WorkerCore(transport: hub.client(id: "w\(i)"), name: "w\(i)", fingerprint: "", threads: i == 0 ? 2 : 1,
                                sharedMemory: memories[i], log: lines.append)
             workers.append(w)
             Thread { try? w.run() }.start()
         }
-        try coordinator.waitForWorkers(3, timeout: 10)
+        try coordinator.waitForWorkers(4, timeout: 10)
         try t.run(computer: coordinator)
-        XCTAssertEqual(workers.map(\.usesSharedMemory), [true, false, false])
-        XCTAssertEqual(workers.map(\.stepsComputed), [25, 25, 25])
+        XCTAssertEqual(workers.map(\.usesSharedMemory), [true, false, false, true])
+        XCTAssertEqual(workers.map(\.stepsComputed), [25, 25, 25, 25])
         XCTAssertTrue(lines.contains("w2 cannot use the shared memory it was offered"), lines.text)
-        // The parameters region and w0's gradient region.
-        XCTAssertEqual(memory.names.count, 2)
+        // The parameters region and w0's and w3's gradient regions.
+        XCTAssertEqual(memory.names.count, 3)
         try coordinator.finish(linger: 0)
         coordinator.shared?.close()
         XCTAssertEqual(memory.names, [])

@@ -371,5 +371,16 @@ final class ReducerTests: XCTestCase {
                 region.floats[at] = keep
             }
         }
+        // A finite table's gradient whose products overflow is its writer's too (no other result is blamed), and
+        // honest ones do not overflow: the same sum as before after it.
+        let region = regions[4]!, keep = Array(UnsafeBufferPointer(start: layout.table(in: region), count: layout.tableCount))
+        layout.table(in: region).update(repeating: .greatestFiniteMagnitude, count: layout.tableCount)
+        let all = (0..<3).map { result($0, shared: true) }
+        XCTAssertEqual(Reducer.reduce(all, into: FloatBuffer(count: n), state: model.makeState(columns: 7), threads: 2,
+                                      shared: regions, table: table, params: params).nonFinite, [4])
+        keep.withUnsafeBufferPointer { layout.table(in: region).update(from: $0.baseAddress!, count: layout.tableCount) }
+        let again = FloatBuffer(count: n)
+        XCTAssertEqual(Reducer.reduce(all, into: again, state: model.makeState(columns: 7), threads: 2, shared: regions,
+                                      table: table, params: params).nonFinite, [])
     }
 }
