@@ -64,25 +64,24 @@ public enum Kernels {
     /// `add` and `allFinite(x)` in one pass over x: for memory written by another process, which must be checked
     /// before it counts, at the cost of one read.
     public static func addCheckingFinite(_ x: UnsafePointer<Float>, into y: UnsafeMutablePointer<Float>, count: Int) -> Bool {
-        x.withMemoryRebound(to: UInt32.self, capacity: count) { bits in
-            var special: UInt32 = 0
-            for i in 0..<count {
-                let b = bits[i]
-                special |= (b & 0x7F80_0000) == 0x7F80_0000 ? 1 : 0
-                y[i] += Float(bitPattern: b)
-            }
-            return special == 0
-        }
+        storeCheckingFinite(x, into: y, count: count, adding: true)
     }
 
     /// y[i] = x[i], and whether every x[i] is finite, in one pass: `addCheckingFinite` for the first term of a sum.
     public static func copyCheckingFinite(_ x: UnsafePointer<Float>, into y: UnsafeMutablePointer<Float>, count: Int) -> Bool {
+        storeCheckingFinite(x, into: y, count: count, adding: false)
+    }
+
+    /// Branch-free over the bits, as `allFinite`, so that it vectorises; inlined, each caller gets its own loop.
+    @inline(__always)
+    private static func storeCheckingFinite(_ x: UnsafePointer<Float>, into y: UnsafeMutablePointer<Float>, count: Int,
+                                            adding: Bool) -> Bool {
         x.withMemoryRebound(to: UInt32.self, capacity: count) { bits in
             var special: UInt32 = 0
             for i in 0..<count {
                 let b = bits[i]
                 special |= (b & 0x7F80_0000) == 0x7F80_0000 ? 1 : 0
-                y[i] = Float(bitPattern: b)
+                y[i] = adding ? y[i] + Float(bitPattern: b) : Float(bitPattern: b)
             }
             return special == 0
         }
