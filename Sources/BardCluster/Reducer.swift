@@ -27,44 +27,53 @@ public enum Reducer {
         // The embedding's and W_ih0's gradients of the shared results, written first where the messages' are added.
         var tableRanges: [Range<Int>] = []
         var badTables: [Int] = []
+        let regions = viaShared.compactMap { shared[ordered[$0].columns.lowerBound] }
         if !viaShared.isEmpty {
             guard let table, let params else { preconditionFailure("reduce: results in shared memory need their table's reduction") }
-            let regions = viaShared.compactMap { shared[ordered[$0].columns.lowerBound] }
             badTables = table.write(from: regions, params: params, into: grads, threads: threads).map { viaShared[$0] }
             tableRanges = table.ranges
         }
+        // Per block: 1 when the products of the tables' gradients wrote a NaN or an infinity there.
+        var overflow = [UInt8](repeating: 0, count: Blocks.count(grads.count))
         let out = grads.pointer, scale = n.map(Optimizer.meanScale(over:))
         // Per block and result: 1 when that result's shared block is not finite.
         var bad = [UInt8](repeating: 0, count: Blocks.count(grads.count) * ordered.count)
         var squares = [Double](repeating: 0, count: Blocks.count(grads.count))
         bad.withUnsafeMutableBufferPointer { flags in
-            squares.withUnsafeMutableBufferPointer { sq in
-                guard let f = flags.baseAddress, let s = sq.baseAddress else { return }
-                Blocks.forEach(grads.count, threads: threads) { b, block in
-                    for (r, fromTable) in segments(of: block, around: tableRanges) {
-                        let y = out + r.lowerBound
-                        var first = !fromTable  // a table segment already holds its first term
-                        for (k, result) in ordered.enumerated() {
-                            if result.sharedGradients {
-                                guard !fromTable, let region = shared[result.columns.lowerBound] else { continue }
-                                let x = region.floats + r.lowerBound
-                                let finite = first ? Kernels.copyCheckingFinite(x, into: y, count: r.count)
-                                                   : Kernels.addCheckingFinite(x, into: y, count: r.count)
-                                if !finite { f[b * ordered.count + k] = 1 }
-                            } else {
-                                result.gradients.withUnsafeBufferPointer { g in
-                                    guard let gb = g.baseAddress else { return }
-                                    if first { y.update(from: gb + r.lowerBound, count: r.count) }
-                                    else { Kernels.add(gb + r.lowerBound, into: y, count: r.count) }
+            overflow.withUnsafeMutableBufferPointer { over in
+                squares.withUnsafeMutableBufferPointer { sq in
+                    guard let f = flags.baseAddress, let o = over.baseAddress, let s = sq.baseAddress else { return }
+                    Blocks.forEach(grads.count, threads: threads) { b, block in
+                        for (r, fromTable) in segments(of: block, around: tableRanges) {
+                            let y = out + r.lowerBound
+                            // A table segment already holds its first term, the products: checked before the rest is added.
+                            if fromTable && !Kernels.allFinite(y, count: r.count) { o[b] = 1 }
+                            var first = !fromTable
+                            for (k, result) in ordered.enumerated() {
+                                if result.sharedGradients {
+                                    guard !fromTable, let region = shared[result.columns.lowerBound] else { continue }
+                                    let x = region.floats + r.lowerBound
+                                    let finite = first ? Kernels.copyCheckingFinite(x, into: y, count: r.count)
+                                                       : Kernels.addCheckingFinite(x, into: y, count: r.count)
+                                    if !finite { f[b * ordered.count + k] = 1 }
+                                } else {
+                                    result.gradients.withUnsafeBufferPointer { g in
+                                        guard let gb = g.baseAddress else { return }
+                                        if first { y.update(from: gb + r.lowerBound, count: r.count) }
+                                        else { Kernels.add(gb + r.lowerBound, into: y, count: r.count) }
+                                    }
                                 }
+                                first = false
                             }
-                            first = false
+                            if first { y.update(repeating: 0, count: r.count) }  // no results
                         }
-                        if first { y.update(repeating: 0, count: r.count) }  // no results
+                        if let scale { s[b] = Kernels.scaleSumOfSquares(out + block.lowerBound, count: block.count, scale: scale) }
                     }
-                    if let scale { s[b] = Kernels.scaleSumOfSquares(out + block.lowerBound, count: block.count, scale: scale) }
                 }
             }
+        }
+        if badTables.isEmpty, overflow.contains(1), let table, let params {
+            badTables = table.overflowing(regions, params: params, into: grads, threads: threads).map { viaShared[$0] }
         }
         let nonFinite = ordered.indices.filter { k in
             badTables.contains(k) || stride(from: k, to: bad.count, by: ordered.count).contains { bad[$0] != 0 }

@@ -17,10 +17,9 @@ public final class TableReduction {
     }
 
     /// Adds the tables' gradients in `regions` (in column order) and writes the embedding's and W_ih0's gradients of
-    /// their sum into `ranges` of `grads`, on up to `threads` threads. Returns the indexes of the regions that are
-    /// their writers' fault: a table's gradient with a NaN or an infinity, or finite values so large that its own
-    /// products overflow (an honest worker's would have overflowed in its own hands: a divergence, which the
-    /// coordinator's own computation of its columns then confirms). When there are any, `grads` is not written.
+    /// their sum into `ranges` of `grads`, on up to `threads` threads. Returns the indexes of the regions whose table
+    /// gradient holds a NaN or an infinity; when there are any, `grads` is not written. Finite values can still make
+    /// the products overflow: `Reducer` checks what they wrote as it adds the rest, and then asks `overflowing`.
     func write(from regions: [SharedRegion], params: FloatBuffer, into grads: FloatBuffer, threads: Int) -> [Int] {
         precondition(grads.count == layout.parameterCount && regions.allSatisfy { $0.count == layout.count },
                      "TableReduction: sizes differ")
@@ -33,15 +32,19 @@ public final class TableReduction {
         }
         guard bad.isEmpty, !regions.isEmpty else { return bad }
         products(of: sum.pointer, params: params, into: grads, threads: threads)
-        if written(grads) { return [] }
-        // Which table alone overflows. If none does, their sum does: the step's norm says it diverged, as the sum of
-        // their products would have.
-        for (i, region) in regions.enumerated() {
-            products(of: layout.table(in: region), params: params, into: grads, threads: threads)
-            if !written(grads) { bad.append(i) }
+        return []
+    }
+
+    /// The indexes of the regions whose table gradient alone makes the products overflow, written into `grads` one
+    /// after another (which then holds none of the sum): their writers' fault, since an honest worker's would have
+    /// overflowed in its own hands (a divergence, which the coordinator's own computation of its columns then
+    /// confirms). None when only their sum overflows: then the step's norm says it diverged, as adding the products
+    /// would have.
+    func overflowing(_ regions: [SharedRegion], params: FloatBuffer, into grads: FloatBuffer, threads: Int) -> [Int] {
+        regions.indices.filter { i in
+            products(of: layout.table(in: regions[i]), params: params, into: grads, threads: threads)
+            return !ranges.allSatisfy { Kernels.allFinite(grads.pointer + $0.lowerBound, count: $0.count) }
         }
-        if bad.isEmpty { products(of: sum.pointer, params: params, into: grads, threads: threads) }
-        return bad
     }
 
     /// The two products of `dTable` in `SharedLayout.productParts` parts whatever the thread count, so that their
@@ -54,10 +57,5 @@ public final class TableReduction {
                 model.addTableGradients(d, params: p, into: g, part: part, of: parts, accumulate: false)
             }
         }
-    }
-
-    /// Whether what the products wrote is finite.
-    private func written(_ grads: FloatBuffer) -> Bool {
-        ranges.allSatisfy { Kernels.allFinite(grads.pointer + $0.lowerBound, count: $0.count) }
     }
 }
