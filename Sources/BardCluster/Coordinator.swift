@@ -453,13 +453,14 @@ public final class Coordinator: GradientComputer {
                                                             params: params, meanOver: meanOver)
             var unchecked = false
             while !nonFinite.isEmpty && !unchecked {
-                // A worker answered "done, in shared memory" over a NaN or an infinity there. As when a worker reports a
+                // A worker answered "done, in shared memory" over a NaN or an infinity there (or a table's gradient whose
+                // products overflow). As when a worker reports a
                 // divergence: its columns are computed here; finite, they stand in for its answer and it is quarantined.
                 // Each pass replaces at least one region, so a worker that spoils its region between passes only
                 // adds passes.
                 for first in nonFinite {
                     guard let peer = sharedResults[first]?.peer, let request = requests[peer] else { unchecked = true; break }
-                    let result = try verified(request, from: peer, what: "left non-finite gradients in shared memory for step \(stepID)",
+                    let result = try verified(request, from: peer, what: "left non-finite (or overflowing) gradients in shared memory for step \(stepID)",
                                               params: params)
                     guard round.replace(result) else { unchecked = true; break }
                     sharedResults[first] = nil

@@ -9,8 +9,9 @@ public enum Reducer {
     /// in the same pass (`Kernels.scaleSumOfSquares`, as `Optimizer.mean`), and `squares` holds each block's sum of
     /// squares of the mean (`Blocks`, in block order), so the trainer can go straight to the update. Returns the loss
     /// sum, and the first columns of the results whose gradients came through shared memory and hold a NaN or an
-    /// infinity there (checked in the same pass as the addition: a message's were checked when it was decoded); when
-    /// there are any, `grads` is not the sum. The work is spread over `threads` threads by blocks of parameters, each
+    /// infinity there (checked as they are read, once: a message's were checked when it was decoded), or a table's
+    /// gradient whose products alone overflow (`TableReduction.overflowing`); when there are any, `grads` is not the
+    /// sum. Finite values whose sum overflows blame nobody: the norm then says the step diverged. The work is spread over `threads` threads by blocks of parameters, each
     /// element adding its terms in a fixed order, so the sum is the same bits for any thread count.
     ///
     /// A result whose gradient came through shared memory has it in `shared`, under its first column, with its
@@ -27,7 +28,7 @@ public enum Reducer {
         // The embedding's and W_ih0's gradients of the shared results, written first where the messages' are added.
         var tableRanges: [Range<Int>] = []
         var badTables: [Int] = []
-        let regions = viaShared.compactMap { shared[ordered[$0].columns.lowerBound] }
+        let regions = viaShared.map { shared[ordered[$0].columns.lowerBound]! }  // each has one: the precondition
         if !viaShared.isEmpty {
             guard let table, let params else { preconditionFailure("reduce: results in shared memory need their table's reduction") }
             badTables = table.write(from: regions, params: params, into: grads, threads: threads).map { viaShared[$0] }
@@ -73,7 +74,7 @@ public enum Reducer {
             }
         }
         if badTables.isEmpty, overflow.contains(1), let table, let params {
-            badTables = table.overflowing(regions, params: params, into: grads, threads: threads).map { viaShared[$0] }
+            badTables = table.overflowing(count: regions.count, params: params, threads: threads).map { viaShared[$0] }
         }
         let nonFinite = ordered.indices.filter { k in
             badTables.contains(k) || stride(from: k, to: bad.count, by: ordered.count).contains { bad[$0] != 0 }

@@ -10,6 +10,11 @@ public final class TableReduction {
     /// The parameters whose gradients this makes, in order (`Model.tableParameterRanges`).
     public let ranges: [Range<Int>]
     let sum: FloatBuffer
+    /// Each region's table gradient as it was read and checked: a worker may write its region again after answering,
+    /// so what is blamed on it must be what was added (`overflowing`).
+    var copies: [FloatBuffer] = []
+    /// Where `overflowing` makes one table's products (only `ranges` of it are ever written).
+    lazy var scratch = FloatBuffer(count: layout.parameterCount)
 
     public init(model: Model) {
         self.model = model; layout = SharedLayout(model); ranges = model.tableParameterRanges
@@ -23,27 +28,25 @@ public final class TableReduction {
     func write(from regions: [SharedRegion], params: FloatBuffer, into grads: FloatBuffer, threads: Int) -> [Int] {
         precondition(grads.count == layout.parameterCount && regions.allSatisfy { $0.count == layout.count },
                      "TableReduction: sizes differ")
+        while copies.count < regions.count { copies.append(FloatBuffer(count: layout.tableCount)) }
         var bad: [Int] = []
         for (i, region) in regions.enumerated() {
-            let x = UnsafePointer(layout.table(in: region))
-            let finite = i == 0 ? Kernels.copyCheckingFinite(x, into: sum.pointer, count: sum.count)
-                                : Kernels.addCheckingFinite(x, into: sum.pointer, count: sum.count)
-            if !finite { bad.append(i) }
+            if !Kernels.copyCheckingFinite(layout.table(in: region), into: copies[i].pointer, count: sum.count) { bad.append(i) }
+            if i == 0 { sum.copy(from: copies[0]) } else { Kernels.add(copies[i].pointer, into: sum.pointer, count: sum.count) }
         }
         guard bad.isEmpty, !regions.isEmpty else { return bad }
         products(of: sum.pointer, params: params, into: grads, threads: threads)
         return []
     }
 
-    /// The indexes of the regions whose table gradient alone makes the products overflow, written into `grads` one
-    /// after another (which then holds none of the sum): their writers' fault, since an honest worker's would have
-    /// overflowed in its own hands (a divergence, which the coordinator's own computation of its columns then
-    /// confirms). None when only their sum overflows: then the step's norm says it diverged, as adding the products
-    /// would have.
-    func overflowing(_ regions: [SharedRegion], params: FloatBuffer, into grads: FloatBuffer, threads: Int) -> [Int] {
-        regions.indices.filter { i in
-            products(of: layout.table(in: regions[i]), params: params, into: grads, threads: threads)
-            return !ranges.allSatisfy { Kernels.allFinite(grads.pointer + $0.lowerBound, count: $0.count) }
+    /// The indexes of the first `count` regions of the last `write` whose table gradient, as it was read then, alone
+    /// makes the products overflow: their writers' fault, since an honest worker's would have overflowed in its own
+    /// hands (a divergence, which the coordinator's own computation of its columns then confirms). None when only
+    /// their sum overflows: then the step's norm says it diverged, as adding the products would have.
+    public func overflowing(count: Int, params: FloatBuffer, threads: Int) -> [Int] {
+        (0..<count).filter { i in
+            products(of: copies[i].pointer, params: params, into: scratch, threads: threads)
+            return !ranges.allSatisfy { Kernels.allFinite(scratch.pointer + $0.lowerBound, count: $0.count) }
         }
     }
 

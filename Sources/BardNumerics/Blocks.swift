@@ -1,4 +1,3 @@
-
 /// Work over a flat buffer in fixed blocks spread over threads. The blocks do not depend on the thread count, so a
 /// result made of per-block parts combined in block order (a norm, say) is the same bits with 1 thread or 64.
 public enum Blocks {

@@ -5,8 +5,9 @@ import Foundation
 
 /// What computes the gradient of one window: threads in this process (`WindowThreads`) or, later, workers.
 public protocol GradientComputer: AnyObject {
-    /// Forward and backward over all `totalColumns` columns, the gradient of the loss sum into `grads`, which the
-    /// caller has cleared (a computer may add to it or write over it), state carried in place; returns the loss sum.
+    /// Forward and backward over all `totalColumns` columns, the gradient of the loss sum into `grads` (a computer
+    /// may add to what it holds, so a caller that wants the sum clears it first, or write over it), state carried in
+    /// place; returns the loss sum.
     func computeGradients(params: FloatBuffer, grads: FloatBuffer, window: UnsafePointer<Int32>, steps: Int,
                           totalColumns: Int, state: RecurrentState, dropout: DropoutKey?) throws -> Double
     /// `computeGradients` into `grads`, whatever it held, divided by `meanOver` targets: the mean gradient, and the

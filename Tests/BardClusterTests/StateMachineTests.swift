@@ -340,6 +340,7 @@ final class ReducerTests: XCTestCase {
             regions[columns[k].lowerBound] = region
         }
         let table = TableReduction(model: model)
+        var sumOf: [[Int]: [Float]] = [:]
         for sharedOnes in [[0, 1, 2], [1], [0, 2]] {
             let results = (0..<3).map { result($0, shared: sharedOnes.contains($0)) }
             var sums: [[Float]] = []
@@ -355,32 +356,43 @@ final class ReducerTests: XCTestCase {
             var diff = 0.0, norm = 0.0
             for i in 0..<n { diff += Double(sums[0][i] - reference[i]) * Double(sums[0][i] - reference[i]); norm += Double(reference[i] * reference[i]) }
             XCTAssertLessThan((diff / norm).squareRoot(), Tolerance.reduction, "\(sharedOnes)")
+            sumOf[sharedOnes] = sums[0]
         }
-        // A NaN or an infinity in the table's gradient, or in the rest of what is read, is the region's writer's.
+        // A NaN or an infinity in a table's gradient, or in the rest of what is read, is that region's writer's: each
+        // region in turn, all in shared memory (the first in column order copied, not added) and with column 0 by
+        // message (the regions then are not the results' indexes).
         let last = model.layout.total - 1  // the decoder's bias: not one of the table's parameters
         XCTAssertFalse(model.tableParameterRanges.contains { $0.contains(last) })
-        for bad in [Float.nan, .infinity] {
-            for at in [layout.parameterCount + layout.tableCount - 1, last] {
-                let region = regions[1]!
-                let keep = region.floats[at]
-                region.floats[at] = bad
-                let results = (0..<3).map { result($0, shared: true) }
-                let (_, nonFinite, _) = Reducer.reduce(results, into: FloatBuffer(count: n), state: model.makeState(columns: 7),
-                                                       threads: 2, shared: regions, table: table, params: params)
-                XCTAssertEqual(nonFinite, [1], "\(bad) at \(at)")
-                region.floats[at] = keep
+        let firstRead = try XCTUnwrap((0..<n).first { i in !model.tableParameterRanges.contains { $0.contains(i) } })
+        for sharedOnes in [[0, 1, 2], [0, 2]] {
+            let results = (0..<3).map { result($0, shared: sharedOnes.contains($0)) }
+            for k in sharedOnes {
+                let first = columns[k].lowerBound, region = regions[first]!
+                for bad in [Float.nan, .infinity] {
+                    for at in [layout.parameterCount + layout.tableCount - 1, layout.parameterCount, last, firstRead] {
+                        let keep = region.floats[at]
+                        region.floats[at] = bad
+                        let (_, nonFinite, _) = Reducer.reduce(results, into: FloatBuffer(count: n), state: model.makeState(columns: 7),
+                                                               threads: 2, shared: regions, table: table, params: params)
+                        XCTAssertEqual(nonFinite, [first], "\(sharedOnes): \(bad) at \(at) of column \(first)'s region")
+                        region.floats[at] = keep
+                    }
+                }
             }
         }
-        // A finite table's gradient whose products overflow is its writer's too (no other result is blamed), and
-        // honest ones do not overflow: the same sum as before after it.
+        // A finite table's gradient whose products overflow is its writer's too, and no other result is blamed, even
+        // if the region holds something else by the time that is found (what is blamed is what was added); after it,
+        // the same sum as before.
+        let results = (0..<3).map { result($0, shared: $0 != 1) }  // column 0 by message
         let region = regions[4]!, keep = Array(UnsafeBufferPointer(start: layout.table(in: region), count: layout.tableCount))
         layout.table(in: region).update(repeating: .greatestFiniteMagnitude, count: layout.tableCount)
-        let all = (0..<3).map { result($0, shared: true) }
-        XCTAssertEqual(Reducer.reduce(all, into: FloatBuffer(count: n), state: model.makeState(columns: 7), threads: 2,
+        XCTAssertEqual(Reducer.reduce(results, into: FloatBuffer(count: n), state: model.makeState(columns: 7), threads: 2,
                                       shared: regions, table: table, params: params).nonFinite, [4])
         keep.withUnsafeBufferPointer { layout.table(in: region).update(from: $0.baseAddress!, count: layout.tableCount) }
+        XCTAssertEqual(table.overflowing(count: 2, params: params, threads: 2), [1], "the table as it was added, not as it is now")
         let again = FloatBuffer(count: n)
-        XCTAssertEqual(Reducer.reduce(all, into: again, state: model.makeState(columns: 7), threads: 2, shared: regions,
+        XCTAssertEqual(Reducer.reduce(results, into: again, state: model.makeState(columns: 7), threads: 2, shared: regions,
                                       table: table, params: params).nonFinite, [])
+        XCTAssertTrue(again.array == sumOf[[0, 2]], "the sum after an overflow")
     }
 }

@@ -4,30 +4,49 @@ import XCTest
 
 final class ThreadTeamTests: XCTestCase {
     /// `parallel` runs every index exactly once: alone, from inside one of its own bodies (the team is busy: the inner
-    /// call runs on its caller's thread), and from several threads at once (one takes the team, the others run
-    /// alone). Every wait has a total bound.
+    /// call runs on its caller's thread), and from four threads at once, all inside their bodies together (one takes
+    /// the team, the other three run theirs on their own threads). Everything runs off the test's thread, and every
+    /// wait has a total bound.
     func testParallelRunsEveryIndexOnceWhateverElseUsesTheTeam() {
         let counts = Counts()
-        ThreadTeam.parallel(3) { i in counts.add("alone", i) }
-        XCTAssertEqual(counts.of("alone"), [0: 1, 1: 1, 2: 1])
-        ThreadTeam.parallel(3) { i in
-            ThreadTeam.parallel(3) { j in counts.add("nested", 3 * i + j) }
-        }
-        XCTAssertEqual(counts.of("nested"), Dictionary(uniqueKeysWithValues: (0..<9).map { ($0, 1) }))
+        let end = DispatchTime.now() + 60
         let done = DispatchSemaphore(value: 0)
-        for caller in 0..<4 {
+        Thread {
+            ThreadTeam.parallel(3) { i in counts.add("alone", i) }
+            ThreadTeam.parallel(3) { i in
+                ThreadTeam.parallel(3) { j in counts.add("nested", 3 * i + j) }
+            }
+            ThreadTeam.parallel(1) { i in counts.add("one", i) }
+            ThreadTeam.parallel(0) { i in counts.add("none", i) }
+            done.signal()
+        }.start()
+        XCTAssertEqual(done.wait(timeout: end), .success, "parallel did not return")
+        XCTAssertEqual(counts.of("alone"), [0: 1, 1: 1, 2: 1])
+        XCTAssertEqual(counts.of("nested"), Dictionary(uniqueKeysWithValues: (0..<9).map { ($0, 1) }))
+        XCTAssertEqual(counts.of("one"), [0: 1])
+        XCTAssertEqual(counts.of("none"), [:])
+
+        let callers = 4
+        for caller in 0..<callers {
             Thread {
-                ThreadTeam.parallel(2) { i in counts.add("concurrent", 2 * caller + i) }
+                var threads: [Int: pthread_t] = [:]
+                let lock = NSLock()
+                ThreadTeam.parallel(2) { i in
+                    lock.withLock { threads[i] = pthread_self() }
+                    counts.add("concurrent", 2 * caller + i)
+                    guard i == 0 else { return }
+                    // Index 0 waits until every caller is inside its body, so that the team is busy for the others.
+                    counts.add("inside", caller)
+                    while counts.of("inside").count < callers && DispatchTime.now() < end { usleep(1000) }
+                }
+                if threads[0] == threads[1] { counts.add("on its own thread", caller) }
                 done.signal()
             }.start()
         }
-        let end = DispatchTime.now() + 30
-        for _ in 0..<4 { XCTAssertEqual(done.wait(timeout: end), .success, "a caller of parallel did not return") }
-        XCTAssertEqual(counts.of("concurrent"), Dictionary(uniqueKeysWithValues: (0..<8).map { ($0, 1) }))
-        ThreadTeam.parallel(1) { i in counts.add("one", i) }
-        ThreadTeam.parallel(0) { i in counts.add("none", i) }
-        XCTAssertEqual(counts.of("one"), [0: 1])
-        XCTAssertEqual(counts.of("none"), [:])
+        for _ in 0..<callers { XCTAssertEqual(done.wait(timeout: end), .success, "a caller of parallel did not return") }
+        XCTAssertEqual(counts.of("concurrent"), Dictionary(uniqueKeysWithValues: (0..<2 * callers).map { ($0, 1) }))
+        XCTAssertEqual(counts.of("inside").count, callers, "the callers were not inside their bodies together")
+        XCTAssertEqual(counts.of("on its own thread").count, callers - 1, "one caller takes the team, the others run alone")
     }
 
     final class Counts: @unchecked Sendable {
