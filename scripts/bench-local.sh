@@ -6,7 +6,7 @@
 # figure is the median over rounds of a run's median step time (after 5 warm-up steps). The process and the cluster
 # on shared memory run back to back, in alternating order from round to round, and each round's ratio is printed too,
 # with their median: the machine's speed drifts by tens of percent within minutes, which moves the two runs of a round
-# about alike. The --no-shm run comes third.
+# about alike. The --no-shm run comes third. Last, where a cluster step on shared memory goes, phase by phase.
 #   scripts/bench-local.sh [STEPS] [ROUNDS]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -31,6 +31,15 @@ print(round((rows[1]["chars"] - rows[0]["chars"]) / statistics.median(dts)))
 PY
 }
 
+phases() {  # metrics.jsonl -> the median ms of each phase of the coordinator's step (after 5 warm-up steps), one line
+    python3 - "$1" <<'PY'
+import json, statistics, sys
+rows = [json.loads(l) for l in open(sys.argv[1])][5:-1]
+names = ["compute", "communication", "table", "send", "reduce", "update"]
+print(" ".join(f"{n}={1e3 * statistics.median(r[n + '_s'] for r in rows):.2f}" for n in names if n + "_s" in rows[0]))
+PY
+}
+
 single() {  # bptt -> chars/s
     local out="$tmp/single-$1"
     rm -rf "$out"
@@ -48,6 +57,7 @@ cluster() {  # bptt [--no-shm] -> chars/s
     local w=$!
     wait "$c" || { echo "bench-local: the coordinator failed; see $out.log" >&2; exit 1; }
     wait "$w" || true
+    phases "$out/metrics.jsonl" >>"$tmp/phases-$1${2:-}"
     chars_per_s "$out/metrics.jsonl"
 }
 
@@ -86,5 +96,14 @@ rounds = [int(cluster) / int(single) for single, cluster in zip(sys.argv[2].spli
 print(f"| {sys.argv[1]} | {s:,} ({sys.argv[2].strip()}) | {c:,} ({sys.argv[3].strip()}) | {c / s:.2f}x "
       f"| {', '.join(f'{x:.2f}' for x in rounds)} ({statistics.median(rounds):.2f}x) "
       f"| {m:,} ({sys.argv[4].strip()}) | {m / s:.2f}x |")
+PY
+done
+echo
+echo "Where a cluster step goes, shared memory (ms; the median over rounds of each run's median):"
+for bptt in 25 50; do
+    python3 - "$bptt" "$tmp/phases-$bptt" <<'PY'
+import statistics, sys
+runs = [dict(kv.split("=") for kv in line.split()) for line in open(sys.argv[2]) if line.strip()]
+print(f"  bptt {sys.argv[1]}: " + ", ".join(f"{n} {statistics.median(float(r[n]) for r in runs):.2f}" for n in runs[0]))
 PY
 done

@@ -82,9 +82,10 @@ public final class Coordinator: GradientComputer {
     public private(set) var quarantines = 0
     /// Divergence reports checked here: (did not reproduce, did).
     public private(set) var verifications = (refuted: 0, confirmed: 0)
-    /// Seconds of the last step: slowest worker's compute, the rest of the wait (communication), sending the
-    /// requests, the reduction, and the coordinator's time between steps (update, logging, checkpoints).
-    public internal(set) var timing = (compute: 0.0, communication: 0.0, send: 0.0, reduce: 0.0, update: 0.0)
+    /// Seconds of the last step: slowest worker's compute, the rest of the wait (communication), making layer 0's
+    /// table for the workers on this host, sending the requests, the reduction (with the table's gradients), and the
+    /// coordinator's time between steps (update, logging, checkpoints).
+    public internal(set) var timing = (compute: 0.0, communication: 0.0, table: 0.0, send: 0.0, reduce: 0.0, update: 0.0)
     var lastStepEnd: Double?
 
     public init(transport: ServerTransport, model: Model, fingerprint: String, minWorkers: Int,
@@ -355,11 +356,16 @@ public final class Coordinator: GradientComputer {
             /// A registration that comes again mid-step replaces the region (and its request is sent again by
             /// message), and an answer the worker wrote into the old one must not be read from the new, empty one.
             var requestRegions: [PeerID: SharedRegion] = [:]
+            var table = 0.0  // making layer 0's table for the local workers, the first time one is sent a step
             for (peer, shard) in plan {
                 // A worker on this host reads the parameters from the shared region, where the trainer keeps them,
                 // stamped with this step's version before the first request that needs it.
                 let region = shared?.region(for: peer), viaShared = region != nil
-                if viaShared { shared?.publish(params, version: parameterVersion, threads: hostThreads) }
+                if viaShared {
+                    let made = clock()
+                    shared?.publish(params, version: parameterVersion, threads: hostThreads)
+                    table += clock() - made
+                }
                 requestRegions[peer] = region
                 let request = StepRequest(
                     stepID: stepID, parameterVersion: parameterVersion, columns: shard, totalColumns: totalColumns,
@@ -485,8 +491,9 @@ public final class Coordinator: GradientComputer {
             deadline.record(waited)
             let compute = round.results.map(\.computeSeconds).max() ?? 0
             timing.compute = compute
-            timing.send = sent - t0
-            timing.communication = max(0, waited - compute - timing.send)
+            timing.table = table
+            timing.send = sent - t0 - table
+            timing.communication = max(0, waited - compute - timing.send - table)
             timing.reduce = clock() - r0
             lastStepEnd = clock()
             return (loss, squares)
@@ -536,9 +543,11 @@ public final class Coordinator: GradientComputer {
     }
 
     public var statusSuffix: String {
-        String(format: "workers %d | compute %.0f ms comm %.0f ms send %.0f ms reduce %.0f ms update %.0f ms",
-               membership.members.count, timing.compute * 1000, timing.communication * 1000, timing.send * 1000,
-               timing.reduce * 1000, timing.update * 1000)
+        let table = shared == nil ? "" : String(format: "table %.0f ms ", timing.table * 1000)
+        return String(format: "workers %d | compute %.0f ms comm %.0f ms ", membership.members.count, timing.compute * 1000,
+                      timing.communication * 1000)
+            + table + String(format: "send %.0f ms reduce %.0f ms update %.0f ms", timing.send * 1000, timing.reduce * 1000,
+                             timing.update * 1000)
     }
 
     /// Counts above this (1 TiB since a process's last report) are not believed: a hostile peer's, not traffic.
@@ -562,6 +571,7 @@ public final class Coordinator: GradientComputer {
     public func annotate(_ r: inout MetricsRecord) {
         r.workers = membership.members.count
         r.computeS = timing.compute; r.communicationS = timing.communication; r.sendS = timing.send
+        if shared != nil { r.tableS = timing.table }
         r.reduceS = timing.reduce; r.updateS = timing.update
         r.bytesMoved = bytesMoved
         r.traffic = [PeerTraffic(name: "lead", role: .lead, sent: bytesSent - trafficMark.sent, received: bytesReceived - trafficMark.received)]

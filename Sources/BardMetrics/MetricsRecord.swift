@@ -26,6 +26,8 @@ public struct MetricsRecord: Codable, Equatable, Sendable {
     public var computeS: Double?
     public var communicationS: Double?
     public var sendS: Double?
+    /// Making layer 0's table for the workers on the coordinator's host (its gradients are part of `reduceS`).
+    public var tableS: Double?
     public var reduceS: Double?
     public var updateS: Double?
     public var bytesMoved: Int?
@@ -46,17 +48,20 @@ public struct MetricsRecord: Codable, Equatable, Sendable {
         case step, epoch, chars, lr, time, workers, evictions, rejected, redone, quarantines, quarantined, rollbacks, traffic
         case trainLoss = "train_loss", charsPerS = "chars_per_s", gradNorm = "grad_norm", valLoss = "val_loss"
         case valPerplexity = "val_perplexity", valLossEma = "val_loss_ema", computeS = "compute_s", communicationS = "communication_s", sendS = "send_s"
-        case reduceS = "reduce_s", updateS = "update_s", bytesMoved = "bytes_moved", droppedMessages = "dropped_messages"
+        case tableS = "table_s", reduceS = "reduce_s", updateS = "update_s", bytesMoved = "bytes_moved", droppedMessages = "dropped_messages"
         case deniedHandshakes = "denied_handshakes", stepDeadlineS = "step_deadline_s"
     }
 
     public init() {}
 
-    /// The step's time split by phase, for those the record has.
+    /// The phases of a coordinator's step, by name: the slowest worker's compute, other waiting (communication),
+    /// making layer 0's table for the local workers, sending, the reduction and the update between steps.
+    public static let phases = ["compute", "communication", "table", "send", "reduce", "update"]
+
+    /// The step's time split by phase (`phases`), for those the record has.
     public var phaseSeconds: [String: Double] {
         var out: [String: Double] = [:]
-        for (name, v) in [("compute", computeS), ("communication", communicationS), ("send", sendS), ("reduce", reduceS),
-                          ("update", updateS)] {
+        for (name, v) in zip(MetricsRecord.phases, [computeS, communicationS, tableS, sendS, reduceS, updateS]) {
             if let v { out[name] = v }
         }
         return out
@@ -66,7 +71,7 @@ public struct MetricsRecord: Codable, Equatable, Sendable {
     public func jsonLine() -> String {
         var r = self
         for kp in [\MetricsRecord.trainLoss, \.charsPerS, \.lr, \.time, \.gradNorm, \.valLoss, \.valPerplexity, \.valLossEma, \.computeS,
-                   \.communicationS, \.sendS, \.reduceS, \.updateS, \.stepDeadlineS] where !(r[keyPath: kp]?.isFinite ?? true) {
+                   \.communicationS, \.sendS, \.tableS, \.reduceS, \.updateS, \.stepDeadlineS] where !(r[keyPath: kp]?.isFinite ?? true) {
             r[keyPath: kp] = nil
         }
         let encoder = JSONEncoder()

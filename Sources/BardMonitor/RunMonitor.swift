@@ -80,9 +80,9 @@ public final class RunMonitor: @unchecked Sendable {
         stepGauge = registry.makeGauge(name: "bard_step", help: "Current optimiser step (continues across resumes).")
         epochGauge = registry.makeGauge(name: "bard_epoch", help: "Current epoch (1-based).")
         var phase: [String: Gauge] = [:]
-        for p in ["compute", "communication", "send", "reduce", "update"] {
+        for p in MetricsRecord.phases {
             phase[p] = registry.makeGauge(name: "bard_step_seconds", labels: [("phase", p)],
-                                          help: "Seconds of the last step: slowest worker's compute, other waiting (communication), sending, reduction, and the coordinator's update between steps.")
+                                          help: "Seconds of the last step: slowest worker's compute, other waiting (communication), making layer 0's table for local workers, sending, reduction, and the coordinator's update between steps.")
         }
         self.phase = phase
         var counters: [ClusterMetric: Counter] = [:], gauges: [ClusterMetric: Gauge] = [:]

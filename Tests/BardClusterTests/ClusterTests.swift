@@ -1,4 +1,5 @@
 import BardCluster
+import BardMetrics
 import BardModel
 import BardNumerics
 import BardTraining
@@ -252,6 +253,11 @@ final class InMemoryClusterTests: XCTestCase {
         try coordinator.waitForWorkers(4, timeout: 10)
         try t.run(computer: coordinator)
         XCTAssertEqual(workers.map(\.usesSharedMemory), [true, false, false, true])
+        // The table the local workers read was made here, and the step's record says how long that took.
+        var record = MetricsRecord()
+        coordinator.annotate(&record)
+        XCTAssertGreaterThan(try XCTUnwrap(record.tableS), 0)
+        XCTAssertTrue(coordinator.statusSuffix.contains("table "), coordinator.statusSuffix)
         XCTAssertEqual(workers.map(\.stepsComputed), [25, 25, 25, 25])
         XCTAssertTrue(lines.contains("w2 cannot use the shared memory it was offered"), lines.text)
         // The parameters region and w0's and w3's gradient regions.
