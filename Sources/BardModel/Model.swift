@@ -63,9 +63,6 @@ struct WindowColumns {
 /// (`HiddenWeight`).
 public final class PreparedWindow {
     let table: FloatBuffer
-    /// The table made elsewhere that the next window reads instead of `table` (nil: it makes its own).
-    public var shared: SharedTable?
-    var tablePointer: UnsafePointer<Float> { shared?.table ?? UnsafePointer(table.pointer) }
     let layout: HiddenWeight.Layout
     let whhT: [FloatBuffer]
 
@@ -195,12 +192,10 @@ public final class Model {
                     totalColumns: Int, columns: Range<Int>, state: RecurrentState, dropout: DropoutKey?,
                     workspace ws: Workspace, lastStepOnly: Bool = false,
                     hiddenGradNorms: UnsafeMutablePointer<Double>? = nil, table: SharedTable? = nil) -> Double {
-        ws.prepared.shared = table
-        defer { ws.prepared.shared = nil }  // a region's table is read during this window only
-        prepareWindow(params: params, into: ws.prepared, part: 0, of: 1, backward: grads != nil)
+        prepareWindow(params: params, into: ws.prepared, part: 0, of: 1, backward: grads != nil, table: table)
         let loss = runColumns(params: params, prepared: ws.prepared, backward: grads != nil, window: window, steps: T,
                               totalColumns: totalColumns, columns: columns, state: state, dropout: dropout, workspace: ws,
-                              lastStepOnly: lastStepOnly, hiddenGradNorms: hiddenGradNorms)
+                              lastStepOnly: lastStepOnly, hiddenGradNorms: hiddenGradNorms, table: table)
         if let grads {
             addParameterGradients(into: grads, params: params, workspace: ws, part: 0, of: 1, table: table)
         }
@@ -220,14 +215,15 @@ public final class Model {
     // 3. `addParameterGradients`, every weight and bias gradient, each thread its share of every tensor's rows.
 
     /// Phase 2: forward, and backward when `backward` is set, over one window for the columns `columns` of a batch of
-    /// `totalColumns`, reading the table and the transposed weights phase 1 left in `prepared`. The gate and table
-    /// gradients are left in the workspace for phase 3; the state rows of the columns are read and overwritten as in
+    /// `totalColumns`, reading the table and the transposed weights phase 1 left in `prepared` (or `table`'s table).
+    /// The gate and table gradients are left in the workspace for phase 3 (the table's in `table`'s gradient, when
+    /// given); the state rows of the columns are read and overwritten as in
     /// `run`. Every one of `parts` threads calls it at once with its `part`, the same arguments and a `barrier` that
     /// waits for all of them (one thread: part 0 of 1, no barrier); each returns its share of the loss.
     public func runColumns(params: FloatBuffer, prepared: PreparedWindow, backward: Bool, window: UnsafePointer<Int32>,
                            steps T: Int, totalColumns: Int, columns: Range<Int>, state: RecurrentState,
                            dropout: DropoutKey?, workspace ws: Workspace, lastStepOnly: Bool = false,
-                           hiddenGradNorms: UnsafeMutablePointer<Double>? = nil,
+                           hiddenGradNorms: UnsafeMutablePointer<Double>? = nil, table: SharedTable? = nil,
                            part: Int = 0, of parts: Int = 1, barrier: @escaping () -> Void = {}) -> Double {
         let B = columns.count
         precondition(T <= ws.steps && B <= ws.batch, "window \(T)x\(B) exceeds workspace \(ws.steps)x\(ws.batch)")
@@ -242,7 +238,8 @@ public final class Model {
 
         // Forward: embedding (as layer 0's input projection) -> recurrent stack (dropout after each layer) -> decoder
         // -> softmax cross-entropy, which leaves the probabilities in ws.logits.
-        embeddingForward(gates: lw0.gates.pointer, table: prepared.tablePointer, window: w, rows: s.rows)
+        embeddingForward(gates: lw0.gates.pointer, table: table?.table ?? UnsafePointer(prepared.table.pointer), window: w,
+                         rows: s.rows)
         barrier()
         let decoderInput = stackForward(ws: ws, prepared: prepared, state: state, params: p, window: w, dropout: dropout,
                                         share: s)
@@ -256,7 +253,7 @@ public final class Model {
         barrier()
         stackBackward(ws: ws, prepared: prepared, dOut: ws.dDecoderInput.pointer, params: p, window: w, dropout: dropout,
                       hiddenGradNorms: hiddenGradNorms, share: s)
-        embeddingBackward(dTable: ws.dTable, dGates: lw0.dGatesInput.pointer, window: w,
+        embeddingBackward(dTable: table?.gradient ?? ws.dTable.pointer, dGates: lw0.dGatesInput.pointer, window: w,
                           gates: Range(part: part, of: parts, in: layers[0].cell.gates * config.hidden))
         return loss
     }
@@ -274,9 +271,9 @@ public final class Model {
     }
 
     /// Phase 3: every parameter's gradient of the window `runColumns` left in `workspace` added into `grads`: share
-    /// `part` of `parts` of each tensor's rows. With `table` (a `SharedTable`), the table's gradient is written to its
-    /// `gradient` instead, and the embedding's and W_ih0's gradients are left as they were (`addTableGradients`
-    /// makes them where the tables of several workers are summed).
+    /// `part` of `parts` of each tensor's rows. With `table` (a `SharedTable`, the one `runColumns` wrote the table's
+    /// gradient to), the embedding's and W_ih0's gradients are left as they were (`addTableGradients` makes them
+    /// where the tables of several workers are summed).
     public func addParameterGradients(into grads: FloatBuffer, params: FloatBuffer, workspace ws: Workspace,
                                       part: Int, of parts: Int, table: SharedTable? = nil) {
         precondition(ws.ran.batch == 0 || ws.ran.backward, "addParameterGradients: the last window ran forward only")
@@ -300,10 +297,8 @@ public final class Model {
             layer.addParameterGradients(grads: gp, from: [(ws: ws.layers[l], rows: rows, x: x)],
                                         gateRows: Range(part: part, of: parts, in: layer.cell.gates * H))
         }
-        // The embedding, through the table.
-        if let table {
-            if !v.isEmpty { table.gradient.advanced(by: v.lowerBound * GH).update(from: ws.dTable.pointer + v.lowerBound * GH, count: v.count * GH) }
-        } else {
+        // The embedding, through the table (with a shared one, its gradient is already where it goes: `runColumns`).
+        if table == nil {
             addTableGradients(UnsafePointer(ws.dTable.pointer), params: p, into: gp, part: part, of: parts)
         }
     }
@@ -338,11 +333,11 @@ public final class Model {
     /// (V, G*H) = E W_ih0^T + biases, so the window's input projection (T*B, G*H) is a gather, not a GEMM. Phase 1
     /// computes share `part` of `parts` of the table's gate columns (`makeTable`), and the same share of each layer's gate rows of W_hh^T
     /// (`RecurrentLayer.transposeHidden`) when the steps read it (backward pieces only when there is a `backward`).
-    /// When `prepared` reads a table made elsewhere (`PreparedWindow.shared`), it makes none.
+    /// With a table made elsewhere (`table`), it makes none.
     public func prepareWindow(params: FloatBuffer, into prepared: PreparedWindow, part: Int, of parts: Int,
-                              backward: Bool = true) {
+                              backward: Bool = true, table: SharedTable? = nil) {
         let p = params.pointer, GH = layers[0].cell.gates * config.hidden
-        if prepared.shared == nil {
+        if table == nil {
             makeTable(params: p, into: prepared.table.pointer, part: part, of: parts)
         }
         let layout = prepared.layout
@@ -383,8 +378,9 @@ public final class Model {
     /// dTable[v] = sum of the gate gradients `dGates` of rows reading v; phase 3 turns it into dW_ih0 += dTable^T E
     /// and dE += dTable W_ih0 (V rows instead of T*B). The biases' gradients are layer 0's own. Only the gate
     /// columns `gates` of G*H, so that threads sharing a window never add into the same element.
-    func embeddingBackward(dTable: FloatBuffer, dGates: UnsafePointer<Float>, window w: WindowColumns, gates g: Range<Int>) {
-        let GH = layers[0].cell.gates * config.hidden, dT = dTable.pointer
+    func embeddingBackward(dTable dT: UnsafeMutablePointer<Float>, dGates: UnsafePointer<Float>, window w: WindowColumns,
+                           gates g: Range<Int>) {
+        let GH = layers[0].cell.gates * config.hidden
         guard !g.isEmpty else { return }
         for v in 0..<vocabularySize { (dT + v * GH + g.lowerBound).update(repeating: 0, count: g.count) }
         for t in 0..<w.steps {

@@ -35,17 +35,16 @@ public final class WindowThreads {
             return model.run(params: params, grads: grads, window: window, steps: steps, totalColumns: totalColumns,
                              columns: columns, state: state, dropout: dropout, workspace: workspace, table: table)
         }
-        prepared.shared = table
-        defer { prepared.shared = nil }  // a region's table is read during this window only
         let losses = UnsafeMutableBufferPointer<Double>.allocate(capacity: n)
         defer { losses.deallocate() }
         let (model, prepared, workspace, columns, team) = (model, prepared, workspace, columns, team)
         team.run { i in
-            model.prepareWindow(params: params, into: prepared, part: i, of: n, backward: grads != nil)
+            model.prepareWindow(params: params, into: prepared, part: i, of: n, backward: grads != nil, table: table)
             team.barrier()
             losses[i] = model.runColumns(params: params, prepared: prepared, backward: grads != nil, window: window,
                                          steps: steps, totalColumns: totalColumns, columns: columns, state: state,
-                                         dropout: dropout, workspace: workspace, part: i, of: n, barrier: team.barrier)
+                                         dropout: dropout, workspace: workspace, table: table, part: i, of: n,
+                                         barrier: team.barrier)
             guard let grads else { return }
             team.barrier()
             model.addParameterGradients(into: grads, params: params, workspace: workspace, part: i, of: n, table: table)
