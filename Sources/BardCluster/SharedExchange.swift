@@ -74,10 +74,9 @@ public final class SharedExchange {
     func publish(_ params: FloatBuffer, version: UInt64, threads: Int) {
         precondition(params.pointer == parameters.floats, "SharedExchange: the trainer's parameters are not in the shared region (Trainer(parameterStorage:))")
         if tableVersion != version {
-            let (model, p, table) = (model, UnsafePointer(params.pointer), layout.table(in: parameters))
-            let parts = SharedLayout.productParts, t = max(1, min(threads, parts))
-            ThreadTeam.parallel(t) { i in
-                for part in stride(from: i, to: parts, by: t) { model.makeTable(params: p, into: table, part: part, of: parts) }
+            let (model, p, table, parts) = (model, UnsafePointer(params.pointer), layout.table(in: parameters), SharedLayout.productParts)
+            ThreadTeam.parallel(parts: parts, threads: threads) { part in
+                model.makeTable(params: p, into: table, part: part, of: parts)
             }
             tableVersion = version
         }

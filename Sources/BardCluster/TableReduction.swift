@@ -53,12 +53,10 @@ public final class TableReduction {
     /// The two products of `dTable` in `SharedLayout.productParts` parts whatever the thread count, so that their
     /// bits do not depend on it.
     private func products(of dTable: UnsafeMutablePointer<Float>, params: FloatBuffer, into grads: FloatBuffer, threads: Int) {
-        let (model, d, p, g) = (model, UnsafePointer(dTable), UnsafePointer(params.pointer), grads.pointer)
-        let parts = SharedLayout.productParts, t = max(1, min(threads, parts))
-        ThreadTeam.parallel(t) { i in
-            for part in stride(from: i, to: parts, by: t) {
-                model.addTableGradients(d, params: p, into: g, part: part, of: parts, accumulate: false)
-            }
+        let (model, d, p, g, parts) = (model, UnsafePointer(dTable), UnsafePointer(params.pointer), grads.pointer,
+                                       SharedLayout.productParts)
+        ThreadTeam.parallel(parts: parts, threads: threads) { part in
+            model.addTableGradients(d, params: p, into: g, part: part, of: parts, accumulate: false)
         }
     }
 }

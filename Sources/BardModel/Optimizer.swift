@@ -76,7 +76,16 @@ public final class Optimizer {
                      average: FloatBuffer? = nil, decay: Double = 0, threads: Int,
                      checkNorm: (Double) throws -> Void) rethrows -> StepReport {
         precondition(params.count == grads.count && (average?.count ?? params.count) == params.count, "step: sizes differ")
-        let norm = Optimizer.mean(grads, over: n, threads: threads).reduce(0, +).squareRoot()
+        return try step(params: params, mean: grads, squares: Optimizer.mean(grads, over: n, threads: threads), clip: maxNorm,
+                        average: average, decay: decay, threads: threads, checkNorm: checkNorm)
+    }
+
+    /// `step` on a gradient already divided by its targets (`mean`), given the sums of squares of its blocks (the
+    /// first pass, made elsewhere: `GradientComputer.meanGradients`).
+    public func step(params: FloatBuffer, mean grads: FloatBuffer, squares: [Double], clip maxNorm: Double,
+                     average: FloatBuffer? = nil, decay: Double = 0, threads: Int,
+                     checkNorm: (Double) throws -> Void) rethrows -> StepReport {
+        let norm = squares.reduce(0, +).squareRoot()
         try checkNorm(norm)  // before anything is written: a refused step leaves the parameters as they were
         return update(params: params, grads: grads, norm: norm, clip: maxNorm, average: average, decay: decay, threads: threads)
     }

@@ -102,5 +102,13 @@ extension ThreadTeam {
         defer { _ = kept.withLock { $0.busy.remove(count) } }
         withoutActuallyEscaping(body) { team.run($0) }
     }
-}
 
+    /// `body(part)` for each of `parts` fixed parts, on up to `threads` threads (`parallel`): what the parts compute
+    /// does not depend on the thread count.
+    public static func parallel(parts: Int, threads: Int, _ body: (Int) -> Void) {
+        let t = max(1, min(threads, parts))
+        parallel(t) { i in
+            for part in stride(from: i, to: parts, by: t) { body(part) }
+        }
+    }
+}

@@ -351,10 +351,8 @@ public final class Trainer {
                     report = try remote.update(lr: optimizer.lr, clip: cfg.clip, decay: cfg.ema ?? 0, checkNorm: checkNorm)
                     remoteAhead = true
                 } else {
-                    let norm = squares.reduce(0, +).squareRoot()
-                    try checkNorm(norm)
-                    report = optimizer.update(params: params, grads: grads, norm: norm, clip: cfg.clip, average: average,
-                                              decay: cfg.ema ?? 0, threads: updateThreads)
+                    report = try optimizer.step(params: params, mean: grads, squares: squares, clip: cfg.clip, average: average,
+                                                decay: cfg.ema ?? 0, threads: updateThreads, checkNorm: checkNorm)
                 }
                 let norm = report.norm
                 // A finite loss and gradient do not make a finite update (lr * g, or Adam's g^2, can overflow): this step is
