@@ -353,7 +353,7 @@ final class ClusterProcessTests: ProcessTestCase {
     /// and each worker are there, and every byte one of them sent, another received (within the messages that cross
     /// the step's edges: a heartbeat, a 64 KB margin). Sharded, each worker takes all of P from the shards and sends
     /// them P of gradient slices, and the lead moves no parameters. (The star run's workers here are on the lead's
-    /// host and use shared memory.)
+    /// host but run with --no-shm, so their bytes go through messages too.)
     func checkTraffic(_ out: String, name: String, shards: Int, workers: Int, parameterBytes p: Int) throws {
         let records = read(out + "/metrics.jsonl").split(separator: "\n").compactMap { MetricsRecord.decode(line: $0) }
         guard let r = records.first(where: { $0.step == 12 }), let traffic = r.traffic else {

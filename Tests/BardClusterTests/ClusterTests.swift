@@ -216,9 +216,7 @@ final class InMemoryClusterTests: XCTestCase {
             try t.run(computer: coordinator)
             try coordinator.finish(linger: 0)
             let a = single.params.array, b = t.params.array
-            var diff = 0.0, norm = 0.0
-            for i in 0..<a.count { diff += Double(a[i] - b[i]) * Double(a[i] - b[i]); norm += Double(a[i]) * Double(a[i]) }
-            XCTAssertLessThan((diff / norm).squareRoot(), Tolerance.cluster, "\(workers) workers")
+            XCTAssertLessThan(relativeDifference(b, from: a), Tolerance.cluster, "\(workers) workers")
         }
     }
 
@@ -266,9 +264,7 @@ final class InMemoryClusterTests: XCTestCase {
         coordinator.shared?.close()
         XCTAssertEqual(memory.names, [])
         let a = single.params.array, b = t.params.array
-        var diff = 0.0, norm = 0.0
-        for i in 0..<a.count { diff += Double(a[i] - b[i]) * Double(a[i] - b[i]); norm += Double(a[i]) * Double(a[i]) }
-        XCTAssertLessThan((diff / norm).squareRoot(), Tolerance.cluster)
+        XCTAssertLessThan(relativeDifference(b, from: a), Tolerance.cluster)
     }
 
     /// A trainer whose parameters live in a new exchange's parameters region, as `bard coordinator` makes them.
@@ -393,7 +389,7 @@ final class InMemoryClusterTests: XCTestCase {
             try coordinator.finish(linger: 0)
             peer.stop = true
             XCTAssertLessThan(Date().timeIntervalSince(started), 30, "\(behaviour) stalled the run")
-            XCTAssertLessThan(relativeDifference(single.params.array, t.params.array), Tolerance.cluster, "\(behaviour)")
+            XCTAssertLessThan(relativeDifference(t.params.array, from: single.params.array), Tolerance.cluster, "\(behaviour)")
             switch behaviour {
             case .silent:
                 XCTAssertEqual(coordinator.quarantines, 1, lines.joined(separator: "\n"))
@@ -420,12 +416,6 @@ final class InMemoryClusterTests: XCTestCase {
                 coordinator.shared?.close()
             }
         }
-    }
-
-    func relativeDifference(_ a: [Float], _ b: [Float]) -> Double {
-        var diff = 0.0, norm = 0.0
-        for i in 0..<a.count { diff += Double(a[i] - b[i]) * Double(a[i] - b[i]); norm += Double(a[i]) * Double(a[i]) }
-        return (diff / norm).squareRoot()
     }
 
     /// A clock the test moves by hand.
@@ -478,7 +468,7 @@ final class InMemoryClusterTests: XCTestCase {
         XCTAssertEqual(coordinator.evictions, 1)
         XCTAssertEqual(coordinator.redone, 1)
         XCTAssertEqual(coordinator.workerNames, ["a"])
-        XCTAssertLessThan(relativeDifference(single.params.array, t.params.array), 1e-6)
+        XCTAssertLessThan(relativeDifference(t.params.array, from: single.params.array), Tolerance.sameSums)
         try coordinator.finish(linger: 0)
     }
 

@@ -393,12 +393,6 @@ final class InMemoryShardedRunTests: XCTestCase {
         return coordinator
     }
 
-    func relative(_ a: [Float], _ b: [Float]) -> Double {
-        var diff = 0.0, norm = 0.0
-        for i in 0..<a.count { diff += Double(a[i] - b[i]) * Double(a[i] - b[i]); norm += Double(b[i]) * Double(b[i]) }
-        return a.count == b.count ? (diff / norm).squareRoot() : .infinity
-    }
-
     /// With 1 to 3 shards and 1 to 3 workers (uneven column shares of 7): the final parameters, average and moments
     /// equal the star coordinator's with as many workers to 1e-6 relative (the same sums in the same order: measured
     /// 0), and one process's to the cluster tolerance (1e-5).
@@ -416,15 +410,15 @@ final class InMemoryShardedRunTests: XCTestCase {
             let what = "\(workers) workers, \(shards) shards"
             XCTAssertEqual(sharded.step, 12, what)
             XCTAssertEqual(sharded.optimizer.step, star.optimizer.step, what)
-            XCTAssertLessThan(relative(sharded.params.array, star.params.array), Tolerance.sameSums, what)
-            XCTAssertLessThan(relative(sharded.average!.array, star.average!.array), Tolerance.sameSums, what)
-            XCTAssertLessThan(relative(sharded.optimizer.v.array, star.optimizer.v.array), Tolerance.sameSums, what)
-            XCTAssertLessThan(relative(sharded.params.array, single.params.array), 1e-5, what)
+            XCTAssertLessThan(relativeDifference(sharded.params.array, from: star.params.array), Tolerance.sameSums, what)
+            XCTAssertLessThan(relativeDifference(sharded.average!.array, from: star.average!.array), Tolerance.sameSums, what)
+            XCTAssertLessThan(relativeDifference(sharded.optimizer.v.array, from: star.optimizer.v.array), Tolerance.sameSums, what)
+            XCTAssertLessThan(relativeDifference(sharded.params.array, from: single.params.array), Tolerance.cluster, what)
             XCTAssertEqual(c.redone, 0, what)
             // The model file is the gathered average, as without shards.
             let saved = try ModelCheckpoint.load(path: sharded.modelPath)
             XCTAssertEqual(saved.step, 12)
-            XCTAssertLessThan(relative(saved.params.array, star.average!.array), 1e-6, what)
+            XCTAssertLessThan(relativeDifference(saved.params.array, from: star.average!.array), Tolerance.sameSums, what)
         }
     }
 
@@ -467,9 +461,9 @@ final class InMemoryShardedRunTests: XCTestCase {
         XCTAssertTrue(log.contains { $0.contains("coordinator shard s3 joins the run") }, log.joined(separator: "\n"))
         XCTAssertEqual(records.map(\.step!), Array(1...7) + Array(6...12), "back to step 5 once, from step 7 or 8")
         XCTAssertEqual(records.last?.rollbacks, 1)
-        XCTAssertLessThan(relative(t.params.array, star.params.array), 1e-6)
-        XCTAssertLessThan(relative(t.average!.array, star.average!.array), 1e-6)
-        XCTAssertLessThan(relative(t.optimizer.v.array, star.optimizer.v.array), 1e-6)
+        XCTAssertLessThan(relativeDifference(t.params.array, from: star.params.array), Tolerance.sameSums)
+        XCTAssertLessThan(relativeDifference(t.average!.array, from: star.average!.array), Tolerance.sameSums)
+        XCTAssertLessThan(relativeDifference(t.optimizer.v.array, from: star.optimizer.v.array), Tolerance.sameSums)
         XCTAssertEqual(t.optimizer.step, star.optimizer.step)
         // The log on disk: each step once, as if nothing had happened.
         let logged = try String(contentsOfFile: base + "/sharded/metrics.jsonl", encoding: .utf8)
@@ -500,7 +494,7 @@ final class InMemoryShardedRunTests: XCTestCase {
         XCTAssertEqual(t.step, 12)
         XCTAssertEqual(coordinator.quarantines, 1)
         XCTAssertLessThan(Date().timeIntervalSince(started), 30)
-        XCTAssertLessThan(relative(t.params.array, single.params.array), 1e-5)
+        XCTAssertLessThan(relativeDifference(t.params.array, from: single.params.array), Tolerance.cluster)
     }
 
     /// A model with fewer blocks than shards is refused before anyone joins.

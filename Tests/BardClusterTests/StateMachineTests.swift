@@ -353,9 +353,7 @@ final class ReducerTests: XCTestCase {
                 sums.append(grads.array)
             }
             XCTAssertTrue(sums.allSatisfy { $0 == sums[0] }, "\(sharedOnes): the bits depend on the thread count")
-            var diff = 0.0, norm = 0.0
-            for i in 0..<n { diff += Double(sums[0][i] - reference[i]) * Double(sums[0][i] - reference[i]); norm += Double(reference[i] * reference[i]) }
-            XCTAssertLessThan((diff / norm).squareRoot(), Tolerance.reduction, "\(sharedOnes)")
+            XCTAssertLessThan(relativeDifference(sums[0], from: reference), Tolerance.reduction, "\(sharedOnes)")
             sumOf[sharedOnes] = sums[0]
         }
         // A NaN or an infinity in a table's gradient, or in the rest of what is read, is that region's writer's: each

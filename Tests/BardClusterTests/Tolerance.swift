@@ -7,3 +7,12 @@ enum Tolerance {
     static let sameSums = 1e-6
     static let reduction = 1e-6
 }
+
+/// The relative difference of two parameter vectors over the whole vector: |a - reference| / |reference| (infinite
+/// when their sizes differ).
+func relativeDifference(_ a: [Float], from reference: [Float]) -> Double {
+    guard a.count == reference.count else { return .infinity }
+    var diff = 0.0, norm = 0.0
+    for i in a.indices { diff += Double(a[i] - reference[i]) * Double(a[i] - reference[i]); norm += Double(reference[i]) * Double(reference[i]) }
+    return (diff / norm).squareRoot()
+}
