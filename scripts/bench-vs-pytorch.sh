@@ -2,11 +2,20 @@
 # Bard against PyTorch on this machine, interleaved: each round runs `bard bench` and ../shared/bench/pytorch_lstm_bench.py
 # one after the other for training with 1 and 2 threads and for batch-1 generation, so that both see the same load.
 # This host's speed drifts by up to 30% within minutes; only ratios from the same rounds mean anything.
-#   scripts/bench-vs-pytorch.sh [ROUNDS]        (PyTorch venv: $BARD_TORCH_VENV, default /tmp/tv; created when missing)
+# With --avx2 both are held to AVX2 and FMA, as on a CPU without AVX-512 (Zen 3): Bard through OpenBLAS's Haswell
+# kernels, PyTorch through ATEN_CPU_CAPABILITY, MKL_ENABLE_INSTRUCTIONS and ONEDNN_MAX_CPU_ISA.
+#   scripts/bench-vs-pytorch.sh [ROUNDS] [--avx2]   (PyTorch venv: $BARD_TORCH_VENV, default /tmp/tv; created when missing)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 rounds=${1:-5}
 [[ $rounds =~ ^[1-9][0-9]*$ ]] || { echo "bench-vs-pytorch: ROUNDS must be a positive integer, got '$rounds'" >&2; exit 2; }
+torch_env=()
+case ${2:-} in
+    "") ;;
+    --avx2) export OPENBLAS_CORETYPE=Haswell
+            torch_env=(ATEN_CPU_CAPABILITY=avx2 MKL_ENABLE_INSTRUCTIONS=AVX2 ONEDNN_MAX_CPU_ISA=AVX2) ;;
+    *) echo "bench-vs-pytorch: the second argument may only be --avx2, got '$2'" >&2; exit 2 ;;
+esac
 torch_bench=../shared/bench/pytorch_lstm_bench.py
 [[ -f $torch_bench ]] || { echo "bench-vs-pytorch: $torch_bench is missing (it lives in ../shared beside the checkout)" >&2; exit 2; }
 venv=${BARD_TORCH_VENV:-/tmp/tv}
@@ -23,6 +32,7 @@ log=$(mktemp "${TMPDIR:-/tmp}/bard-vs-torch.XXXXXX")
 trap 'rm -f "$log"' EXIT
 
 echo "load average at start: $(cut -d' ' -f1-3 /proc/loadavg); $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(nproc) cores"
+[[ ${#torch_env[@]} -eq 0 ]] || echo "AVX2 only: Bard on OpenBLAS's Haswell kernels, PyTorch with ${torch_env[*]}"
 # One measurement into the log, or a one-line error naming the command that failed.
 measure() {  # label command...
     local label=$1 out
@@ -33,11 +43,11 @@ measure() {  # label command...
 for r in $(seq 1 "$rounds"); do
     for t in 1 2; do
         measure "bard train $t" "$bard" bench --threads "$t" --gen-chars 1 --json
-        measure "torch train $t" "$venv/bin/python" "$torch_bench" train --threads "$t"
+        measure "torch train $t" env "${torch_env[@]}" "$venv/bin/python" "$torch_bench" train --threads "$t"
     done
     measure "bard gen 1" "$bard" bench --steps 1 --json
     # oneDNN off, as in the reference row: PyTorch's batch-1 generation is 15x slower with it on.
-    measure "torch gen 1" "$venv/bin/python" "$torch_bench" gen --threads 1 --no-mkldnn
+    measure "torch gen 1" env "${torch_env[@]}" "$venv/bin/python" "$torch_bench" gen --threads 1 --no-mkldnn
     echo "round $r of $rounds done; load $(cut -d' ' -f1 /proc/loadavg)" >&2
 done
 

@@ -59,23 +59,28 @@ struct WindowColumns {
 }
 
 /// What every thread of a window reads, made once per window from the parameters (`Model.prepareWindow`): layer 0's
-/// input projection of every character, (V, G*H), and, when the layout reads it, each layer's W_hh^T, (H, G*H)
-/// (`HiddenWeight`).
+/// input projection of every character, (V, G*H), and, when the layout reads them, each layer's W_hh^T, (H, G*H), or
+/// W_hh's strips (`HiddenWeight`).
 public final class PreparedWindow {
     let table: FloatBuffer
     let layout: HiddenWeight.Layout
     let whhT: [FloatBuffer]
+    let strips: [FloatBuffer]
 
     init(config: Config, vocabularySize v: Int, layout: HiddenWeight.Layout) {
         let gh = config.cell.gates * config.hidden
         table = FloatBuffer(count: v * gh)
         self.layout = layout
         whhT = (0..<config.layers).map { _ in FloatBuffer(count: layout.transposes ? gh * config.hidden : 0) }
+        strips = (0..<config.layers).map { _ in
+            FloatBuffer(count: layout.strips ? HiddenWeight.stripsSize(hidden: config.hidden, gateRows: gh) : 0)
+        }
     }
 
     /// Layer l's W_hh as its steps read it.
     func hiddenWeight(_ l: Int, of layer: RecurrentLayer, params p: UnsafePointer<Float>) -> HiddenWeight {
-        layer.hiddenWeight(params: p, transposed: UnsafePointer(whhT[l].pointer), layout: layout)
+        layer.hiddenWeight(params: p, transposed: UnsafePointer(whhT[l].pointer), strips: UnsafePointer(strips[l].pointer),
+                           layout: layout)
     }
 }
 
@@ -332,7 +337,8 @@ public final class Model {
     /// Layer 0 reads an embedding row and projects it: the product of the two is a per-character table
     /// (V, G*H) = E W_ih0^T + biases, so the window's input projection (T*B, G*H) is a gather, not a GEMM. Phase 1
     /// computes share `part` of `parts` of the table's gate columns (`makeTable`), and the same share of each layer's gate rows of W_hh^T
-    /// (`RecurrentLayer.transposeHidden`) when the steps read it (backward pieces only when there is a `backward`).
+    /// (`RecurrentLayer.transposeHidden`, for backward pieces) or of W_hh's strips (`RecurrentLayer.packHidden`) as the
+    /// steps read them (the backward ones only when there is a `backward`).
     /// With a table made elsewhere (`table`), it makes none.
     public func prepareWindow(params: FloatBuffer, into prepared: PreparedWindow, part: Int, of parts: Int,
                               backward: Bool = true, table: SharedTable? = nil) {
@@ -341,7 +347,10 @@ public final class Model {
             makeTable(params: p, into: prepared.table.pointer, part: part, of: parts)
         }
         let layout = prepared.layout
-        for (l, layer) in layers.enumerated() where layout.forwardFromTransposed || (backward && layout.backwardPieces) {
+        for (l, layer) in layers.enumerated() where layout.strips {
+            layer.packHidden(params: p, into: prepared.strips[l].pointer, part: part, of: parts, backward: backward)
+        }
+        for (l, layer) in layers.enumerated() where backward && layout.transposes {
             layer.transposeHidden(params: p, into: prepared.whhT[l].pointer, gateRows: Range(part: part, of: parts, in: GH))
         }
     }

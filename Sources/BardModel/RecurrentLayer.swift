@@ -66,21 +66,29 @@ public struct RecurrentLayer {
     /// Runs T steps from (h0, c0) over `x` (T*B, input). The output is ws.h rows 1...T.
     public func forward(params p: UnsafePointer<Float>, x: UnsafePointer<Float>, steps T: Int, batch B: Int,
                         h0: UnsafePointer<Float>, c0: UnsafePointer<Float>?, ws: LayerWorkspace) {
-        // Forward only: no backward pieces, so W_hh^T is made only if the forward step reads it.
-        let layout = HiddenWeight.Layout(forwardFromTransposed: !BLAS.computesSmallProductsUnpacked, backwardPieces: false)
-        let whhT = FloatBuffer(count: layout.transposes ? cell.gates * hidden * hidden : 0)
-        if layout.transposes { transposeHidden(params: p, into: whhT.pointer, gateRows: 0..<(cell.gates * hidden)) }
+        // Forward only: W_hh's pieces (no backward pieces, so no W_hh^T) or the forward strips.
+        let layout: HiddenWeight.Layout = BLAS.computesSmallProductsUnpacked ? HiddenWeight.Layout() : .stripped
+        let strips = FloatBuffer(count: layout.strips ? HiddenWeight.stripsSize(hidden: hidden, gateRows: cell.gates * hidden) : 0)
+        if layout.strips { packHidden(params: p, into: strips.pointer, part: 0, of: 1, backward: false) }
         projectInput(params: p, x: x, rows: T * B, into: ws.gates.pointer)
-        recur(params: p, whh: hiddenWeight(params: p, transposed: UnsafePointer(whhT.pointer), layout: layout),
+        recur(params: p, whh: hiddenWeight(params: p, transposed: nil, strips: UnsafePointer(strips.pointer), layout: layout),
               steps: T, batch: B, h0: h0, c0: c0, ws: ws)
     }
 
-    /// W_hh for the steps' products, read as `layout` says; `transposed` is W_hh^T made by `transposeHidden` when the
-    /// layout reads it.
+    /// W_hh for the steps' products, read as `layout` says; `transposed` is W_hh^T made by `transposeHidden`, and
+    /// `strips` W_hh's strips made by `packHidden`, when the layout reads them.
     public func hiddenWeight(params p: UnsafePointer<Float>, transposed: UnsafePointer<Float>?,
-                             layout: HiddenWeight.Layout) -> HiddenWeight {
-        HiddenWeight(whh: p + weightHH, whhT: layout.transposes ? transposed : nil, layout: layout, hidden: hidden,
-                     gateRows: cell.gates * hidden)
+                             strips: UnsafePointer<Float>? = nil, layout: HiddenWeight.Layout) -> HiddenWeight {
+        HiddenWeight(whh: p + weightHH, whhT: layout.transposes ? transposed : nil, strips: layout.strips ? strips : nil,
+                     layout: layout, hidden: hidden, gateRows: cell.gates * hidden)
+    }
+
+    /// Share `part` of `parts` of W_hh's strips (`HiddenWeight.packStrips`): once per window, for layouts that read
+    /// them.
+    public func packHidden(params p: UnsafePointer<Float>, into strips: UnsafeMutablePointer<Float>, part: Int, of parts: Int,
+                           backward: Bool) {
+        HiddenWeight.packStrips(whh: p + weightHH, hidden: hidden, gateRows: cell.gates * hidden, into: strips,
+                                part: part, of: parts, backward: backward)
     }
 
     /// Gate rows `gateRows` of W_hh, transposed into `whhT` (H, G*H): once per window, for the steps' products that
@@ -136,8 +144,7 @@ public struct RecurrentLayer {
     public func backward(params p: UnsafePointer<Float>, grads gp: UnsafeMutablePointer<Float>, x: UnsafePointer<Float>?,
                   dOut: UnsafePointer<Float>, steps T: Int, batch B: Int, ws: LayerWorkspace, inputGradient: Bool,
                   hiddenGradNorms: UnsafeMutablePointer<Double>? = nil) {
-        let whh = hiddenWeight(params: p, transposed: nil,
-                               layout: HiddenWeight.Layout(forwardFromTransposed: false, backwardPieces: false))
+        let whh = hiddenWeight(params: p, transposed: nil, layout: HiddenWeight.Layout())
         backwardThroughTime(params: p, whh: whh, x: x, dOut: dOut, steps: T, batch: B, ws: ws,
                             inputGradient: inputGradient, hiddenGradNorms: hiddenGradNorms)
         addParameterGradients(grads: gp, from: [(ws, T * B, x)], gateRows: 0..<(cell.gates * hidden))

@@ -231,7 +231,8 @@ final class HiddenWeightTests: XCTestCase {
     }
 
     /// A step's products through `HiddenWeight` against the naive ones, in every layout, with row counts and ranges
-    /// that make several pieces, a short last one, no piece at all and, with 130 rows, one product: forward adds
+    /// that make several pieces, a short last one, no piece at all and, with 130 rows, one product (and, for the
+    /// strips, every block of 1 to 6 rows, strips cut by the range or by the end of W_hh, made in 3 parts): forward adds
     /// hPrev W_hh^T in the asked gate columns, backward writes (beta 0) or adds (beta 1) dGates W_hh in the asked
     /// hidden units, and nothing else changes.
     func testProductsMatchTheNaiveOnesInEveryLayout() {
@@ -241,9 +242,16 @@ final class HiddenWeightTests: XCTestCase {
             for i in 0..<n { b[i] = rng.uniform(-1, 1) }
             return b
         }
-        for (rows, hidden, gates) in [(5, 24, 96), (32, 40, 160), (3, 7, 28), (16, 512, 2048), (130, 512, 1024)] {
+        for (rows, hidden, gates) in [(5, 24, 96), (32, 40, 160), (3, 7, 28), (16, 512, 2048), (130, 512, 1024),
+                                      (1, 9, 36), (7, 16, 48)] {
             let whh = random(gates * hidden), whhT = FloatBuffer(count: gates * hidden)
             BLAS.transpose(rows: gates, cols: hidden, a: whh.pointer, lda: hidden, b: whhT.pointer, ldb: gates)
+            let strips = FloatBuffer(count: HiddenWeight.stripsSize(hidden: hidden, gateRows: gates))
+            for i in 0..<strips.count { strips[i] = .nan }  // every value read must be made
+            for part in 0..<3 {
+                HiddenWeight.packStrips(whh: whh.pointer, hidden: hidden, gateRows: gates, into: strips.pointer,
+                                        part: part, of: 3, backward: true)
+            }
             let h = random(rows * hidden), dG = random(rows * gates)
             let forward = FloatBuffer(count: rows * gates), backward = FloatBuffer(count: rows * hidden)
             BLAS.naiveGemm(transB: true, m: rows, n: gates, k: hidden, a: h.pointer, lda: hidden, b: whh.pointer,
@@ -251,8 +259,8 @@ final class HiddenWeightTests: XCTestCase {
             BLAS.naiveGemm(m: rows, n: hidden, k: gates, a: dG.pointer, lda: gates, b: whh.pointer, ldb: hidden,
                            beta: 0, c: backward.pointer, ldc: hidden)
             for layout in HiddenWeight.Layout.all {
-                let weight = HiddenWeight(whh: whh.pointer, whhT: whhT.pointer, layout: layout, hidden: hidden,
-                                          gateRows: gates)
+                let weight = HiddenWeight(whh: whh.pointer, whhT: whhT.pointer, strips: strips.pointer, layout: layout,
+                                          hidden: hidden, gateRows: gates)
                 for range in [0..<gates, 7..<(gates - 3), 0..<0] {
                     let out = FloatBuffer(count: rows * gates)
                     for i in 0..<out.count { out[i] = 0.5 }
