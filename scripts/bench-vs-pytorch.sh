@@ -7,15 +7,15 @@
 #   scripts/bench-vs-pytorch.sh [ROUNDS] [--avx2]   (PyTorch venv: $BARD_TORCH_VENV, default /tmp/tv; created when missing)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-rounds=${1:-5}
-[[ $rounds =~ ^[1-9][0-9]*$ ]] || { echo "bench-vs-pytorch: ROUNDS must be a positive integer, got '$rounds'" >&2; exit 2; }
-torch_env=()
-case ${2:-} in
-    "") ;;
-    --avx2) export OPENBLAS_CORETYPE=Haswell
-            torch_env=(ATEN_CPU_CAPABILITY=avx2 MKL_ENABLE_INSTRUCTIONS=AVX2 ONEDNN_MAX_CPU_ISA=AVX2) ;;
-    *) echo "bench-vs-pytorch: the second argument may only be --avx2, got '$2'" >&2; exit 2 ;;
-esac
+rounds=5 torch_env=()
+for arg in "$@"; do
+    case $arg in
+        --avx2) export OPENBLAS_CORETYPE=Haswell
+                torch_env=(ATEN_CPU_CAPABILITY=avx2 MKL_ENABLE_INSTRUCTIONS=AVX2 ONEDNN_MAX_CPU_ISA=AVX2) ;;
+        *) [[ $arg =~ ^[1-9][0-9]*$ ]] || { echo "bench-vs-pytorch: expected ROUNDS (a positive integer) or --avx2, got '$arg'" >&2; exit 2; }
+           rounds=$arg ;;
+    esac
+done
 torch_bench=../shared/bench/pytorch_lstm_bench.py
 [[ -f $torch_bench ]] || { echo "bench-vs-pytorch: $torch_bench is missing (it lives in ../shared beside the checkout)" >&2; exit 2; }
 venv=${BARD_TORCH_VENV:-/tmp/tv}

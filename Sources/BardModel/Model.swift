@@ -211,8 +211,8 @@ public final class Model {
     //
     // `run` is three phases, so that threads can share a window (WindowThreads) while what depends only on the
     // parameters is made once and each parameter's gradient is computed once:
-    // 1. `prepareWindow`, each thread a share of the embedding table's rows and of each layer's transposed W_hh
-    //    (when the steps read it: `HiddenWeight`);
+    // 1. `prepareWindow`, each thread a share of the embedding table's gate columns and of each layer's W_hh as the
+    //    steps read it (W_hh^T for backward pieces, or W_hh's strips: `HiddenWeight`);
     // 2. `runColumns`, the threads together on one workspace: forward, loss and backward through time, leaving the
     //    gate and table gradients in the workspace. Each step's product is split by gate columns (backward by hidden
     //    units, or by batch columns as `HiddenWeight.Layout` says) and the rest of a step by batch columns, with
@@ -220,7 +220,7 @@ public final class Model {
     // 3. `addParameterGradients`, every weight and bias gradient, each thread its share of every tensor's rows.
 
     /// Phase 2: forward, and backward when `backward` is set, over one window for the columns `columns` of a batch of
-    /// `totalColumns`, reading the table and the transposed weights phase 1 left in `prepared` (or `table`'s table).
+    /// `totalColumns`, reading the table and W_hh's strips or W_hh^T that phase 1 left in `prepared` (or `table`'s table).
     /// The gate and table gradients are left in the workspace for phase 3 (the table's in `table`'s gradient, when
     /// given); the state rows of the columns are read and overwritten as in
     /// `run`. Every one of `parts` threads calls it at once with its `part`, the same arguments and a `barrier` that
@@ -336,9 +336,9 @@ public final class Model {
 
     /// Layer 0 reads an embedding row and projects it: the product of the two is a per-character table
     /// (V, G*H) = E W_ih0^T + biases, so the window's input projection (T*B, G*H) is a gather, not a GEMM. Phase 1
-    /// computes share `part` of `parts` of the table's gate columns (`makeTable`), and the same share of each layer's gate rows of W_hh^T
-    /// (`RecurrentLayer.transposeHidden`, for backward pieces) or of W_hh's strips (`RecurrentLayer.packHidden`) as the
-    /// steps read them (the backward ones only when there is a `backward`).
+    /// computes share `part` of `parts` of the table's gate columns (`makeTable`), and the same share of each layer's W_hh
+    /// as the steps read it: gate rows of W_hh^T (`RecurrentLayer.transposeHidden`, for backward pieces), or strips
+    /// (`RecurrentLayer.packHidden`; the backward ones only when there is a `backward`).
     /// With a table made elsewhere (`table`), it makes none.
     public func prepareWindow(params: FloatBuffer, into prepared: PreparedWindow, part: Int, of parts: Int,
                               backward: Bool = true, table: SharedTable? = nil) {

@@ -68,7 +68,7 @@ public struct RecurrentLayer {
                         h0: UnsafePointer<Float>, c0: UnsafePointer<Float>?, ws: LayerWorkspace) {
         // Forward only: W_hh's pieces (no backward pieces, so no W_hh^T) or the forward strips.
         let layout: HiddenWeight.Layout = BLAS.computesSmallProductsUnpacked ? HiddenWeight.Layout() : .stripped
-        let strips = FloatBuffer(count: layout.strips ? HiddenWeight.stripsSize(hidden: hidden, gateRows: cell.gates * hidden) : 0)
+        let strips = FloatBuffer(count: layout.strips ? StripProduct.size(k: hidden, n: cell.gates * hidden) : 0)
         if layout.strips { packHidden(params: p, into: strips.pointer, part: 0, of: 1, backward: false) }
         projectInput(params: p, x: x, rows: T * B, into: ws.gates.pointer)
         recur(params: p, whh: hiddenWeight(params: p, transposed: nil, strips: UnsafePointer(strips.pointer), layout: layout),
@@ -91,8 +91,8 @@ public struct RecurrentLayer {
                                 part: part, of: parts, backward: backward)
     }
 
-    /// Gate rows `gateRows` of W_hh, transposed into `whhT` (H, G*H): once per window, for the steps' products that
-    /// read it (`HiddenWeight`). The transposition costs 0.4 ms a window.
+    /// Gate rows `gateRows` of W_hh, transposed into `whhT` (H, G*H): once per window, for backward pieces
+    /// (`HiddenWeight`). The transposition costs 0.4 ms a window.
     public func transposeHidden(params p: UnsafePointer<Float>, into whhT: UnsafeMutablePointer<Float>, gateRows g: Range<Int>) {
         BLAS.transpose(rows: g.count, cols: hidden, a: p + weightHH + g.lowerBound * hidden, lda: hidden,
                        b: whhT + g.lowerBound, ldb: cell.gates * hidden)
@@ -123,7 +123,8 @@ public struct RecurrentLayer {
     private func recur<Cell: RecurrentCell>(_ cell: Cell, params p: UnsafePointer<Float>, whh: HiddenWeight,
                                             steps T: Int, batch B: Int, h0: UnsafePointer<Float>, c0: UnsafePointer<Float>?,
                                             ws: LayerWorkspace, part: Int, of parts: Int, barrier: () -> Void) {
-        let columns = Range(part: part, of: parts, in: B), gates = Range(part: part, of: parts, in: cell.gates * hidden)
+        let columns = Range(part: part, of: parts, in: B)
+        let gates = Range(part: part, of: parts, in: cell.gates * hidden, multipleOf: whh.layout.strips ? StripProduct.width : 1)
         let first = columns.lowerBound * hidden
         (ws.h.pointer + first).update(from: h0 + first, count: columns.count * hidden)
         if cell.hasCellState, let c0 { (ws.c.pointer + first).update(from: c0 + first, count: columns.count * hidden) }
@@ -172,7 +173,8 @@ public struct RecurrentLayer {
                                                           inputGradient: Bool,
                                                           hiddenGradNorms: UnsafeMutablePointer<Double>?,
                                                           part: Int, of parts: Int, barrier: () -> Void) {
-        let columns = Range(part: part, of: parts, in: B), units = Range(part: part, of: parts, in: hidden)
+        let columns = Range(part: part, of: parts, in: B)
+        let units = Range(part: part, of: parts, in: hidden, multipleOf: whh.layout.strips ? StripProduct.width : 1)
         let first = columns.lowerBound * hidden
         (ws.dhNext.pointer + first).update(repeating: 0, count: columns.count * hidden)
         if cell.hasCellState { (ws.dcNext.pointer + first).update(repeating: 0, count: columns.count * hidden) }

@@ -45,4 +45,11 @@ extension Range where Bound == Int {
     public init(part i: Int, of n: Int, in count: Int) {
         self = count * i / n ..< count * (i + 1) / n
     }
+
+    /// The same with every boundary inside `0..<count` a multiple of `multiple` (the strips of `StripProduct`, which
+    /// two threads would otherwise both compute where their shares meet).
+    public init(part i: Int, of n: Int, in count: Int, multipleOf multiple: Int) {
+        let units = (count + multiple - 1) / multiple
+        self = Swift.min(count, units * i / n * multiple) ..< Swift.min(count, units * (i + 1) / n * multiple)
+    }
 }

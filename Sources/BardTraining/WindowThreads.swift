@@ -3,9 +3,9 @@ import BardNumerics
 
 /// Computes a window's columns on `threads` threads that share every step (Model's three phases), one workspace for
 /// all of them: a forward step's recurrent product split by gate columns and a backward one by hidden units, so that
-/// each thread packs only its share of W_hh where threads that each took their own columns would pack all of it every
-/// step; or, where OpenBLAS computes a thread's columns' backward products unpacked, backward by batch columns
-/// (`HiddenWeight.Layout`). The rest of a step is split by batch columns, what runs once per window by rows, and each
+/// each thread reads only its share of W_hh (its strips, or with AVX-512 kernels its pieces) where threads that each
+/// took their own columns would read all of it every step; or, where OpenBLAS computes a thread's columns' backward
+/// products unpacked, backward by batch columns (`HiddenWeight.Layout`). The rest of a step is split by batch columns, what runs once per window by rows, and each
 /// parameter's gradient is computed once, the threads sharing its rows (docs/scaling.md). This is exactly the
 /// full-batch computation up to the order of float additions.
 public final class WindowThreads {
@@ -13,7 +13,7 @@ public final class WindowThreads {
     public let columns: Range<Int>
     let workspace: Workspace
     let team: ThreadTeam
-    /// The table and transposed weights every thread reads (Model's phase 1); one thread uses the workspace's own.
+    /// The table and W_hh's strips or W_hh^T every thread reads (Model's phase 1); one thread uses the workspace's own.
     private lazy var prepared = model.makePreparedWindow(batch: columns.count, threads: team.count)
 
     public init(model: Model, steps: Int, columns: Range<Int>, threads: Int) {

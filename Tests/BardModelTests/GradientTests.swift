@@ -5,9 +5,10 @@ import XCTest
 /// Backward against central differences in Double, and the fused forward against the naive per-step reference.
 final class GradientTests: XCTestCase {
     /// Tiny distinct sizes, as torch-rnn's gradcheck: batch 2, steps 3 or 4, input 4, hidden 5, vocabulary 6.
-    func config(_ cell: CellKind, _ act: Activation = .tanh, layers: Int = 1, dropout: Float = 0, bias: Bool = true) -> Config {
+    func config(_ cell: CellKind, _ act: Activation = .tanh, layers: Int = 1, dropout: Float = 0, bias: Bool = true,
+                hidden: Int = 5) -> Config {
         var c = Config()
-        c.cell = cell; c.activation = act; c.layers = layers; c.embed = 4; c.hidden = 5; c.dropout = dropout
+        c.cell = cell; c.activation = act; c.layers = layers; c.embed = 4; c.hidden = hidden; c.dropout = dropout
         c.outputBias = bias
         return c
     }
@@ -160,14 +161,16 @@ final class GradientTests: XCTestCase {
     /// `run`'s three phases shared among 2, 3 or 8 threads (more than columns, hidden units and characters: some
     /// threads have nothing of some phase), the threads meeting at a real barrier, give the whole window's loss,
     /// gradient and state: for every cell, one and two layers, with and without dropout and decoder bias, and row
-    /// counts (V = 7, G*H = 5 to 20) that do not divide; with the steps reading W_hh and W_hh^T in every way
-    /// (`HiddenWeight.Layout.all`), whichever this machine's kernels prefer.
+    /// counts (V = 7, G*H = 5 to 20) that do not divide, and H = 37 (G*H = 37 to 148: several strips a thread, whole
+    /// and cut); with the steps reading W_hh in every way (`HiddenWeight.Layout.all`), whichever this machine's
+    /// kernels prefer.
     /// The whole test has 120 s: threads that miss a barrier fail it instead of hanging the suite.
     func testPhasesSharedAmongThreadsGiveTheWholeWindow() {
         let deadline = DispatchTime.now() + 120
         for (cell, act) in Self.cells {
-            for (layers, dropout, bias) in [(1, Float(0), true), (2, Float(0.2), false), (2, Float(0), true)] {
-                let cfg = config(cell, act, layers: layers, dropout: dropout, bias: bias)
+            for (layers, dropout, bias, hidden) in [(1, Float(0), true, 5), (2, Float(0.2), false, 5), (2, Float(0), true, 5),
+                                                    (1, Float(0), true, 37)] {
+                let cfg = config(cell, act, layers: layers, dropout: dropout, bias: bias, hidden: hidden)
                 let V = 7, T = 4, B = 5
                 let model = Model(config: cfg, vocabularySize: V)
                 var rng = RNG(seed: 11)
@@ -183,7 +186,7 @@ final class GradientTests: XCTestCase {
                     let ws = model.makeWorkspace(steps: T, batch: B)
                     let prepared = model.makePreparedWindow(batch: B, layout: layout)
                     let team = ThreadTeam(count: n)
-                    let what = "\(cell) \(act) layers \(layers) dropout \(dropout) bias \(bias), \(n) threads, \(layout)"
+                    let what = "\(cell) \(act) layers \(layers) hidden \(hidden) dropout \(dropout) bias \(bias), \(n) threads, \(layout)"
                     // Freed only once the threads are done: after a missed deadline they may still run.
                     nonisolated(unsafe) let losses = UnsafeMutableBufferPointer<Double>.allocate(capacity: n)
                     nonisolated(unsafe) let tokens = UnsafeMutableBufferPointer<Int32>.allocate(capacity: window.count)
@@ -243,7 +246,7 @@ final class HiddenWeightTests: XCTestCase {
             return b
         }
         for (rows, hidden, gates) in [(5, 24, 96), (32, 40, 160), (3, 7, 28), (16, 512, 2048), (130, 512, 1024),
-                                      (1, 9, 36), (7, 16, 48)] {
+                                      (1, 9, 36), (7, 16, 48), (4, 20, 60)] {
             let whh = random(gates * hidden), whhT = FloatBuffer(count: gates * hidden)
             BLAS.transpose(rows: gates, cols: hidden, a: whh.pointer, lda: hidden, b: whhT.pointer, ldb: gates)
             let strips = FloatBuffer(count: HiddenWeight.stripsSize(hidden: hidden, gateRows: gates))

@@ -78,6 +78,29 @@ final class BLASTests: XCTestCase {
         XCTAssertEqual(OpenBLASCore.preferredCoreType(environment: ["OPENBLAS_CORETYPE": "Zen"], cpuinfo: zen5), "Zen")
     }
 
+    /// Threads' shares: contiguous, covering 0..<count once, sizes within one of each other, or with `multipleOf`
+    /// every inner boundary a multiple (some shares empty when there are more parts than multiples).
+    func testPartsCoverTheRangeInOrder() {
+        for count in [0, 1, 5, 16, 37, 2048] {
+            for n in [1, 2, 3, 8] {
+                for multiple in [nil, 16] {
+                    let parts = (0..<n).map { i in
+                        multiple.map { Range(part: i, of: n, in: count, multipleOf: $0) } ?? Range(part: i, of: n, in: count)
+                    }
+                    let what = "count \(count) parts \(n) multiple \(multiple.map(String.init) ?? "none")"
+                    XCTAssertEqual(parts.first?.lowerBound, 0, what)
+                    XCTAssertEqual(parts.last?.upperBound, count, what)
+                    for (a, b) in zip(parts, parts.dropFirst()) { XCTAssertEqual(a.upperBound, b.lowerBound, what) }
+                    if let m = multiple {
+                        for p in parts.dropLast() { XCTAssertEqual(p.upperBound % m == 0 || p.upperBound == count, true, what) }
+                    } else {
+                        XCTAssertLessThanOrEqual(parts.map(\.count).max()! - parts.map(\.count).min()!, 1, what)
+                    }
+                }
+            }
+        }
+    }
+
     func testRNGIsDeterministicAndUniform() {
         var a = RNG(seed: 9), b = RNG(seed: 9)
         XCTAssertEqual((0..<10).map { _ in a.next() }, (0..<10).map { _ in b.next() })
