@@ -7,12 +7,13 @@ import PackageDescription
 // build time compiles for any x86-64 (and so must a cross-compilation from x86-64 to another architecture: this
 // tests the machine that builds). -fno-math-errno lets squareRoot() be the instruction rather than a call that may
 // set errno, so that the optimiser's loop vectorises too (the values are the same: only errno would differ).
+// BARD_FMA tells Swift code that asks for fused multiply-adds outright (StripProduct) that they are instructions here.
 #if arch(x86_64)
 let haswell = Context.environment["BARD_PORTABLE"] != "1"
 #else
 let haswell = false
 #endif
-let numericFlags = ["-Ounchecked", "-Xcc", "-fno-math-errno"] + (haswell ? ["-target-cpu", "haswell"] : [])
+let numericFlags = ["-Ounchecked", "-Xcc", "-fno-math-errno"] + (haswell ? ["-target-cpu", "haswell", "-D", "BARD_FMA"] : [])
 
 // Dependencies flow one way: numerics -> model -> training -> cluster -> transport -> bard; the wire format
 // (BardWire) depends on numerics only;

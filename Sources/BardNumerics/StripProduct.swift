@@ -6,7 +6,7 @@
 ///
 /// Strip s holds columns 16s ..< 16s+16 of B, row after row: (k, 16), zero past column n. Each block of up to 6 rows
 /// of C against one strip is 12 vectors of 8 floats summed over k in registers (the numeric modules are compiled for
-/// AVX2 and FMA: Package.swift).
+/// AVX2 and FMA: Package.swift; a BARD_PORTABLE build computes the same, slower).
 public enum StripProduct {
     public static let width = 16
 
@@ -68,6 +68,16 @@ public enum StripProduct {
 
     private typealias V = SIMD8<Float>
 
+    /// s += x b: fused where the build has the instruction (BARD_FMA: Package.swift; every arm64), else a multiply
+    /// and an add, since a fused one would be a library call per lane.
+    @inline(__always) private static func madd(_ s: inout V, _ x: V, _ b: V) {
+        #if BARD_FMA || arch(arm64)
+        s.addProduct(x, b)
+        #else
+        s += x * b
+        #endif
+    }
+
     @inline(__always) private static func load(_ p: UnsafePointer<Float>) -> V {
         UnsafeRawPointer(p).loadUnaligned(as: V.self)
     }
@@ -83,12 +93,12 @@ public enum StripProduct {
         var bp = strip
         for p in 0..<k {
             let b0 = load(bp), b1 = load(bp + 8)
-            var x = V(repeating: a[p]); s00.addProduct(x, b0); s01.addProduct(x, b1)
-            if r > 1 { x = V(repeating: a1[p]); s10.addProduct(x, b0); s11.addProduct(x, b1) }
-            if r > 2 { x = V(repeating: a2[p]); s20.addProduct(x, b0); s21.addProduct(x, b1) }
-            if r > 3 { x = V(repeating: a3[p]); s30.addProduct(x, b0); s31.addProduct(x, b1) }
-            if r > 4 { x = V(repeating: a4[p]); s40.addProduct(x, b0); s41.addProduct(x, b1) }
-            if r > 5 { x = V(repeating: a5[p]); s50.addProduct(x, b0); s51.addProduct(x, b1) }
+            var x = V(repeating: a[p]); madd(&s00, x, b0); madd(&s01, x, b1)
+            if r > 1 { x = V(repeating: a1[p]); madd(&s10, x, b0); madd(&s11, x, b1) }
+            if r > 2 { x = V(repeating: a2[p]); madd(&s20, x, b0); madd(&s21, x, b1) }
+            if r > 3 { x = V(repeating: a3[p]); madd(&s30, x, b0); madd(&s31, x, b1) }
+            if r > 4 { x = V(repeating: a4[p]); madd(&s40, x, b0); madd(&s41, x, b1) }
+            if r > 5 { x = V(repeating: a5[p]); madd(&s50, x, b0); madd(&s51, x, b1) }
             bp += width
         }
         store(s00, s01, c, first: first, valid: valid, accumulate: accumulate)
