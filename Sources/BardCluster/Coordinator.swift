@@ -454,14 +454,17 @@ public final class Coordinator: GradientComputer {
             }
             let waited = clock() - t0
             let r0 = clock()
-            var (loss, nonFinite, squares) = Reducer.reduce(round.results, into: grads, state: state, threads: threads,
-                                                            shared: sharedResults.mapValues(\.region), table: shared == nil ? nil : tableReduction,
-                                                            params: params, meanOver: meanOver)
+            let tables = shared == nil ? nil : tableReduction
+            func reduce() -> (loss: Double, nonFinite: [Int], squares: [Double]) {
+                Reducer.reduce(round.results, into: grads, state: state, threads: threads,
+                               shared: sharedResults.mapValues(\.region), table: tables, params: params, meanOver: meanOver)
+            }
+            var (loss, nonFinite, squares) = reduce()
             var unchecked = false
             while !nonFinite.isEmpty && !unchecked {
-                // A worker answered "done, in shared memory" over a NaN or an infinity there (or a table's gradient whose
-                // products overflow). As when a worker reports a
-                // divergence: its columns are computed here; finite, they stand in for its answer and it is quarantined.
+                // A worker answered "done, in shared memory" over a NaN or an infinity there (or a table's gradient
+                // whose products overflow). As when a worker reports a divergence: its columns are computed here;
+                // finite, they stand in for its answer and it is quarantined.
                 // Each pass replaces at least one region, so a worker that spoils its region between passes only
                 // adds passes.
                 for first in nonFinite {
@@ -472,9 +475,7 @@ public final class Coordinator: GradientComputer {
                     sharedResults[first] = nil
                 }
                 if !unchecked {
-                    (loss, nonFinite, squares) = Reducer.reduce(round.results, into: grads, state: state, threads: threads,
-                                                                shared: sharedResults.mapValues(\.region), table: shared == nil ? nil : tableReduction,
-                                                            params: params, meanOver: meanOver)
+                    (loss, nonFinite, squares) = reduce()
                 }
             }
             if unchecked {

@@ -14,19 +14,18 @@ import BardNumerics
 ///   the strips there (AVX2 against AVX-512: `bard bench` 19,000 chars/s against 24,000 with one thread).
 /// Every way gives the same products up to the order of float additions.
 public struct HiddenWeight {
-    /// How a window's steps read W_hh: in strips, or W_hh itself forward and, backward, W_hh or W_hh^T in pieces.
-    public struct Layout: Equatable, Sendable {
-        /// Whether the window makes W_hh^T at all.
-        public var transposes: Bool { backwardPieces }
-        public let backwardPieces: Bool
-        /// Both ways from W_hh in strips (`StripProduct`).
-        public let strips: Bool
-        public init(backwardPieces: Bool = false, strips: Bool = false) {
-            precondition(!(backwardPieces && strips), "HiddenWeight.Layout: strips are read whole, not in pieces")
-            self.backwardPieces = backwardPieces; self.strips = strips
-        }
+    /// How a window's steps read W_hh.
+    public enum Layout: Equatable, Sendable {
+        /// W_hh as it is: forward in pieces of gate columns (one product where a piece would not stay unpacked),
+        /// backward in one product.
+        case direct
+        /// Forward as `direct`; backward W_hh^T in pieces of 16 hidden units, each thread its own columns.
+        case backwardPieces
+        /// Both ways from W_hh's strips (`StripProduct`).
+        case strips
 
-        public static let stripped = Layout(strips: true)
+        /// Whether the window makes W_hh^T at all.
+        public var transposes: Bool { self == .backwardPieces }
 
         /// The fastest on this machine's kernels for `batch` columns shared by `threads`. With backward pieces the
         /// threads split each backward step by columns, each its own share (`RecurrentLayer.backwardThroughTime`):
@@ -34,12 +33,12 @@ public struct HiddenWeight {
         /// for all 32 columns split by hidden units.
         public static func fastest(batch: Int, threads: Int = 1, gateRows: Int) -> Layout {
             let unpacked = BLAS.computesSmallProductsUnpacked, t = max(1, threads), rows = (batch + t - 1) / t
-            guard unpacked else { return .stripped }
-            return Layout(backwardPieces: rows * backwardPiece * gateRows <= BLAS.unpackedProductLimit)
+            guard unpacked else { return .strips }
+            return rows * backwardPiece * gateRows <= BLAS.unpackedProductLimit ? .backwardPieces : .direct
         }
 
         /// Every layout, for tests: each reads W_hh some other way.
-        public static let all = [Layout(), Layout(backwardPieces: true), stripped]
+        public static let all: [Layout] = [.direct, .backwardPieces, .strips]
     }
 
     static let backwardPiece = 16
@@ -54,7 +53,7 @@ public struct HiddenWeight {
     public init(whh: UnsafePointer<Float>, whhT: UnsafePointer<Float>?, strips: UnsafePointer<Float>? = nil,
                 layout: Layout, hidden: Int, gateRows: Int) {
         precondition(whhT != nil || !layout.transposes, "HiddenWeight: the layout reads W_hh^T, and there is none")
-        precondition(strips != nil || !layout.strips, "HiddenWeight: the layout reads W_hh's strips, and there are none")
+        precondition(strips != nil || layout != .strips, "HiddenWeight: the layout reads W_hh's strips, and there are none")
         self.whh = whh; self.whhT = whhT; self.strips = strips; self.layout = layout; self.hidden = hidden
         self.gateRows = gateRows
     }
@@ -81,7 +80,7 @@ public struct HiddenWeight {
     @inline(__always)
     public func project(_ hPrev: UnsafePointer<Float>, rows: Int, gates g: Range<Int>, into out: UnsafeMutablePointer<Float>,
                         ldc: Int) {
-        if layout.strips, let strips {
+        if layout == .strips, let strips {
             StripProduct.multiply(m: rows, k: hidden, a: hPrev, lda: hidden, strips: strips, columns: g, accumulate: true,
                                   c: out, ldc: ldc)
             return
@@ -97,14 +96,14 @@ public struct HiddenWeight {
     @inline(__always)
     public func projectBack(_ dGates: UnsafePointer<Float>, rows: Int, units u: Range<Int>,
                             into dh: UnsafeMutablePointer<Float>, beta: Float) {
-        if layout.strips, let strips {
+        if layout == .strips, let strips {
             precondition(beta == 0 || beta == 1, "HiddenWeight: strips add or overwrite (beta 1 or 0)")
             StripProduct.multiply(m: rows, k: gateRows, a: dGates, lda: gateRows,
                                   strips: strips + StripProduct.size(k: hidden, n: gateRows), columns: u,
                                   accumulate: beta == 1, c: dh, ldc: hidden)
             return
         }
-        if layout.backwardPieces, let whhT {
+        if layout == .backwardPieces, let whhT {
             for first in stride(from: u.lowerBound, to: u.upperBound, by: Self.backwardPiece) {
                 BLAS.gemm(transB: true, m: rows, n: min(Self.backwardPiece, u.upperBound - first), k: gateRows,
                           a: dGates, lda: gateRows, b: whhT + first * gateRows, ldb: gateRows, beta: beta,

@@ -73,7 +73,7 @@ public final class PreparedWindow {
         self.layout = layout
         whhT = (0..<config.layers).map { _ in FloatBuffer(count: layout.transposes ? gh * config.hidden : 0) }
         strips = (0..<config.layers).map { _ in
-            FloatBuffer(count: layout.strips ? HiddenWeight.stripsSize(hidden: config.hidden, gateRows: gh) : 0)
+            FloatBuffer(count: layout == .strips ? HiddenWeight.stripsSize(hidden: config.hidden, gateRows: gh) : 0)
         }
     }
 
@@ -347,7 +347,7 @@ public final class Model {
             makeTable(params: p, into: prepared.table.pointer, part: part, of: parts)
         }
         let layout = prepared.layout
-        for (l, layer) in layers.enumerated() where layout.strips {
+        for (l, layer) in layers.enumerated() where layout == .strips {
             layer.packHidden(params: p, into: prepared.strips[l].pointer, part: part, of: parts, backward: backward)
         }
         for (l, layer) in layers.enumerated() where backward && layout.transposes {

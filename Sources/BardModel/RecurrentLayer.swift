@@ -66,10 +66,11 @@ public struct RecurrentLayer {
     /// Runs T steps from (h0, c0) over `x` (T*B, input). The output is ws.h rows 1...T.
     public func forward(params p: UnsafePointer<Float>, x: UnsafePointer<Float>, steps T: Int, batch B: Int,
                         h0: UnsafePointer<Float>, c0: UnsafePointer<Float>?, ws: LayerWorkspace) {
-        // Forward only: W_hh's pieces (no backward pieces, so no W_hh^T) or the forward strips.
-        let layout: HiddenWeight.Layout = BLAS.computesSmallProductsUnpacked ? HiddenWeight.Layout() : .stripped
-        let strips = FloatBuffer(count: layout.strips ? StripProduct.size(k: hidden, n: cell.gates * hidden) : 0)
-        if layout.strips { packHidden(params: p, into: strips.pointer, part: 0, of: 1, backward: false) }
+        // Forward only: the forward strips, or W_hh's pieces (no backward, so no W_hh^T).
+        let layout: HiddenWeight.Layout = HiddenWeight.Layout.fastest(batch: B, gateRows: cell.gates * hidden) == .strips
+            ? .strips : .direct
+        let strips = FloatBuffer(count: layout == .strips ? StripProduct.size(k: hidden, n: cell.gates * hidden) : 0)
+        if layout == .strips { packHidden(params: p, into: strips.pointer, part: 0, of: 1, backward: false) }
         projectInput(params: p, x: x, rows: T * B, into: ws.gates.pointer)
         recur(params: p, whh: hiddenWeight(params: p, transposed: nil, strips: UnsafePointer(strips.pointer), layout: layout),
               steps: T, batch: B, h0: h0, c0: c0, ws: ws)
@@ -79,7 +80,7 @@ public struct RecurrentLayer {
     /// `strips` W_hh's strips made by `packHidden`, when the layout reads them.
     public func hiddenWeight(params p: UnsafePointer<Float>, transposed: UnsafePointer<Float>?,
                              strips: UnsafePointer<Float>? = nil, layout: HiddenWeight.Layout) -> HiddenWeight {
-        HiddenWeight(whh: p + weightHH, whhT: layout.transposes ? transposed : nil, strips: layout.strips ? strips : nil,
+        HiddenWeight(whh: p + weightHH, whhT: layout.transposes ? transposed : nil, strips: layout == .strips ? strips : nil,
                      layout: layout, hidden: hidden, gateRows: cell.gates * hidden)
     }
 
@@ -124,7 +125,7 @@ public struct RecurrentLayer {
                                             steps T: Int, batch B: Int, h0: UnsafePointer<Float>, c0: UnsafePointer<Float>?,
                                             ws: LayerWorkspace, part: Int, of parts: Int, barrier: () -> Void) {
         let columns = Range(part: part, of: parts, in: B)
-        let gates = Range(part: part, of: parts, in: cell.gates * hidden, multipleOf: whh.layout.strips ? StripProduct.width : 1)
+        let gates = Range(part: part, of: parts, in: cell.gates * hidden, multipleOf: whh.layout == .strips ? StripProduct.width : 1)
         let first = columns.lowerBound * hidden
         (ws.h.pointer + first).update(from: h0 + first, count: columns.count * hidden)
         if cell.hasCellState, let c0 { (ws.c.pointer + first).update(from: c0 + first, count: columns.count * hidden) }
@@ -145,7 +146,7 @@ public struct RecurrentLayer {
     public func backward(params p: UnsafePointer<Float>, grads gp: UnsafeMutablePointer<Float>, x: UnsafePointer<Float>?,
                   dOut: UnsafePointer<Float>, steps T: Int, batch B: Int, ws: LayerWorkspace, inputGradient: Bool,
                   hiddenGradNorms: UnsafeMutablePointer<Double>? = nil) {
-        let whh = hiddenWeight(params: p, transposed: nil, layout: HiddenWeight.Layout())
+        let whh = hiddenWeight(params: p, transposed: nil, layout: .direct)
         backwardThroughTime(params: p, whh: whh, x: x, dOut: dOut, steps: T, batch: B, ws: ws,
                             inputGradient: inputGradient, hiddenGradNorms: hiddenGradNorms)
         addParameterGradients(grads: gp, from: [(ws, T * B, x)], gateRows: 0..<(cell.gates * hidden))
@@ -174,14 +175,14 @@ public struct RecurrentLayer {
                                                           hiddenGradNorms: UnsafeMutablePointer<Double>?,
                                                           part: Int, of parts: Int, barrier: () -> Void) {
         let columns = Range(part: part, of: parts, in: B)
-        let units = Range(part: part, of: parts, in: hidden, multipleOf: whh.layout.strips ? StripProduct.width : 1)
+        let units = Range(part: part, of: parts, in: hidden, multipleOf: whh.layout == .strips ? StripProduct.width : 1)
         let first = columns.lowerBound * hidden
         (ws.dhNext.pointer + first).update(repeating: 0, count: columns.count * hidden)
         if cell.hasCellState { (ws.dcNext.pointer + first).update(repeating: 0, count: columns.count * hidden) }
         // With backward pieces (few columns a thread: `HiddenWeight.Layout`) each thread's product is its own
         // columns' and needs no other thread's gate gradients; otherwise each thread takes hidden units of all
         // columns, between two barriers.
-        let byColumns = whh.layout.backwardPieces
+        let byColumns = whh.layout == .backwardPieces
         for t in stride(from: T - 1, through: 0, by: -1) {
             let norm2 = cell.backwardColumns(ws: ws, step: t, dOut: dOut, batch: B, hidden: hidden, columns: columns)
             hiddenGradNorms?[t] = Double(norm2).squareRoot()
